@@ -1,0 +1,130 @@
+"""Worker configuration from `ENGAGE_` environment variables (SPEC §7).
+
+Everything a deployment changes is here, validated at start-up: a bad value stops the worker
+with one readable line per problem instead of a traceback deep inside Faust.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.events import EVENT_TYPES, TOPIC_SUFFIX
+
+
+class Settings(BaseSettings):
+    """Worker settings; each field is `ENGAGE_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ENGAGE_", extra="ignore", frozen=True)
+
+    app_id: str = Field(
+        default="engage",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Faust app id: consumer group and prefix of the changelog topics.",
+    )
+    broker: str = Field(
+        default="kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers, `kafka://host:port[;host:port]`.",
+    )
+    topic_namespace: str = Field(
+        default="engage",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Prefix of every topic name: `{namespace}.clicks`, `{namespace}.dlq`, ...",
+    )
+    partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of every topic.")
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    store: str = Field(default="memory://", description="`memory://` or `rocksdb://`.")
+    data_dir: str = Field(default=".engage-data", description="Faust data dir (rocksdb files).")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_future_skew_s: float = Field(
+        default=300.0, ge=0, description="Events further ahead of the wall clock go to the DLQ."
+    )
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    # Kafka security (SPEC §7): nothing secret lives in the repository; pass it in the env.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not value.startswith("kafka://") or not value.removeprefix("kafka://"):
+            raise ValueError("must look like kafka://host:port")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value not in {"memory://", "rocksdb://"}:
+            raise ValueError("must be memory:// or rocksdb:// (install the `rocksdb` extra)")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL needs ENGAGE_SASL_USERNAME and ENGAGE_SASL_PASSWORD")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker list in the form aiokafka wants (`host:port,host:port`)."""
+        return self.broker.removeprefix("kafka://").replace(";", ",")
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_namespace}.{suffix}"
+
+    @cached_property
+    def input_topics(self) -> dict[str, str]:
+        """Event type -> input topic name, in SPEC §1 table order."""
+        return {t: self.topic(TOPIC_SUFFIX[t]) for t in EVENT_TYPES}
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("dlq")
+
+    @property
+    def nudges_topic(self) -> str:
+        return self.topic("nudges")
+
+    @property
+    def decisions_topic(self) -> str:
+        return self.topic("nudge-decisions")
+
+    def all_topics(self) -> list[str]:
+        """Every topic the worker reads or writes, apart from Faust's own internal ones."""
+        return [
+            *self.input_topics.values(),
+            self.dlq_topic,
+            self.nudges_topic,
+            self.decisions_topic,
+        ]
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with a readable list of what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = ["engage: invalid configuration:"]
+        for err in exc.errors():
+            name = "ENGAGE_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else ""
+            lines.append(f"  {name or '(settings)'}: {err['msg']}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,320 @@
+"""Per-customer state and the pure fold of one event into it (SPEC §3).
+
+`fold(state, event, rules)` is the whole state transition: no I/O, no wall clock. What depends
+on the partition clock (score, sentiment, quadrant, stage, windows) is stored as the few inputs
+it needs and derived at read time by `stream.profile.view`, so the state stays small (bounded
+lists only) and a fold costs O(1) whatever the customer's history.
+
+Times are integers: milliseconds since the Unix epoch, UTC. Exact integer arithmetic keeps
+replays byte-identical across machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import msgspec
+
+from schemas.events import (
+    TIERS,
+    Click,
+    EventBase,
+    Loyalty,
+    Purchase,
+    Review,
+    SupportContact,
+    Survey,
+)
+from stream.rules import DEFAULT_RULES, ProfileRules
+
+MS_PER_DAY = 86_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ID_DIGEST = 8
+
+
+def to_ms(moment: datetime) -> int:
+    """Exact epoch milliseconds of an aware datetime (no float rounding)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+class Ticket(msgspec.Struct, array_like=True):
+    """One support ticket, as much as the complaint counters need."""
+
+    id: str
+    status: str
+    at: int
+    contacts: int
+    complaint: bool
+    fcr: bool
+
+
+class Money(msgspec.Struct, array_like=True):
+    orders: int
+    revenue: str  # Decimal as text: exact, and JSON has no decimal type
+
+
+class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What the table holds per customer. Field names are the serialised keys."""
+
+    customer_id: str
+    first_seen: int = 0
+    last_seen: int = 0
+    tz: str | None = None
+    tz_at: int = 0
+    counts: dict[str, int] = {}
+    clicks: dict[str, int] = {}
+    active_days: list[int] = []  # distinct UTC epoch days with activity, recent window only
+    reactivated_at: int = 0
+    orders: int = 0
+    money: dict[str, Money] = {}  # by currency
+    currency: str | None = None  # the customer's own: that of the earliest purchase
+    first_purchase_at: int = 0
+    last_purchase_at: int = 0
+    nps_last: int | None = None
+    nps_at: int = 0
+    csat_last: int | None = None
+    csat_at: int = 0
+    ces_last: int | None = None
+    ces_at: int = 0
+    reviews: int = 0
+    rating_sum: int = 0
+    tickets: list[Ticket] = []
+    open_complaints: int = 0
+    complaints_total: int = 0
+    complaints_resolved: int = 0
+    first_contact_resolutions: int = 0
+    loyalty_member: bool = False
+    tier: str | None = None
+    tier_at: int = 0
+    top_tier_rank: int = -1
+    points: int = 0
+    referrals_sent: int = 0
+    referrals_converted: int = 0
+    prompted_interactions: int = 0
+    unprompted_interactions: int = 0
+    eng_acc: float = 0.0  # decayed activity, valued at eng_at
+    eng_at: int = 0
+    signals: list[tuple[int, int]] = []  # (time, -1|0|+1) sentiment signals, recent only
+    recent_ids: bytes = b""  # 8-byte digests of the latest event ids, oldest first
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(CustomerState)
+
+
+def encode(state: CustomerState) -> bytes:
+    return _ENCODER.encode(state)
+
+
+def decode(raw: bytes) -> CustomerState:
+    return _DECODER.decode(raw)
+
+
+def new_state(customer_id: str) -> CustomerState:
+    return CustomerState(customer_id=customer_id)
+
+
+def event_digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=_ID_DIGEST).digest()
+
+
+def is_duplicate(state: CustomerState, event_id: str) -> bool:
+    """True when `event_id` is among the customer's recent events (SPEC §1)."""
+    digest = event_digest(event_id)
+    ids = state.recent_ids
+    return any(ids[i : i + _ID_DIGEST] == digest for i in range(0, len(ids), _ID_DIGEST))
+
+
+def fold(
+    state: CustomerState, event: EventBase, rules: ProfileRules = DEFAULT_RULES
+) -> CustomerState:
+    """Fold one accepted, non-duplicate event into the state; returns the new state.
+
+    The input state is not modified, so a failure half-way cannot leave a torn table value.
+    """
+    s = msgspec.structs.replace(
+        state,
+        counts=dict(state.counts),
+        clicks=dict(state.clicks),
+        active_days=list(state.active_days),
+        money=dict(state.money),
+        tickets=[msgspec.structs.replace(t) for t in state.tickets],
+        signals=list(state.signals),
+    )
+    t = to_ms(event.occurred_at)
+    kind: str = event.type  # type: ignore[attr-defined]
+    _remember_id(s, event.event_id, rules.dedup_window)
+    _activity(s, t, rules)
+    if event.tz is not None and t >= s.tz_at:
+        s.tz, s.tz_at = event.tz, t
+    s.counts[kind] = s.counts.get(kind, 0) + 1
+    _engagement(s, t, rules.weight(event), rules.half_life_days)
+    if isinstance(event, Click):
+        _click(s, event)
+    elif isinstance(event, Purchase):
+        _purchase(s, event, t)
+    elif isinstance(event, Review):
+        s.reviews += 1
+        s.rating_sum += event.rating
+        _signal(s, t, _polarity(event.rating, good=4, neutral=3), rules)
+    elif isinstance(event, SupportContact):
+        _support(s, event, t, rules)
+    elif isinstance(event, Survey):
+        _survey(s, event, t, rules)
+    elif isinstance(event, Loyalty):
+        _loyalty(s, event, t)
+    return s
+
+
+def _remember_id(s: CustomerState, event_id: str, window: int) -> None:
+    ids = s.recent_ids + event_digest(event_id)
+    s.recent_ids = ids[-window * _ID_DIGEST :]
+
+
+def _activity(s: CustomerState, t: int, rules: ProfileRules) -> None:
+    if s.first_seen == 0 or t < s.first_seen:
+        s.first_seen = t
+    if s.last_seen and t - s.last_seen > rules.reactivation_gap_days * MS_PER_DAY:
+        s.reactivated_at = t
+    s.last_seen = max(s.last_seen, t)
+    day = t // MS_PER_DAY
+    horizon = s.last_seen // MS_PER_DAY - rules.active_window_days
+    if day > horizon and day not in s.active_days:
+        s.active_days.append(day)
+        s.active_days.sort()
+    s.active_days = [d for d in s.active_days if d > horizon]
+
+
+def _engagement(s: CustomerState, t: int, weight: float, half_life_days: float) -> None:
+    """Decayed accumulator: A(at) = sum w * 0.5^((at - t_i) / half-life), kept at eng_at."""
+    half_life_ms = half_life_days * MS_PER_DAY
+    if s.eng_at == 0 or t >= s.eng_at:
+        if s.eng_at:
+            s.eng_acc *= math.pow(0.5, (t - s.eng_at) / half_life_ms)
+        s.eng_acc += weight
+        s.eng_at = t
+    else:  # a late event: its weight, decayed to the accumulator's reference time
+        s.eng_acc += weight * math.pow(0.5, (s.eng_at - t) / half_life_ms)
+
+
+def _polarity(score: int, *, good: int, neutral: int) -> int:
+    return 1 if score >= good else 0 if score >= neutral else -1
+
+
+def _signal(s: CustomerState, t: int, value: int, rules: ProfileRules) -> None:
+    s.signals.append((t, value))
+    s.signals.sort()
+    newest = s.signals[-1][0]
+    horizon = newest - rules.sentiment_window_days * MS_PER_DAY
+    s.signals = [sig for sig in s.signals if sig[0] > horizon][-rules.max_signals :]
+
+
+def _click(s: CustomerState, event: Click) -> None:
+    s.clicks[event.action] = s.clicks.get(event.action, 0) + 1
+    if event.nudge_id is not None:
+        s.prompted_interactions += 1
+    else:
+        s.unprompted_interactions += 1
+
+
+def _purchase(s: CustomerState, event: Purchase, t: int) -> None:
+    s.orders += 1
+    held = s.money.get(event.currency)
+    if held is None:
+        s.money[event.currency] = Money(1, str(event.amount))
+    else:
+        s.money[event.currency] = Money(held.orders + 1, str(Decimal(held.revenue) + event.amount))
+    if s.first_purchase_at == 0 or t < s.first_purchase_at:
+        s.first_purchase_at = t
+        s.currency = event.currency
+    s.last_purchase_at = max(s.last_purchase_at, t)
+
+
+def _survey(s: CustomerState, event: Survey, t: int, rules: ProfileRules) -> None:
+    if event.survey == "nps":
+        if t >= s.nps_at:
+            s.nps_last, s.nps_at = event.score, t
+        _signal(s, t, _polarity(event.score, good=9, neutral=7), rules)
+    elif event.survey == "csat":
+        if t >= s.csat_at:
+            s.csat_last, s.csat_at = event.score, t
+        _signal(s, t, _polarity(event.score, good=4, neutral=3), rules)
+    elif t >= s.ces_at:
+        s.ces_last, s.ces_at = event.score, t
+
+
+def _is_open(ticket: Ticket) -> bool:
+    return ticket.complaint and ticket.status != "resolved"
+
+
+def _is_resolved(ticket: Ticket) -> bool:
+    return ticket.complaint and ticket.status == "resolved"
+
+
+def _support(s: CustomerState, event: SupportContact, t: int, rules: ProfileRules) -> None:
+    """Complaint counters follow each ticket's latest status (by event time).
+
+    A first-contact resolution is a complaint ticket whose first contact resolved it; any
+    further contact on that ticket withdraws it.
+    """
+    if event.complaint and event.status == "opened":
+        _signal(s, t, -1, rules)
+    ticket = next((tk for tk in s.tickets if tk.id == event.ticket_id), None)
+    if ticket is None:
+        ticket = Ticket(event.ticket_id, event.status, t, 1, event.complaint, False)
+        if event.complaint:
+            s.complaints_total += 1
+            if event.status == "resolved":
+                ticket.fcr = True
+                s.first_contact_resolutions += 1
+        s.open_complaints += _is_open(ticket)
+        s.complaints_resolved += _is_resolved(ticket)
+        s.tickets.append(ticket)
+        _evict_tickets(s, rules.max_tickets)
+        return
+    was_open, was_resolved = _is_open(ticket), _is_resolved(ticket)
+    if ticket.fcr:
+        ticket.fcr = False
+        s.first_contact_resolutions -= 1
+    ticket.contacts += 1
+    if event.complaint and not ticket.complaint:
+        ticket.complaint = True
+        s.complaints_total += 1
+    if t >= ticket.at:
+        ticket.status, ticket.at = event.status, t
+    s.open_complaints += _is_open(ticket) - was_open
+    s.complaints_resolved += _is_resolved(ticket) - was_resolved
+
+
+def _evict_tickets(s: CustomerState, limit: int) -> None:
+    """Keep the state bounded: forget the oldest closed tickets first, then the oldest."""
+    while len(s.tickets) > limit:
+        closed = [tk for tk in s.tickets if tk.status == "resolved"]
+        victim = min(closed or s.tickets, key=lambda tk: tk.at)
+        s.tickets.remove(victim)
+        # A forgotten open complaint can no longer be resolved by us: stop counting it open.
+        s.open_complaints -= _is_open(victim)
+
+
+def _loyalty(s: CustomerState, event: Loyalty, t: int) -> None:
+    s.loyalty_member = True
+    if event.action == "points_earned":
+        s.points += event.points or 0
+    elif event.action == "points_redeemed":
+        s.points -= event.points or 0
+    elif event.action == "tier_changed" and event.tier is not None:
+        if t >= s.tier_at:
+            s.tier, s.tier_at = event.tier, t
+        s.top_tier_rank = max(s.top_tier_rank, TIERS.index(event.tier))
+    elif event.action == "referral_sent":
+        s.referrals_sent += 1
+    elif event.action == "referral_converted":
+        s.referrals_converted += 1

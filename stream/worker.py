@@ -1,0 +1,25 @@
+"""`engage worker`: create the topics, then run the Faust worker until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from stream.app import create_app
+from stream.settings import load_settings
+from stream.topics import TopicMismatch, ensure_topics
+
+
+def main(argv: list[str]) -> int:
+    settings = load_settings()
+    try:
+        asyncio.run(ensure_topics(settings))
+    except TopicMismatch as exc:
+        print(f"engage worker: {exc}", file=sys.stderr)
+        return 1
+    engage = create_app(settings)
+    from faust import Worker
+
+    worker = Worker(engage.app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
+    return 0
