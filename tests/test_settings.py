@@ -10,6 +10,16 @@ import pytest
 from stream.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults, whatever ENGAGE_ variables the developer's shell has set."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ENGAGE_"):
+            monkeypatch.delenv(name)
+
+
 def test_defaults_name_the_spec_topics() -> None:
     s = Settings()
     assert list(s.input_topics.values()) == [

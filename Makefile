@@ -1,0 +1,61 @@
+# engage — developer and CI entry points.
+#
+#   make venv    .venv with the pinned dependencies (requirements.lock) and the project, editable
+#   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
+#   make test    ruff, then pytest (unit + integration tests against the stack)
+#   make demo    the end-to-end demo            make bench   the ingest benchmark
+#   make status  state of the stack             make down    stop the stack (data kept)
+#   make lint    ruff only                      make clean   stop the stack, delete .venv/.devstack
+#
+# Everything a fresh machine lacks (venv, Kafka jars, redis-server, prometheus) is installed by
+# these targets; .ci/run is just `make test`.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+MAKEFLAGS += --no-builtin-rules
+
+# python3.11 when the machine has it under that name, else python3 (pyproject needs >= 3.11).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.stamp
+
+.PHONY: venv stack status test demo bench down lint clean
+
+venv: $(STAMP)
+
+# Re-runs only when the dependency pins or the project metadata change.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps -e .
+	@touch $@
+
+stack: venv
+	$(PY) -m stream devstack up
+
+status: venv
+	$(PY) -m stream devstack status
+
+test: venv stack
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+demo: venv stack
+	$(PY) -m stream demo
+
+bench: venv stack
+	$(PY) bench/ingest.py
+
+down: venv
+	$(PY) -m stream devstack down
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	@if [ -x $(PY) ]; then $(PY) -m stream devstack down || true; fi
+	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,193 @@
+"""The local stack (stream/devstack.py) against the real programs: no mocks.
+
+The integration tests share the stack with every other integration test module, so they start
+it if needed (module fixture -> ensure_up) and never stop it; topics and keys they create carry
+a random suffix and are removed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream import devstack
+from stream.devstack import ConfigError, load_settings
+
+# --------------------------------------------------------------------------------------------
+# Settings (no stack needed)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("ENGAGE_REDIS_PORT", "70000", "less than or equal to 65535"),
+        ("ENGAGE_KAFKA_PORT", "0", "greater than or equal to 1"),
+        ("ENGAGE_PROMETHEUS_PORT", "http", "valid integer"),
+        ("ENGAGE_PROMETHEUS_TARGETS", "127.0.0.1:6066,nope", "'nope' is not host:port"),
+    ],
+)
+def test_settings_reject_bad_values_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"{variable}={value!r}" in message
+    assert expected in message
+
+
+def test_settings_reject_clashing_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGAGE_KAFKA_PORT", "9092")
+    monkeypatch.setenv("ENGAGE_REDIS_PORT", "9092")
+    with pytest.raises(ConfigError, match="ports must all differ"):
+        load_settings()
+
+
+def test_cli_prints_bad_port_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ENGAGE_KAFKA_PORT", "99999")
+    assert devstack.main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "ENGAGE_KAFKA_PORT='99999'" in err
+    assert "Traceback" not in err
+
+
+def test_settings_defaults_and_target_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGAGE_PROMETHEUS_TARGETS", " 127.0.0.1:6066, 127.0.0.1:6067 ,")
+    settings = load_settings()
+    assert settings.prometheus_targets == ("127.0.0.1:6066", "127.0.0.1:6067")
+    assert settings.root.is_absolute()
+    config = devstack.render_prometheus_config(settings)
+    assert "127.0.0.1:6067" in config
+    assert "worker-1" not in config  # the docker-compose targets are replaced
+
+
+# --------------------------------------------------------------------------------------------
+# Against the running stack
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[dict[str, str]]:
+    """Start whatever is not running; leave it running afterwards (shared by other modules)."""
+    yield devstack.ensure_up()
+
+
+@pytest.mark.integration
+def test_ensure_up_is_idempotent(stack: dict[str, str]) -> None:
+    pids_before = {name: state.pid for name, state in devstack.status().items()}
+    started = time.monotonic()
+    again = devstack.ensure_up()
+    elapsed = time.monotonic() - started
+    pids_after = {name: state.pid for name, state in devstack.status().items()}
+
+    assert again == stack
+    assert set(stack) == {"kafka", "redis", "prometheus"}
+    assert elapsed < 3.0, f"a second ensure_up took {elapsed:.1f}s"
+    assert None not in pids_before.values()
+    assert pids_after == pids_before  # nothing was started a second time
+
+
+@pytest.mark.integration
+def test_status_reports_every_service_up(
+    stack: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert devstack.main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["kafka", "up"],
+        ["redis", "up"],
+        ["prometheus", "up"],
+    ]
+    assert all(stack[line.split()[0]] in line for line in lines)
+
+
+@pytest.mark.integration
+async def test_kafka_topic_produce_consume(stack: dict[str, str]) -> None:
+    bootstrap = stack["kafka"]
+    topic = f"devstack-test-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+        [described] = await admin.describe_topics([topic])
+        assert described["error_code"] == 0
+        assert len(described["partitions"]) == 3
+
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(topic, b"hello", key=b"k", partition=2)
+        finally:
+            await producer.stop()
+        assert sent.partition == 2
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, 2)])
+            message = await asyncio.wait_for(consumer.getone(), timeout=30)
+        finally:
+            await consumer.stop()
+        assert (message.key, message.value, message.offset) == (b"k", b"hello", sent.offset)
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+
+
+@pytest.mark.integration
+def test_redis_set_get(stack: dict[str, str]) -> None:
+    client = redis.Redis.from_url(stack["redis"])
+    key = f"devstack-test:{uuid.uuid4().hex}"
+    try:
+        assert client.set(key, "value", ex=60)
+        assert client.get(key) == b"value"
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as response:
+        return response.status, response.read()
+
+
+@pytest.mark.integration
+def test_prometheus_ready_and_config_valid(stack: dict[str, str]) -> None:
+    status, _ = _get(f"{stack['prometheus']}/-/ready")
+    assert status == 200
+
+    settings = load_settings()
+    config = settings.root / "conf" / "prometheus.yml"
+    check = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # The engage job scrapes the configured worker targets. Prometheus hands discovered targets
+    # to the scrape manager at most every 5 s, so a just-started server may not list them yet.
+    def engage_targets() -> set[str]:
+        _, body = _get(f"{stack['prometheus']}/api/v1/targets")
+        targets = json.loads(body)["data"]["activeTargets"]
+        return {t["labels"]["instance"] for t in targets if t["labels"]["job"] == "engage"}
+
+    deadline = time.monotonic() + 20
+    while not (seen := engage_targets()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert seen == set(settings.prometheus_targets)
