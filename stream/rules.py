@@ -6,7 +6,11 @@ so one versioned file decides both how state is read and what it triggers.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from schemas.events import CLICK_ACTIONS, Click, EventBase, Loyalty
 
@@ -76,3 +80,135 @@ class ProfileRules(BaseModel):
 
 
 DEFAULT_RULES = ProfileRules()
+
+
+# --- rituals (SPEC §4) ------------------------------------------------------------------------
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: object) -> int:
+    """'72h', '30d', '1500ms', '90s' or a number of seconds -> milliseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value * 1000)
+    text = str(value).strip()
+    for unit in ("ms", "s", "m", "h", "d"):
+        number = text.removesuffix(unit)
+        if number != text:
+            try:
+                return int(float(number) * _UNITS_MS[unit])
+            except ValueError:
+                break
+    raise ValueError(f"not a duration: {value!r} (use e.g. 72h, 30d, 90s, 500ms)")
+
+
+def parse_local_time(value: object) -> int:
+    """'08:00' -> minutes after local midnight."""
+    hours, _, minutes = str(value).partition(":")
+    try:
+        h, m = int(hours), int(minutes or 0)
+    except ValueError:
+        raise ValueError(f"not a local time: {value!r} (use HH:MM)") from None
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise ValueError(f"not a local time: {value!r}")
+    return h * 60 + m
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
+LocalTime = Annotated[int, BeforeValidator(parse_local_time)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RitualRule(_Strict):
+    enabled: bool = True
+    holdout_percent: Percent = 10.0
+
+
+class ThreeDaysLater(RitualRule):
+    delay: Duration = parse_duration_ms("72h")
+
+
+class WeNoticed(RitualRule):
+    inactivity: Duration = parse_duration_ms("30d")
+
+
+class Anniversary(RitualRule):
+    local_time: LocalTime = parse_local_time("10:00")
+
+
+class ServiceRecovery(RitualRule):
+    holdout_percent: Percent = 0.0
+    nps_max: int = Field(default=6, ge=0, le=10)
+    rating_max: int = Field(default=2, ge=1, le=5)
+    csat_max: int = Field(default=2, ge=1, le=5)
+
+
+class ReferralInvite(RitualRule):
+    nps_min: int = Field(default=9, ge=0, le=10)
+    rating_min: int = Field(default=5, ge=1, le=5)
+    window: Duration = parse_duration_ms("90d")
+
+
+class Rituals(_Strict):
+    post_purchase_welcome: RitualRule = RitualRule()
+    three_days_later: ThreeDaysLater = ThreeDaysLater()
+    we_noticed: WeNoticed = WeNoticed()
+    anniversary: Anniversary = Anniversary()
+    service_recovery: ServiceRecovery = ServiceRecovery()
+    referral_invite: ReferralInvite = ReferralInvite()
+    loyalty_milestone: RitualRule = RitualRule()
+
+
+class QuietHours(_Strict):
+    enabled: bool = True
+    start: LocalTime = parse_local_time("21:00")
+    end: LocalTime = parse_local_time("08:00")
+
+
+class FrequencyCap(_Strict):
+    window: Duration = parse_duration_ms("7d")
+    max_delivered: int = Field(default=2, ge=0)
+    max_marketing: int = Field(default=1, ge=0)
+
+
+class Guardrails(_Strict):
+    quiet_hours: QuietHours = QuietHours()
+    frequency_cap: FrequencyCap = FrequencyCap()
+    lateness: Duration = parse_duration_ms("24h")
+
+
+class Rules(_Strict):
+    """The one versioned rules file: its version is stamped on every decision."""
+
+    version: str = Field(min_length=1, max_length=64)
+    profile: ProfileRules = ProfileRules()
+    rituals: Rituals = Rituals()
+    guardrails: Guardrails = Guardrails()
+
+
+DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
+
+
+def load_rules(path: str | Path | None = None) -> Rules:
+    """Read and validate a rules file (YAML); raises RulesError with every problem listed."""
+    source = Path(path) if path else DEFAULT_RULES_FILE
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RulesError(f"cannot read rules file {source}: {exc}") from None
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise RulesError(f"invalid rules file {source}:\n" + "\n".join(problems)) from None
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; the message lists what is wrong."""
