@@ -61,9 +61,7 @@ class Sim:
         self.out: list[dict[str, Any]] = []
 
     def send(self, kind: str, when: str, clock: str | None = None, **fields: Any) -> Sim:
-        evt = EVENT_ADAPTER.validate_python(
-            event(kind, self.cid, occurred_at=when, **fields)
-        )
+        evt = EVENT_ADAPTER.validate_python(event(kind, self.cid, occurred_at=when, **fields))
         self.r, got = on_event(self.r, self.cid, evt, ms(when), ms(clock or when), self.ctx)
         self.out += got
         return self
@@ -83,8 +81,9 @@ class Sim:
 def test_holdout_bucket_matches_the_spec_formula() -> None:
     digest = hashlib.sha256(b"alice|we_noticed").digest()
     assert holdout_bucket("alice", "we_noticed") == int.from_bytes(digest[:8], "big") % 100
-    assert nudge_id("we_noticed", "alice", "e1") == hashlib.sha256(
-        b"we_noticed|alice|e1").hexdigest()
+    assert (
+        nudge_id("we_noticed", "alice", "e1") == hashlib.sha256(b"we_noticed|alice|e1").hexdigest()
+    )
 
 
 def test_welcome_once_on_the_first_purchase() -> None:
@@ -92,7 +91,10 @@ def test_welcome_once_on_the_first_purchase() -> None:
     s.send("purchase", "2026-03-05T12:00:00Z", order_id="o2")
     [d] = s.of("post_purchase_welcome")
     assert (d["status"], d["anchor"], d["decided_at"]) == (
-        "delivered", "first_purchase", "2026-03-02T12:00:00.000Z")
+        "delivered",
+        "first_purchase",
+        "2026-03-02T12:00:00.000Z",
+    )
     assert d["nudge_id"] == nudge_id("post_purchase_welcome", CID, "first_purchase")
     assert d["audience"] == "customer" and d["category"] == "care" and not d["promotional"]
     assert d["rules_version"] == "test-1"
@@ -107,7 +109,10 @@ def test_three_days_later_fires_72h_after_each_order_once() -> None:
     s.until("2026-03-05T12:00:00Z")
     [d] = s.of("three_days_later")
     assert (d["status"], d["anchor"], d["due_at"]) == (
-        "delivered", "o1", "2026-03-05T12:00:00.000Z")
+        "delivered",
+        "o1",
+        "2026-03-05T12:00:00.000Z",
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,7 +162,11 @@ def test_we_noticed_deferred_by_quiet_hours_is_cancelled_by_activity() -> None:
     s.until("2026-04-02T08:00:00Z")
     [d] = s.of("we_noticed")
     assert (d["status"], d["reason"], d["decided_at"], d["due_at"]) == (
-        "cancelled", "activity_resumed", "2026-04-02T08:00:00.000Z", "2026-04-01T22:30:00.000Z")
+        "cancelled",
+        "activity_resumed",
+        "2026-04-02T08:00:00.000Z",
+        "2026-04-01T22:30:00.000Z",
+    )
 
 
 def test_anniversaries_yearly_at_ten_local_with_29_february() -> None:
@@ -183,8 +192,12 @@ def test_service_recovery_triggers_ignore_quiet_hours_and_caps() -> None:
     s.send("support_contact", "2026-03-02T23:40:00Z", status="opened", complaint=True)
     s.send("support_contact", "2026-03-02T23:50:00Z", status="opened", complaint=False)
     got = s.of("service_recovery")
-    assert [d["explanation"]["trigger"] for d in got] == ["nps", "review", "csat",
-                                                            "complaint_opened"]
+    assert [d["explanation"]["trigger"] for d in got] == [
+        "nps",
+        "review",
+        "csat",
+        "complaint_opened",
+    ]
     assert all(d["status"] == "delivered" and d["audience"] == "service_team" for d in got)
     assert all(d["decided_at"].startswith("2026-03-02T23") for d in got)
 
@@ -194,11 +207,13 @@ def test_referral_invite_window_and_open_complaint() -> None:
     s.send("survey", "2026-03-02T12:00:00Z", survey="nps", score=10, event_id="p1")
     s.send("review", "2026-04-01T12:00:00Z", rating=5, event_id="p2")
     s.send("survey", "2026-06-01T12:00:00Z", survey="nps", score=9, event_id="p3")
-    s.send("support_contact", "2026-09-10T12:00:00Z", ticket_id="t9", status="opened",
-           complaint=True)
+    s.send(
+        "support_contact", "2026-09-10T12:00:00Z", ticket_id="t9", status="opened", complaint=True
+    )
     s.send("survey", "2026-09-11T12:00:00Z", survey="nps", score=10, event_id="p4")
-    s.send("support_contact", "2026-09-12T12:00:00Z", ticket_id="t9", status="resolved",
-           complaint=True)
+    s.send(
+        "support_contact", "2026-09-12T12:00:00Z", ticket_id="t9", status="resolved", complaint=True
+    )
     s.send("survey", "2026-09-20T12:00:00Z", survey="nps", score=10, event_id="p5")
     assert [(d["anchor"], d["status"], d["reason"]) for d in s.of("referral_invite")] == [
         ("p1", "delivered", "eligible"),
@@ -246,7 +261,11 @@ def test_quiet_hours_defer_to_eight_local_across_dst() -> None:
     s.until("2026-03-29T06:00:00Z")
     [d] = s.of("post_purchase_welcome")
     assert (d["status"], d["due_at"], d["decided_at"], d["tz"]) == (
-        "delivered", "2026-03-28T21:00:00.000Z", "2026-03-29T06:00:00.000Z", "Europe/Berlin")
+        "delivered",
+        "2026-03-28T21:00:00.000Z",
+        "2026-03-29T06:00:00.000Z",
+        "Europe/Berlin",
+    )
     # Autumn: 23:30 CEST on 24 October -> 08:00 CET (UTC+1) on the 25th.
     s = Sim().send("purchase", "2026-10-24T21:30:00Z", order_id="o1", tz="Europe/Berlin")
     s.until("2026-10-25T07:00:00Z")
@@ -272,7 +291,11 @@ def test_frequency_cap_two_per_week_one_marketing() -> None:
 
 def test_lateness_expires_a_backlog_in_live_mode_only() -> None:
     due = ms("2026-03-05T12:00:00Z")
-    for wall, status in [(due + 25 * H, "expired"), (due + 23 * H, "delivered"), (None, "delivered")]:
+    for wall, status in [
+        (due + 25 * H, "expired"),
+        (due + 23 * H, "delivered"),
+        (None, "delivered"),
+    ]:
         s = Sim(ctx=Context(RULES, wall_ms=wall))
         s.send("purchase", "2026-03-02T12:00:00Z", order_id="o1")
         s.until("2026-03-06T00:00:00Z")
@@ -289,8 +312,7 @@ def test_events_ahead_of_the_clock_wait_for_it() -> None:
 def test_timers_run_before_events_at_the_same_instant() -> None:
     # A review exactly at the check-in's due time does not cancel it: [purchase, decision).
     s = Sim().send("purchase", "2026-03-02T12:00:00Z", order_id="o1")
-    s.send("review", "2026-03-05T12:00:00Z", order_id="o1", rating=4,
-           clock="2026-03-01T00:00:00Z")
+    s.send("review", "2026-03-05T12:00:00Z", order_id="o1", rating=4, clock="2026-03-01T00:00:00Z")
     s.until("2026-03-05T12:00:00Z")
     assert s.statuses("three_days_later")[0][0] == "delivered"
 
@@ -307,10 +329,19 @@ def test_arrival_order_does_not_change_decisions() -> None:
     for order in (evts, list(reversed(evts))):
         s = Sim()
         for kind, at, fields in order:
-            s.send(kind, at.isoformat(), clock="2026-01-01T00:00:00Z", **fields,
-                   event_id=f"{kind}-{at.isoformat()}")
+            s.send(
+                kind,
+                at.isoformat(),
+                clock="2026-01-01T00:00:00Z",
+                **fields,
+                event_id=f"{kind}-{at.isoformat()}",
+            )
         s.until("2027-01-01T00:00:00Z")
         runs.append(s.out)
     assert runs[0] == runs[1]
-    assert {d["ritual"] for d in runs[0]} >= {"post_purchase_welcome", "three_days_later",
-                                              "service_recovery", "we_noticed"}
+    assert {d["ritual"] for d in runs[0]} >= {
+        "post_purchase_welcome",
+        "three_days_later",
+        "service_recovery",
+        "we_noticed",
+    }
