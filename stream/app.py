@@ -11,98 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import faust
-from faust.types import EventT
 from prometheus_client import generate_latest
 
-from schemas.events import EventBase
 from stream.clock import wall_now
-from stream.ingest import Limits, Rejection, accept
 from stream.metrics import PipelineMetrics
+from stream.processor import Processor
 from stream.profile import view
-from stream.rules import DEFAULT_RULES, ProfileRules
+from stream.rules import Rules, load_rules
 from stream.settings import Settings
-from stream.state import decode, encode, fold, is_duplicate, new_state, to_ms
+from stream.state import decode, to_ms
 
 log = logging.getLogger("engage")
 
 # aiohttp refuses a charset inside content_type; Prometheus needs only the version.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-TABLE_NAME = "customers"
-
-
-def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
-    """SPEC §1 dead-letter headers, after the message's own headers (kept unchanged)."""
-    own = list(message.headers.items() if isinstance(message.headers, dict) else message.headers)
-    return [
-        *own,
-        ("engage.original_topic", message.topic.encode()),
-        ("engage.original_partition", str(message.partition).encode()),
-        ("engage.original_offset", str(message.offset).encode()),
-        ("engage.original_timestamp", str(int(message.timestamp * 1000)).encode()),
-        ("engage.reason", rejection.reason.encode()),
-        ("engage.message", rejection.message.encode()),
-    ]
-
-
-@dataclass
-class Processor:
-    """Handles one input message: validate, dead-letter or fold."""
-
-    settings: Settings
-    rules: ProfileRules
-    table: Any
-    dlq_topic: Any
-    metrics: PipelineMetrics
-
-    def __post_init__(self) -> None:
-        self.limits = Limits(
-            max_message_bytes=self.settings.max_message_bytes,
-            max_future_skew=timedelta(seconds=self.settings.max_future_skew_s),
-        )
-
-    async def handle(self, event: EventT) -> None:
-        message = event.message
-        started = time.perf_counter()
-        self.metrics.consumed_child(message.topic).inc()
-        now = wall_now()
-        outcome = accept(message.key, message.value, now, self.limits)
-        if isinstance(outcome, Rejection):
-            await self.dead_letter(message, outcome)
-            return
-        kind: str = outcome.type  # type: ignore[attr-defined]
-        try:
-            result = self.fold(message.key, outcome)
-        except Exception:  # a bug must not stop the stream; the event is counted, not lost
-            log.exception(
-                "fold failed at %s[%s]@%s", message.topic, message.partition, message.offset
-            )
-            result = "failed"
-        self.metrics.processed_child(message.topic, kind, result).inc()
-        self.metrics.lag_seconds.observe(max((now - outcome.occurred_at).total_seconds(), 0.0))
-        self.metrics.processing_seconds.observe(time.perf_counter() - started)
-
-    def fold(self, key: bytes, event: EventBase) -> str:
-        raw = self.table.get(key)
-        state = decode(raw) if raw is not None else new_state(event.customer_id)
-        if is_duplicate(state, event.event_id):
-            self.metrics.duplicate_child(event.type).inc()  # type: ignore[attr-defined]
-            return "duplicate"
-        self.table[key] = encode(fold(state, event, self.rules))
-        return "folded"
-
-    async def dead_letter(self, message: Any, rejection: Rejection) -> None:
-        await self.dlq_topic.send(
-            key=message.key, value=message.value, headers=dlq_headers(message, rejection)
-        )
-        self.metrics.dlq_child(rejection.reason).inc()
-        self.metrics.processed_child(message.topic, "unknown", "dead_lettered").inc()
 
 
 def _credentials(settings: Settings) -> Any:
@@ -152,8 +79,9 @@ class Engage:
         )
 
 
-def create_app(settings: Settings, rules: ProfileRules = DEFAULT_RULES) -> Engage:
+def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
+    rules = rules or load_rules(settings.rules_file)
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
@@ -170,20 +98,60 @@ def create_app(settings: Settings, rules: ProfileRules = DEFAULT_RULES) -> Engag
         web_in_thread=False,
         table_standby_replicas=0,
     )
-    inputs = app.topic(*settings.input_topics.values(), partitions=settings.partitions, **RAW)
-    dlq = app.topic(settings.dlq_topic, partitions=settings.partitions, **RAW)
-    # bytes key and value types make Faust use the raw codec: we encode state ourselves.
-    table = app.Table(
-        TABLE_NAME, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    stream_topics = app.topic(
+        *settings.input_topics.values(),
+        settings.clock_topic,
+        partitions=settings.partitions,
+        **RAW,
     )
+    clock_topic = app.topic(settings.clock_topic, partitions=settings.partitions, **RAW)
+    outputs = {
+        name: app.topic(topic, partitions=settings.partitions, **RAW)
+        for name, topic in {
+            "dlq": settings.dlq_topic,
+            "decisions": settings.decisions_topic,
+            "nudges": settings.nudges_topic,
+            "replay_status": settings.replay_status_topic,
+        }.items()
+    }
+    # bytes key and value types make Faust use the raw codec: we encode values ourselves.
+    tables = {
+        name: app.Table(
+            name, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
+        )
+        for name in ("customers", "due", "control")
+    }
     metrics = PipelineMetrics()
-    processor = Processor(settings, rules, table, dlq, metrics)
+    processor = Processor(
+        settings,
+        rules,
+        app,
+        tables["customers"],
+        tables["due"],
+        tables["control"],
+        outputs,
+        metrics,
+    )
+    table = tables["customers"]
     engage = Engage(app, settings, table, processor, metrics)
 
-    @app.agent(inputs, name="ingest", concurrency=1)
+    @app.agent(stream_topics, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await processor.handle(event)
+
+    if settings.mode == "live":
+
+        @app.timer(settings.tick_interval_s)
+        async def tick() -> None:
+            """Wall-clock timers only send: one tick per partition, handled by its owner."""
+            value = json.dumps({"kind": "tick"}).encode()
+            for p in range(settings.partitions):
+                await clock_topic.send(value=value, partition=p)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        processor.forget_partitions({tp.partition for tp in revoked})
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -205,9 +173,9 @@ def create_app(settings: Settings, rules: ProfileRules = DEFAULT_RULES) -> Engag
         raw = table.get(customer_id.encode("utf-8"))
         if raw is None:
             return web.json({"error": "unknown customer"}, status=404)
-        clock = to_ms(wall_now())
+        clock = to_ms(wall_now()) if settings.mode == "live" else processor.latest_clock()
         return web.bytes(
-            json.dumps(view(decode(raw), clock, rules)).encode(),
+            json.dumps(view(decode(raw), clock, rules.profile)).encode(),
             content_type="application/json",
         )
 

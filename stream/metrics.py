@@ -12,6 +12,7 @@ from functools import cache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.ingest import REASONS
+from stream.rituals import RITUALS, STATUSES
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (
@@ -85,8 +86,28 @@ class PipelineMetrics:
             "1 when the worker has recovered its tables and holds an assignment.",
             registry=r,
         )
+        self.late_events = Counter(
+            "engage_late_events_total",
+            "Events older than their partition's clock when read (folded, never re-deciding).",
+            registry=r,
+        )
+        self.partition_clock = Gauge(
+            "engage_partition_clock_seconds",
+            "Each partition's clock, as Unix time.",
+            ["partition"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "engage_ritual_decisions_total",
+            "Ritual decisions, by ritual and status.",
+            ["ritual", "status"],
+            registry=r,
+        )
         for reason in REASONS:
             self.dlq.labels(reason)
+        for ritual in RITUALS:
+            for status in STATUSES:
+                self.decisions.labels(ritual, status)
 
     @cache  # noqa: B019 - bounded by the closed label sets; lives as long as the worker
     def consumed_child(self, topic: str) -> Counter:
@@ -103,3 +124,11 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def duplicate_child(self, kind: str) -> Counter:
         return self.duplicates.labels(kind)
+
+    @cache  # noqa: B019
+    def decision_child(self, ritual: str, status: str) -> Counter:
+        return self.decisions.labels(ritual, status)
+
+    @cache  # noqa: B019
+    def partition_clock_child(self, partition: int) -> Gauge:
+        return self.partition_clock.labels(str(partition))

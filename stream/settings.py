@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    mode: Literal["live", "replay"] = Field(
+        default="live", description="live: the wall clock bounds time; replay: event time only."
+    )
+    rules_file: str | None = Field(default=None, description="Ritual rules (YAML).")
+    tick_interval_s: float = Field(default=0.5, gt=0, le=60)
+    grace_ms: int = Field(default=1000, ge=0, description="Live clock = wall clock - grace.")
+
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     max_future_skew_s: float = Field(
         default=300.0, ge=0, description="Events further ahead of the wall clock go to the DLQ."
@@ -107,13 +114,24 @@ class Settings(BaseSettings):
     def decisions_topic(self) -> str:
         return self.topic("nudge-decisions")
 
+    @property
+    def clock_topic(self) -> str:
+        """Clock ticks and replay declarations, co-partitioned with the inputs."""
+        return self.topic("clock")
+
+    @property
+    def replay_status_topic(self) -> str:
+        return self.topic("replay-status")
+
     def all_topics(self) -> list[str]:
         """Every topic the worker reads or writes, apart from Faust's own internal ones."""
         return [
             *self.input_topics.values(),
+            self.clock_topic,
             self.dlq_topic,
             self.nudges_topic,
             self.decisions_topic,
+            self.replay_status_topic,
         ]
 
 

@@ -28,6 +28,7 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
+from stream.rituals import RitualState
 from stream.rules import DEFAULT_RULES, ProfileRules
 
 MS_PER_DAY = 86_400_000
@@ -104,6 +105,8 @@ class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     eng_at: int = 0
     signals: list[tuple[int, int]] = []  # (time, -1|0|+1) sentiment signals, recent only
     recent_ids: bytes = b""  # 8-byte digests of the latest event ids, oldest first
+    r: RitualState = msgspec.field(default_factory=RitualState)  # rituals, in ritual time
+    wake: int = 0  # the due-index bucket this customer is registered in (0: none)
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -1,0 +1,252 @@
+"""Where messages go: a JSON-lines file, or Kafka (and where nudges come back from).
+
+These are thin shells around I/O; everything they carry is decided by the pure simulation.
+Kafka settings are read from the same `ENGAGE_` variables as the worker (broker, namespace,
+SASL/SSL), so one environment configures the whole stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from stream.emitter.reactions import Nudge
+from stream.emitter.wire import Message, namespace, topic
+
+DEFAULT_BROKER = "kafka://127.0.0.1:9092"
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class FileSink:
+    """One message value per line, exactly the bytes Kafka would get (no key: see faults)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._own = path != "-"
+        self._out: IO[bytes] = open(path, "wb") if self._own else sys.stdout.buffer  # noqa: SIM115
+
+    def write(self, msg: Message) -> None:
+        self._out.write(msg.value)
+        self._out.write(b"\n")
+
+    def close(self) -> None:
+        if self._own:
+            self._out.close()
+        else:
+            self._out.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """Connection settings from the environment, validated with readable messages."""
+
+    bootstrap_servers: str
+    namespace: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaOptions:
+        """Read ENGAGE_BROKER, ENGAGE_TOPIC_NAMESPACE and the security settings.
+
+        Raises ValueError naming every variable that is wrong.
+        """
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        broker = env.get("ENGAGE_BROKER", DEFAULT_BROKER)
+        servers = broker.removeprefix("kafka://").replace(";", ",")
+        if not broker.startswith("kafka://") or not servers:
+            problems.append("ENGAGE_BROKER: must look like kafka://host:port[;host:port]")
+        try:
+            ns = namespace(dict(env))
+        except ValueError as exc:
+            problems.append(str(exc))
+            ns = ""
+        protocol = env.get("ENGAGE_SECURITY_PROTOCOL", "PLAINTEXT")
+        if protocol not in _PROTOCOLS:
+            problems.append(f"ENGAGE_SECURITY_PROTOCOL: one of {', '.join(_PROTOCOLS)}")
+        mechanism = env.get("ENGAGE_SASL_MECHANISM", "PLAIN")
+        if mechanism not in _MECHANISMS:
+            problems.append(f"ENGAGE_SASL_MECHANISM: one of {', '.join(_MECHANISMS)}")
+        user, password = env.get("ENGAGE_SASL_USERNAME"), env.get("ENGAGE_SASL_PASSWORD")
+        if protocol.startswith("SASL") and not (user and password):
+            problems.append("ENGAGE_SASL_USERNAME/ENGAGE_SASL_PASSWORD: needed for SASL")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls(
+            bootstrap_servers=servers,
+            namespace=ns,
+            security_protocol=protocol,
+            sasl_mechanism=mechanism,
+            sasl_username=user,
+            sasl_password=password,
+            ssl_cafile=env.get("ENGAGE_SSL_CAFILE"),
+            ssl_certfile=env.get("ENGAGE_SSL_CERTFILE"),
+            ssl_keyfile=env.get("ENGAGE_SSL_KEYFILE"),
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by aiokafka's producer and consumer."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.endswith("SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password
+        return kwargs
+
+
+async def _start_with_retry(client: Any, timeout_s: float) -> None:
+    """Start an aiokafka client, waiting for a broker that is still coming up (compose)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            await client.start()
+            return
+        except KafkaConnectionError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+class MissingTopics(RuntimeError):
+    """Topics the emitter needs do not exist (the worker or `engage topics` creates them)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"topics missing: {', '.join(names)} (run `engage topics` first)")
+        self.names = names
+
+
+class KafkaSink:
+    """aiokafka producer with acks=all and idempotence: a retried send is not a duplicate."""
+
+    #: Sends in flight before we wait for their acknowledgements (bounds memory on a slow broker).
+    MAX_IN_FLIGHT = 5000
+
+    def __init__(self, options: KafkaOptions, client_id: str = "engage-emit") -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.options = options
+        self._producer = AIOKafkaProducer(
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=2 * 1024 * 1024,  # room for the deliberately oversized messages
+            **options.client_kwargs(),
+        )
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        await _start_with_retry(self._producer, timeout_s)
+
+    async def wait_for_topics(self, names: list[str], timeout_s: float) -> dict[str, set[int]]:
+        """Partitions of each topic, once all exist; raises MissingTopics after `timeout_s`.
+
+        The emitter never creates topics: the worker (or `engage topics`) creates them with
+        the configured partition count, and a broker that auto-creates them would pick its
+        own count and break co-partitioning. In a compose stack the emitter may start first,
+        so it waits instead of failing at once (a send to a missing topic would just hang).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            cluster = await self._producer.client.fetch_all_metadata()
+            found = {n: cluster.partitions_for_topic(n) for n in names}
+            missing = sorted(n for n, parts in found.items() if not parts)
+            if not missing:
+                return {n: set(parts) for n, parts in found.items() if parts}
+            if loop.time() > deadline:
+                raise MissingTopics(missing)
+            await asyncio.sleep(1.0)
+
+    async def send(self, msg: Message) -> None:
+        future = await self._producer.send(
+            topic(self.options.namespace, msg.type), value=msg.value, key=msg.key
+        )
+        self._pending.append(future)
+        if len(self._pending) >= self.MAX_IN_FLIGHT:
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for every send so far to be acknowledged; raises the first failure."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def stop(self) -> None:
+        try:
+            await self.drain()
+        finally:
+            await self._producer.stop()
+
+
+class NudgeListener:
+    """Reads `{ns}.nudges` in the background into a queue of parsed nudges.
+
+    No consumer group, partitions assigned by hand: every emitter sees every nudge, and reading
+    starts at the end of the topic, so nudges of earlier runs are not taken for answers to this
+    one.
+    """
+
+    def __init__(self, options: KafkaOptions) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self.topic = f"{options.namespace}.nudges"
+        self.queue: asyncio.Queue[Nudge] = asyncio.Queue()
+        self.invalid = 0
+        self._consumer = AIOKafkaConsumer(group_id=None, **options.client_kwargs())
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, partitions: set[int], timeout_s: float = 60.0) -> None:
+        from aiokafka import TopicPartition
+
+        await _start_with_retry(self._consumer, timeout_s)
+        assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(assignment)
+        await self._consumer.seek_to_end(*assignment)
+        for tp in assignment:  # resolve the positions now, before anything is produced
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run(), name="nudge-listener")
+
+    async def _run(self) -> None:
+        import msgspec
+
+        async for record in self._consumer:
+            try:
+                nudge = Nudge.from_record(msgspec.json.decode(record.value or b""))
+            except msgspec.DecodeError:
+                nudge = None
+            if nudge is None:
+                self.invalid += 1
+            else:
+                self.queue.put_nowait(nudge)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._consumer.stop()

@@ -1,0 +1,338 @@
+"""What the agent does with each message: the shell around ingest, fold, clocks and rituals.
+
+Three kinds of message arrive on one co-partitioned stream: input events, clock ticks (sent by
+each worker's timer, live mode) and replay declarations (sent by `engage replay`). Every one of
+them may move its partition's clock, and every clock move runs the partition's due items, so
+timers fire inside stream iteration, where table writes are allowed and go to the changelog
+partition of the message at hand, which is the partition of every customer touched.
+
+Due items are found through the `due` table: keys `{partition}:{minute}` list the customers
+with something due in that minute. A customer is registered once, at its earliest due minute,
+and re-registered when woken, so a tick's work grows with the items due, not with customers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from stream.clock import Progress, Replay, partition_clock, wall_now
+from stream.ingest import Limits, Rejection, accept
+from stream.metrics import PipelineMetrics
+from stream.rituals import Context, advance, encode_decision, next_due, on_event
+from stream.rules import Rules
+from stream.settings import Settings
+from stream.state import CustomerState, decode, encode, fold, is_duplicate, new_state, to_ms
+
+log = logging.getLogger("engage")
+BUCKET_MS = 60_000
+
+
+def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
+    """SPEC §1 dead-letter headers, after the message's own headers (kept unchanged)."""
+    own = list(message.headers.items() if isinstance(message.headers, dict) else message.headers)
+    return [
+        *own,
+        ("engage.original_topic", message.topic.encode()),
+        ("engage.original_partition", str(message.partition).encode()),
+        ("engage.original_offset", str(message.offset).encode()),
+        ("engage.original_timestamp", str(int(message.timestamp * 1000)).encode()),
+        ("engage.reason", rejection.reason.encode()),
+        ("engage.message", rejection.message.encode()),
+    ]
+
+
+@dataclass
+class PartitionTime:
+    """One partition's clock and what it is computed from (in memory; rebuilt after restart)."""
+
+    clock: int = 0
+    progress: dict[str, Progress] = field(default_factory=dict)
+    replay: Replay | None = None
+    replay_done: bool = False
+
+
+@dataclass
+class Processor:
+    """Handles one message of the agent's stream."""
+
+    settings: Settings
+    rules: Rules
+    app: Any
+    customers: Any  # table: customer id -> CustomerState bytes
+    due: Any  # table: "{partition}:{minute}" -> JSON list of customer ids
+    control: Any  # table: "replay:{partition}" -> replay declaration
+    topics: dict[str, Any]
+    metrics: PipelineMetrics
+    partitions: dict[int, PartitionTime] = field(default_factory=lambda: defaultdict(PartitionTime))
+    index: dict[int, list[int]] = field(default_factory=dict)  # partition -> sorted minutes
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(
+            max_message_bytes=self.settings.max_message_bytes,
+            max_future_skew=timedelta(seconds=self.settings.max_future_skew_s),
+        )
+        self.inputs = set(self.settings.input_topics.values())
+        self.live = self.settings.mode == "live"
+
+    # --- entry point ----------------------------------------------------------------------------
+
+    async def handle(self, event: Any) -> None:
+        message = event.message
+        if message.topic == self.settings.clock_topic:
+            await self.on_control(message)
+        else:
+            await self.on_input(message)
+
+    async def on_input(self, message: Any) -> None:
+        started = time.perf_counter()
+        self.metrics.consumed_child(message.topic).inc()
+        p = message.partition
+        pt = self._partition(p)
+        seen = pt.progress.setdefault(message.topic, Progress())
+        seen.next_offset = message.offset + 1
+        now = wall_now()
+        outcome = accept(message.key, message.value, now, self.limits)
+        if isinstance(outcome, Rejection):
+            await self.dead_letter(message, outcome)
+            await self.tick(p)
+            return
+        at = to_ms(outcome.occurred_at)
+        seen.last_time = at
+        kind: str = outcome.type  # type: ignore[attr-defined]
+        before = pt.clock
+        clock = self._advance_clock(p)
+        try:
+            result = await self.fold(message.key, outcome, at, clock, late=at < before)
+        except Exception:  # a bug must not stop the stream; the event is counted, not lost
+            log.exception(
+                "fold failed at %s[%s]@%s", message.topic, message.partition, message.offset
+            )
+            result = "failed"
+        self.metrics.processed_child(message.topic, kind, result).inc()
+        self.metrics.lag_seconds.observe(max((now - outcome.occurred_at).total_seconds(), 0.0))
+        await self.run_due(p, clock)
+        self.metrics.processing_seconds.observe(time.perf_counter() - started)
+
+    async def on_control(self, message: Any) -> None:
+        """A tick (live) or a replay declaration for this partition."""
+        p = message.partition
+        try:
+            body = json.loads(message.value)
+        except (TypeError, ValueError):
+            log.warning("ignoring an unreadable control message at offset %s", message.offset)
+            return
+        if body.get("kind") == "replay":
+            decl = Replay(body["replay_id"], dict(body.get("ends", {})), body.get("final"))
+            self.control[f"replay:{p}".encode()] = json.dumps(body).encode()
+            pt = self._partition(p)
+            pt.replay, pt.replay_done = decl, False
+        await self.tick(p)
+
+    async def tick(self, p: int) -> None:
+        clock = self._advance_clock(p)
+        await self.run_due(p, clock)
+
+    # --- clocks ---------------------------------------------------------------------------------
+
+    def _partition(self, p: int) -> PartitionTime:
+        pt = self.partitions.get(p)
+        if pt is None:
+            pt = self.partitions[p] = PartitionTime()
+            raw = self.control.get(f"replay:{p}".encode())
+            if raw is not None:
+                body = json.loads(raw)
+                pt.replay = Replay(body["replay_id"], dict(body["ends"]), body.get("final"))
+            committed = getattr(self.app.consumer, "_committed_offset", {})
+            for topic in self.inputs:
+                offset = committed.get(_tp(topic, p))
+                pt.progress[topic] = Progress(next_offset=offset)
+        return pt
+
+    def _advance_clock(self, p: int) -> int:
+        pt = self._partition(p)
+        if self.live:
+            highwaters = {t: self._highwater(t, p) for t in self.inputs}
+            wall: int | None = to_ms(wall_now())
+        else:
+            highwaters, wall = {}, None
+        if not self.live and pt.replay is None:
+            return pt.clock  # replay mode: nothing moves time before the declaration
+        pt.clock = partition_clock(
+            pt.clock,
+            pt.progress,
+            highwaters=highwaters,
+            wall_ms=wall,
+            grace_ms=self.settings.grace_ms,
+            replay=None if self.live else pt.replay,
+        )
+        self.metrics.partition_clock_child(p).set(pt.clock / 1000)
+        return pt.clock
+
+    def _highwater(self, topic: str, p: int) -> int | None:
+        try:
+            return self.app.consumer.highwater(_tp(topic, p))
+        except Exception:  # not assigned (yet), or no fetch answered
+            return None
+
+    def latest_clock(self) -> int:
+        """The furthest partition clock of this worker (profile reads in replay mode)."""
+        return max((pt.clock for pt in self.partitions.values()), default=0)
+
+    def context(self) -> Context:
+        return Context(self.rules, to_ms(wall_now()) if self.live else None)
+
+    # --- state ---------------------------------------------------------------------------------
+
+    async def fold(self, key: bytes, event: Any, at: int, clock: int, *, late: bool) -> str:
+        raw = self.customers.get(key)
+        state = decode(raw) if raw is not None else new_state(event.customer_id)
+        if is_duplicate(state, event.event_id):
+            self.metrics.duplicate_child(event.type).inc()
+            return "duplicate"
+        state = fold(state, event, self.rules.profile)
+        if late:
+            self.metrics.late_events.inc()
+        state.r, decisions = on_event(state.r, state.customer_id, event, at, clock, self.context())
+        self._register(state, key)
+        self.customers[key] = encode(state)
+        await self.emit(decisions)
+        return "folded"
+
+    def _register(self, state: CustomerState, key: bytes) -> None:
+        """Put the customer in the due index at its earliest due minute, if not there already."""
+        due = next_due(state.r)
+        if due is None:
+            return
+        minute = due // BUCKET_MS
+        if state.wake and state.wake <= minute:
+            return  # an earlier wake-up stands; it re-registers the customer then
+        p = self._current_partition()
+        bucket = f"{p}:{minute}".encode()
+        raw = self.due.get(bucket)
+        members = json.loads(raw) if raw else []
+        cid = key.decode()
+        if cid not in members:
+            members.append(cid)
+            self.due[bucket] = json.dumps(members).encode()
+        index = self._index(p)
+        i = bisect.bisect_left(index, minute)
+        if i == len(index) or index[i] != minute:
+            index.insert(i, minute)
+        state.wake = minute
+
+    def _current_partition(self) -> int:
+        from faust import current_event
+
+        event = current_event()
+        assert event is not None, "table writes happen only inside stream iteration"
+        return event.message.partition
+
+    def _index(self, p: int) -> list[int]:
+        """Sorted due minutes of partition p, rebuilt from the table after (re)assignment."""
+        index = self.index.get(p)
+        if index is None:
+            prefix = f"{p}:".encode()
+            index = sorted(int(k[len(prefix) :]) for k in self.due if k.startswith(prefix))
+            self.index[p] = index
+        return index
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Revoked partitions: their clocks and indexes are rebuilt by whoever gets them."""
+        for p in partitions:
+            self.index.pop(p, None)
+            self.partitions.pop(p, None)
+
+    async def run_due(self, p: int, clock: int) -> None:
+        """Wake every customer of partition p registered in a minute that has begun."""
+        index = self._index(p)
+        while index and index[0] * BUCKET_MS <= clock:
+            minute = index[0]
+            bucket = f"{p}:{minute}".encode()
+            raw = self.due.get(bucket)
+            members: list[str] = json.loads(raw) if raw else []
+            keep: list[str] = []
+            for cid in members:
+                if not await self._wake(cid, clock, minute):
+                    keep.append(cid)
+            if keep and (minute + 1) * BUCKET_MS > clock:
+                self.due[bucket] = json.dumps(keep).encode()
+                break  # the rest of this minute is still ahead of the clock
+            index.pop(0)
+            if raw is not None:
+                del self.due[bucket]
+        await self._maybe_finish_replay(p, clock)
+
+    async def _wake(self, cid: str, clock: int, minute: int) -> bool:
+        """Process a customer's due items; False if it stays registered in `minute`."""
+        key = cid.encode()
+        raw = self.customers.get(key)
+        if raw is None:
+            return True
+        state = decode(raw)
+        if state.wake != minute:
+            return True  # registered elsewhere since: a stale entry
+        state.r, decisions = advance(state.r, cid, clock, self.context())
+        due = next_due(state.r)
+        if due is not None and due // BUCKET_MS == minute:
+            if decisions:
+                self.customers[key] = encode(state)
+                await self.emit(decisions)
+            return False
+        state.wake = 0
+        self._register(state, key)
+        self.customers[key] = encode(state)
+        await self.emit(decisions)
+        return True
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    async def emit(self, decisions: list[dict[str, Any]]) -> None:
+        for record in decisions:
+            key = record["customer_id"].encode()
+            value = encode_decision(record)
+            await self.topics["decisions"].send(key=key, value=value)
+            if record["status"] == "delivered":
+                await self.topics["nudges"].send(key=key, value=value)
+            self.metrics.decision_child(record["ritual"], record["status"]).inc()
+
+    async def dead_letter(self, message: Any, rejection: Rejection) -> None:
+        await self.topics["dlq"].send(
+            key=message.key, value=message.value, headers=dlq_headers(message, rejection)
+        )
+        self.metrics.dlq_child(rejection.reason).inc()
+        self.metrics.processed_child(message.topic, "unknown", "dead_lettered").inc()
+
+    async def _maybe_finish_replay(self, p: int, clock: int) -> None:
+        """Tell `engage replay` when this partition has reached the end of its replay."""
+        pt = self.partitions.get(p)
+        if self.live or pt is None or pt.replay is None or pt.replay_done:
+            return
+        if pt.replay.final is not None and clock < pt.replay.final:
+            return
+        if any(
+            (pt.progress.get(t, Progress()).next_offset or 0) < end
+            for t, end in pt.replay.ends.items()
+        ):
+            return
+        pt.replay_done = True
+        await self.app.producer.flush()  # every decision is out before the news that it is
+        await self.topics["replay_status"].send(
+            key=str(p).encode(),
+            value=json.dumps(
+                {"replay_id": pt.replay.replay_id, "partition": p, "clock": clock}
+            ).encode(),
+            partition=p,
+        )
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from faust.types import TP
+
+    return TP(topic, partition)
