@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("stream.topics", "create the input, output and DLQ topics if missing"),
     "devstack": ("stream.devstack", "install and run Kafka, Redis and Prometheus locally"),
     "emit": ("stream.emitter.cli", "produce synthetic customer traffic"),
+    "replay": ("stream.replay", "decide rituals over a JSONL file of events, in event time"),
     "demo": ("stream.demo", "run the end-to-end demo"),
 }
 
