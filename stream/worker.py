@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from stream.app import create_app
+from stream.rules import RulesError, load_rules
 from stream.settings import load_settings
 from stream.topics import TopicMismatch, ensure_topics
 
@@ -13,11 +14,16 @@ from stream.topics import TopicMismatch, ensure_topics
 def main(argv: list[str]) -> int:
     settings = load_settings()
     try:
+        rules = load_rules(settings.rules_file)  # before any I/O: a bad file fails fast
+    except RulesError as exc:
+        print(f"engage worker: {exc}", file=sys.stderr)
+        return 2
+    try:
         asyncio.run(ensure_topics(settings))
     except TopicMismatch as exc:
         print(f"engage worker: {exc}", file=sys.stderr)
         return 1
-    engage = create_app(settings)
+    engage = create_app(settings, rules)
     from faust import Worker
 
     worker = Worker(engage.app, loglevel=settings.log_level)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from schemas.nudges import Decision
 from stream.replay import canonical_lines, run_replay
 from stream.rituals import holdout_bucket
 from stream.settings import Settings
@@ -65,7 +66,8 @@ def scenarios() -> tuple[list[dict[str, Any]], dict[str, str]]:
     """One customer per SPEC §4 row and cancellation rule, events spread over months."""
     c = {name: treated(name, *ALL) for name in (
         "welcome", "checkin", "checkin_review", "checkin_support", "noticed", "noticed_moved",
-        "anniv", "recovery", "referral", "referral_complaint", "milestone", "cap", "dst",
+        "noticed_back", "anniv", "recovery", "referral", "referral_complaint", "milestone",
+        "cap", "dst",
     )}  # fmt: skip
     c["holdout"] = held("holdout", "post_purchase_welcome")
     e: list[dict[str, Any]] = []
@@ -84,6 +86,8 @@ def scenarios() -> tuple[list[dict[str, Any]], dict[str, str]]:
     add("click", "noticed", "2026-01-05T12:00:00Z", event_id="n-last")
     add("click", "noticed_moved", "2026-01-05T12:00:00Z")
     add("click", "noticed_moved", "2026-01-25T12:00:00Z", event_id="m-last")
+    add("click", "noticed_back", "2026-01-05T22:30:00Z", event_id="b-1")  # due in quiet hours
+    add("click", "noticed_back", "2026-02-05T07:00:00Z", event_id="b-2")  # before the 08:00
     add("purchase", "anniv", "2025-02-10T12:00:00Z", order_id="a1", tz="America/New_York")
     add("survey", "recovery", "2026-01-05T23:30:00Z", survey="nps", score=3)
     add("survey", "referral", "2026-01-05T12:00:00Z", survey="nps", score=10, event_id="ref1")
@@ -118,6 +122,7 @@ def test_every_ritual_row_through_a_replay(bootstrap: str) -> None:
     )
     by: dict[str, list[tuple[str, str, str, str]]] = {}
     for d in got:
+        Decision.model_validate(d)  # every record matches the published schema
         by.setdefault(d["customer_id"], []).append(
             (d["ritual"], d["anchor"], d["status"], d["reason"])
         )
@@ -133,6 +138,10 @@ def test_every_ritual_row_through_a_replay(bootstrap: str) -> None:
     ]
     assert of("noticed", "we_noticed") == [("n-last", "delivered", "eligible")]
     assert of("noticed_moved", "we_noticed") == [("m-last", "delivered", "eligible")]
+    assert of("noticed_back", "we_noticed") == [
+        ("b-1", "cancelled", "activity_resumed"),
+        ("b-2", "delivered", "eligible"),  # re-armed by the activity that cancelled it
+    ]
     assert [a for a, *_ in of("anniv", "anniversary")] == ["year-1"]
     anniv = next(d for d in got if d["customer_id"] == c["anniv"] and d["ritual"] == "anniversary")
     assert anniv["decided_at"] == "2026-02-10T15:00:00.000Z"  # 10:00 in New York (EST)

@@ -1,0 +1,58 @@
+"""Output records (SPEC §4): ritual decisions on `engage.nudge-decisions`, and the delivered
+ones on `engage.nudges`, the topic messaging systems consume. Both carry the same record."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Ritual = Literal[
+    "post_purchase_welcome",
+    "three_days_later",
+    "we_noticed",
+    "anniversary",
+    "service_recovery",
+    "referral_invite",
+    "loyalty_milestone",
+]
+Status = Literal["delivered", "held_out", "suppressed", "expired", "cancelled"]
+
+
+class Decision(BaseModel):
+    """One ritual decision. `nudge_id` is lowercase hex SHA-256 of `ritual|customer_id|anchor`:
+    the same nudge is the same id everywhere, so a consumer can drop a re-send."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nudge_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ritual: Ritual
+    rules_version: str
+    customer_id: str = Field(min_length=1, max_length=128)
+    anchor: str = Field(min_length=1)
+    due_at: str = Field(description="When the rule first fell due (RFC 3339, UTC).")
+    decided_at: str = Field(
+        description="The instant the decision was taken as of: the due time, the deferred "
+        "end of quiet hours, or the triggering event's time (RFC 3339, UTC)."
+    )
+    status: Status
+    reason: str = Field(
+        description="eligible, holdout, frequency_cap, once_per_window, lateness, "
+        "review_of_order, support_contact_opened, activity_resumed or open_complaint."
+    )
+    audience: Literal["customer", "service_team"]
+    category: Literal["care", "marketing", "recovery"]
+    promotional: bool
+    tz: str = Field(description="The customer's IANA time zone at the decision.")
+    explanation: dict[str, Any] = Field(
+        description="The exact state values and event ids that made the rule fire; no free text."
+    )
+
+
+class Nudge(Decision):
+    """A delivered decision, as messaging systems receive it."""
+
+    status: Literal["delivered"]
+
+
+RECORD_MODELS: dict[str, type[BaseModel]] = {"decision": Decision, "nudge": Nudge}
