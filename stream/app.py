@@ -9,6 +9,7 @@ write to the changelog partition of the current event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import faust
 from prometheus_client import generate_latest
 
 from stream.clock import wall_now
+from stream.kpis import Snapshot, add_to_snapshot
 from stream.metrics import PipelineMetrics
 from stream.processor import Processor
 from stream.profile import view
@@ -148,6 +150,17 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             value = json.dumps({"kind": "tick"}).encode()
             for p in range(settings.partitions):
                 await clock_topic.send(value=value, partition=p)
+
+    @app.timer(settings.kpi_interval_s)
+    async def refresh_segments() -> None:
+        """Segment gauges from this worker's own partitions: reads only, never writes."""
+        clock = to_ms(wall_now()) if settings.mode == "live" else processor.latest_clock()
+        snap = Snapshot()
+        for i, raw in enumerate(list(table.values())):
+            add_to_snapshot(snap, decode(raw), clock, rules.profile)
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # a large table must not stall the stream
+        processor.kpis.publish(snap)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:

@@ -12,7 +12,7 @@ from functools import cache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.ingest import REASONS
-from stream.rituals import RITUALS, STATUSES
+from stream.rituals import OUTCOMES, RITUALS, STATUSES
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (
@@ -36,7 +36,6 @@ LATENCY_BUCKETS = (
     60.0,
     300.0,
 )
-OUTCOMES = ("folded", "duplicate", "dead_lettered", "failed")
 
 
 class PipelineMetrics:
@@ -103,8 +102,28 @@ class PipelineMetrics:
             ["ritual", "status"],
             registry=r,
         )
+        self.outcomes = Counter(
+            "engage_ritual_outcomes_total",
+            "Per ritual and arm (treated = delivered, held_out): decisions, and customers who "
+            "within the outcome window came back, reviewed or purchased. Lift is a ratio of these.",
+            ["ritual", "arm", "outcome"],
+            registry=r,
+        )
+        self.watermark_lag = Gauge(
+            "engage_watermark_lag_seconds",
+            "Live mode: wall clock minus each partition's clock.",
+            ["partition"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "engage_rebalances_total", "Partition revocations seen by this worker.", registry=r
+        )
         for reason in REASONS:
             self.dlq.labels(reason)
+        for ritual in RITUALS:
+            for arm in ("treated", "held_out"):
+                for outcome in OUTCOMES:
+                    self.outcomes.labels(ritual, arm, outcome)
         for ritual in RITUALS:
             for status in STATUSES:
                 self.decisions.labels(ritual, status)
@@ -132,3 +151,11 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def partition_clock_child(self, partition: int) -> Gauge:
         return self.partition_clock.labels(str(partition))
+
+    @cache  # noqa: B019
+    def outcome_child(self, ritual: str, arm: str, outcome: str) -> Counter:
+        return self.outcomes.labels(ritual, arm, outcome)
+
+    @cache  # noqa: B019
+    def watermark_lag_child(self, partition: int) -> Gauge:
+        return self.watermark_lag.labels(str(partition))

@@ -24,6 +24,7 @@ from typing import Any
 
 from stream.clock import Progress, Replay, partition_clock, wall_now
 from stream.ingest import Limits, Rejection, accept
+from stream.kpis import Kpis
 from stream.metrics import PipelineMetrics
 from stream.rituals import Context, advance, encode_decision, next_due, on_event
 from stream.rules import Rules
@@ -79,6 +80,7 @@ class Processor:
             max_future_skew=timedelta(seconds=self.settings.max_future_skew_s),
         )
         self.inputs = set(self.settings.input_topics.values())
+        self.kpis = Kpis(self.metrics.registry)
         self.live = self.settings.mode == "live"
 
     # --- entry point ----------------------------------------------------------------------------
@@ -173,6 +175,8 @@ class Processor:
             replay=None if self.live else pt.replay,
         )
         self.metrics.partition_clock_child(p).set(pt.clock / 1000)
+        if wall is not None:
+            self.metrics.watermark_lag_child(p).set(max(wall - pt.clock, 0) / 1000)
         return pt.clock
 
     def _highwater(self, topic: str, p: int) -> int | None:
@@ -196,13 +200,17 @@ class Processor:
         if is_duplicate(state, event.event_id):
             self.metrics.duplicate_child(event.type).inc()
             return "duplicate"
+        fcr_before = state.first_contact_resolutions
         state = fold(state, event, self.rules.profile)
         if late:
             self.metrics.late_events.inc()
-        state.r, decisions = on_event(state.r, state.customer_id, event, at, clock, self.context())
+        state.r, decisions, outcomes = on_event(
+            state.r, state.customer_id, event, at, clock, self.context()
+        )
         self._register(state, key)
         self.customers[key] = encode(state)
-        await self.emit(decisions)
+        self.kpis.count(event, state.first_contact_resolutions > fcr_before)
+        await self.emit(decisions, outcomes)
         return "folded"
 
     def _register(self, state: CustomerState, key: bytes) -> None:
@@ -245,6 +253,7 @@ class Processor:
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Revoked partitions: their clocks and indexes are rebuilt by whoever gets them."""
+        self.metrics.rebalances.inc()
         for p in partitions:
             self.index.pop(p, None)
             self.partitions.pop(p, None)
@@ -278,22 +287,26 @@ class Processor:
         state = decode(raw)
         if state.wake != minute:
             return True  # registered elsewhere since: a stale entry
-        state.r, decisions = advance(state.r, cid, clock, self.context())
+        state.r, decisions, outcomes = advance(state.r, cid, clock, self.context())
         due = next_due(state.r)
         if due is not None and due // BUCKET_MS == minute:
-            if decisions:
+            if decisions or outcomes:
                 self.customers[key] = encode(state)
-                await self.emit(decisions)
+                await self.emit(decisions, outcomes)
             return False
         state.wake = 0
         self._register(state, key)
         self.customers[key] = encode(state)
-        await self.emit(decisions)
+        await self.emit(decisions, outcomes)
         return True
 
     # --- outputs -------------------------------------------------------------------------------
 
-    async def emit(self, decisions: list[dict[str, Any]]) -> None:
+    async def emit(
+        self, decisions: list[dict[str, Any]], outcomes: list[tuple[str, str, str]]
+    ) -> None:
+        for ritual, arm, outcome in outcomes:
+            self.metrics.outcome_child(ritual, arm, outcome).inc()
         for record in decisions:
             key = record["customer_id"].encode()
             value = encode_decision(record)

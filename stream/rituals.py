@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -55,6 +55,8 @@ META = {
     "loyalty_milestone": ("customer", "marketing"),
 }
 TIMED = frozenset({"three_days_later", "we_noticed", "anniversary"})
+OUTCOME_BITS = {"came_back": 1, "reviewed": 2, "purchased": 4}
+OUTCOMES = ("decided", *OUTCOME_BITS)
 STATUSES = ("delivered", "held_out", "suppressed", "expired", "cancelled")
 _ANCHOR_DIGEST = 8
 _MAX_ANCHORS = 48
@@ -100,7 +102,17 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     open_tickets: list[str] = []  # complaint tickets currently opened or reopened
     deliveries: list[tuple[int, bool]] = []  # (decided_at, marketing) in the cap window
     referral_at: int = 0  # the last delivered or held-out referral invite
+    watch: list[tuple[int, str, str, int]] = []  # (decided_at, ritual, arm, outcome bits)
     tz: str | None = None
+
+
+class Step(NamedTuple):
+    """What processing returns: the new state, the decisions taken, and the outcomes seen
+    (ritual, arm, outcome) for the lift KPIs of SPEC §5."""
+
+    state: RitualState
+    decisions: list[dict[str, Any]]
+    outcomes: list[tuple[str, str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +256,7 @@ class _Run:
         self.ctx = ctx
         self.rules = ctx.rules
         self.out: list[dict[str, Any]] = []
+        self.outcomes: list[tuple[str, str, str]] = []
 
     # guardrails, in SPEC order -----------------------------------------------------------------
 
@@ -300,6 +313,10 @@ class _Run:
         if ritual == "referral_invite" and status in {"delivered", "held_out"}:
             r.referral_at = at
         facts["source_event_id"] = source
+        if status in {"delivered", "held_out"}:
+            arm = "treated" if status == "delivered" else "held_out"
+            r.watch = [*r.watch, (at, ritual, arm, 0)]
+            self.outcomes.append((ritual, arm, "decided"))
         self.out.append(
             decision_record(
                 ritual=ritual,
@@ -357,6 +374,7 @@ class _Run:
     def apply(self, ev: Pending) -> None:
         """An event's effect on rituals, at its instant in ritual time."""
         r = self.r
+        self._outcomes(ev)
         if ev.tz is not None and ev.tz != r.tz:
             r.tz = ev.tz
             self._rearm_anniversary()
@@ -391,6 +409,26 @@ class _Run:
                     {"tier": ev.status, "previous_top_tier": previous},
                     ev.event_id,
                 )
+
+    def _outcomes(self, ev: Pending) -> None:
+        """Count, once per decision, what the customer did within the outcome window."""
+        window = self.rules.outcome_window
+        bits = OUTCOME_BITS["came_back"]
+        if ev.kind == "review":
+            bits |= OUTCOME_BITS["reviewed"]
+        elif ev.kind == "purchase":
+            bits |= OUTCOME_BITS["purchased"]
+        kept = []
+        for at, ritual, arm, seen in self.r.watch:
+            if ev.at > at + window:
+                continue  # the window has closed
+            if ev.at > at:
+                for name, bit in OUTCOME_BITS.items():
+                    if bits & bit and not seen & bit:
+                        self.outcomes.append((ritual, arm, name))
+                seen |= bits
+            kept.append((at, ritual, arm, seen))
+        self.r.watch = kept
 
     def _activity(self, ev: Pending) -> None:
         r = self.r
@@ -548,13 +586,11 @@ def next_due(r: RitualState) -> int | None:
     return min(times) if times else None
 
 
-def advance(
-    r: RitualState, customer_id: str, clock: int, ctx: Context
-) -> tuple[RitualState, list[dict[str, Any]]]:
+def advance(r: RitualState, customer_id: str, clock: int, ctx: Context) -> Step:
     """Process every timer and queued event due at or before `clock`, in ritual order."""
     due = next_due(r)
     if due is None or due > clock:
-        return r, []
+        return Step(r, [], [])
     run = _Run(_copy(r), customer_id, ctx)
     s = run.r
     while True:
@@ -575,12 +611,12 @@ def advance(
             s.pending.remove(first_event)
             s.at = max(s.at, first_event.at)
             run.apply(first_event)
-    return s, run.out
+    return Step(s, run.out, run.outcomes)
 
 
 def on_event(
     r: RitualState, customer_id: str, event: EventBase, at: int, clock: int, ctx: Context
-) -> tuple[RitualState, list[dict[str, Any]]]:
+) -> Step:
     """Queue an accepted event for ritual time, then process whatever is due by `clock`.
 
     An event at or before the clock is processed at once (a late one cannot change a decision

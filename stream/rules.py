@@ -188,6 +188,10 @@ class Rules(_Strict):
     profile: ProfileRules = ProfileRules()
     rituals: Rituals = Rituals()
     guardrails: Guardrails = Guardrails()
+    outcome_window: Duration = Field(
+        default=parse_duration_ms("7d"),
+        description="How long after a decision the customer's activity counts as its outcome.",
+    )
 
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")

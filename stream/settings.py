@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     )
     rules_file: str | None = Field(default=None, description="Ritual rules (YAML).")
     tick_interval_s: float = Field(default=0.5, gt=0, le=60)
+    kpi_interval_s: float = Field(default=10.0, gt=0, description="Segment gauge refresh.")
     grace_ms: int = Field(default=1000, ge=0, description="Live clock = wall clock - grace.")
 
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)

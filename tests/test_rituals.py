@@ -59,16 +59,21 @@ class Sim:
         self.cid, self.ctx = cid, ctx
         self.r = RitualState()
         self.out: list[dict[str, Any]] = []
+        self.outcomes: list[tuple[str, str, str]] = []
 
     def send(self, kind: str, when: str, clock: str | None = None, **fields: Any) -> Sim:
         evt = EVENT_ADAPTER.validate_python(event(kind, self.cid, occurred_at=when, **fields))
-        self.r, got = on_event(self.r, self.cid, evt, ms(when), ms(clock or when), self.ctx)
+        self.r, got, outcomes = on_event(
+            self.r, self.cid, evt, ms(when), ms(clock or when), self.ctx
+        )
         self.out += got
+        self.outcomes += outcomes
         return self
 
     def until(self, when: str) -> Sim:
-        self.r, got = advance(self.r, self.cid, ms(when), self.ctx)
+        self.r, got, outcomes = advance(self.r, self.cid, ms(when), self.ctx)
         self.out += got
+        self.outcomes += outcomes
         return self
 
     def of(self, ritual: str) -> list[dict[str, Any]]:
@@ -345,3 +350,25 @@ def test_arrival_order_does_not_change_decisions() -> None:
         "service_recovery",
         "we_noticed",
     }
+
+
+def test_outcomes_within_seven_days_by_arm() -> None:
+    s = Sim().send("click", "2026-03-02T12:00:00Z", event_id="last")
+    s.until("2026-04-01T12:00:00Z")  # we_noticed delivered
+    s.send("click", "2026-04-03T12:00:00Z")  # came back on day 2
+    s.send("purchase", "2026-04-05T12:00:00Z", order_id="o9")  # bought on day 4
+    s.send("click", "2026-04-06T12:00:00Z")  # counted once
+    s.send("review", "2026-04-20T12:00:00Z", rating=4)  # day 19: outside the window
+    got = [o for o in s.outcomes if o[0] == "we_noticed"]
+    assert got == [
+        ("we_noticed", "treated", "decided"),
+        ("we_noticed", "treated", "came_back"),
+        ("we_noticed", "treated", "purchased"),
+    ]
+    cid = held_out("we_noticed")
+    h = Sim(cid).send("click", "2026-03-02T12:00:00Z").until("2026-04-01T12:00:00Z")
+    h.send("click", "2026-04-08T12:00:00Z")  # exactly 7 days later: still inside
+    assert [o for o in h.outcomes if o[0] == "we_noticed"] == [
+        ("we_noticed", "held_out", "decided"),
+        ("we_noticed", "held_out", "came_back"),
+    ]

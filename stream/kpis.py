@@ -1,0 +1,170 @@
+"""CX and engagement KPIs (SPEC §5), exported as components that add up across workers.
+
+Event KPIs (NPS answers by category, CSAT satisfied and total, CES sum and count, complaints,
+reviews by rating, referrals, revenue and orders) are counters incremented as each event is
+folded. Segment KPIs (active customers, stages, quadrants, score bands) are gauges refreshed by a
+periodic read of the worker's own table partitions, so each worker reports only the customers it
+owns and `sum()` in PromQL gives the whole population. Ratios are Prometheus recording rules
+(`ops/prometheus/rules/engage.yml`), never computed here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
+
+from schemas.events import EventBase, Loyalty, Purchase, Review, SupportContact, Survey
+from stream.profile import QUADRANTS, STAGES, engagement_score, lifecycle_stage, quadrant, sentiment
+from stream.rules import ProfileRules
+from stream.state import MS_PER_DAY, CustomerState
+
+SCORE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80-100")
+ACTIVE_WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
+
+
+@dataclass
+class Snapshot:
+    """Segment counts of a set of customers at one clock."""
+
+    customers: int = 0
+    active: Tally[str] = field(default_factory=Tally)
+    stages: Tally[str] = field(default_factory=Tally)
+    quadrants: Tally[str] = field(default_factory=Tally)
+    bands: Tally[str] = field(default_factory=Tally)
+
+
+def add_to_snapshot(snap: Snapshot, state: CustomerState, clock: int, rules: ProfileRules) -> None:
+    """Count one customer into a snapshot (pure: the scan loop lives in the shell)."""
+    snap.customers += 1
+    idle = clock - state.last_seen
+    for name, days in ACTIVE_WINDOWS.items():
+        if 0 <= idle < days * MS_PER_DAY:
+            snap.active[name] += 1
+    score = engagement_score(state, clock, rules)
+    snap.stages[lifecycle_stage(state, clock, rules)] += 1
+    snap.quadrants[quadrant(score, sentiment(state, clock, rules), rules)] += 1
+    snap.bands[SCORE_BANDS[min(int(score // 20), 4)]] += 1
+
+
+def snapshot(states: Iterable[CustomerState], clock: int, rules: ProfileRules) -> Snapshot:
+    snap = Snapshot()
+    for state in states:
+        add_to_snapshot(snap, state, clock, rules)
+    return snap
+
+
+class Kpis:
+    """KPI metrics in the worker's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.nps = Counter(
+            "engage_nps_responses_total", "NPS answers by category.", ["category"], registry=r
+        )
+        self.csat = Counter("engage_csat_responses_total", "CSAT answers.", registry=r)
+        self.csat_satisfied = Counter(
+            "engage_csat_satisfied_total", "CSAT answers of 4 or 5.", registry=r
+        )
+        self.ces = Summary("engage_ces_score", "CES answers (1..7, higher = easier).", registry=r)
+        self.complaints_opened = Counter(
+            "engage_complaints_opened_total", "Support contacts opening a complaint.", registry=r
+        )
+        self.complaints_resolved = Counter(
+            "engage_complaints_resolved_total", "Support contacts resolving a complaint.",
+            registry=r,
+        )  # fmt: skip
+        self.fcr = Counter(
+            "engage_first_contact_resolutions_total",
+            "Complaint tickets resolved by their first contact.",
+            registry=r,
+        )
+        self.reviews = Counter("engage_reviews_total", "Reviews by rating.", ["rating"], registry=r)
+        self.referrals_sent = Counter("engage_referrals_sent_total", "Referrals sent.", registry=r)
+        self.referrals_converted = Counter(
+            "engage_referrals_converted_total", "Referrals converted.", registry=r
+        )
+        self.revenue = Counter(
+            "engage_revenue_total", "Purchase amounts, by ISO 4217 currency.", ["currency"],
+            registry=r,
+        )  # fmt: skip
+        self.orders = Counter("engage_orders_total", "Purchases.", registry=r)
+        self.customers = Gauge(
+            "engage_table_customers", "Customers held in this worker's table partitions.",
+            registry=r,
+        )  # fmt: skip
+        self.active = Gauge(
+            "engage_active_customers", "Customers active within the window.", ["window"],
+            registry=r,
+        )  # fmt: skip
+        self.stages = Gauge(
+            "engage_customers_by_stage", "Customers by lifecycle stage.", ["stage"], registry=r
+        )
+        self.quadrants = Gauge(
+            "engage_customers_by_quadrant", "Customers by quadrant.", ["quadrant"], registry=r
+        )
+        self.bands = Gauge(
+            "engage_customers_by_score_band", "Customers by engagement score band.", ["band"],
+            registry=r,
+        )  # fmt: skip
+        for category in ("promoter", "passive", "detractor"):
+            self.nps.labels(category)
+        for rating in range(1, 6):
+            self.reviews.labels(str(rating))
+        self.publish(Snapshot())
+
+    @cache  # noqa: B019 - closed label sets
+    def _nps(self, category: str) -> Counter:
+        return self.nps.labels(category)
+
+    @cache  # noqa: B019
+    def _review(self, rating: int) -> Counter:
+        return self.reviews.labels(str(rating))
+
+    @cache  # noqa: B019
+    def _revenue(self, currency: str) -> Counter:
+        return self.revenue.labels(currency)
+
+    def count(self, event: EventBase, first_contact_resolution: bool = False) -> None:
+        """The event KPIs of one folded event."""
+        if isinstance(event, Survey):
+            if event.survey == "nps":
+                s = event.score
+                self._nps("promoter" if s >= 9 else "passive" if s >= 7 else "detractor").inc()
+            elif event.survey == "csat":
+                self.csat.inc()
+                if event.score >= 4:
+                    self.csat_satisfied.inc()
+            else:
+                self.ces.observe(event.score)
+        elif isinstance(event, Purchase):
+            self.orders.inc()
+            self._revenue(event.currency).inc(float(event.amount))
+        elif isinstance(event, Review):
+            self._review(event.rating).inc()
+        elif isinstance(event, SupportContact) and event.complaint:
+            if event.status == "opened":
+                self.complaints_opened.inc()
+            elif event.status == "resolved":
+                self.complaints_resolved.inc()
+                if first_contact_resolution:
+                    self.fcr.inc()
+        elif isinstance(event, Loyalty):
+            if event.action == "referral_sent":
+                self.referrals_sent.inc()
+            elif event.action == "referral_converted":
+                self.referrals_converted.inc()
+
+    def publish(self, snap: Snapshot) -> None:
+        self.customers.set(snap.customers)
+        for name in ACTIVE_WINDOWS:
+            self.active.labels(name).set(snap.active[name])
+        for stage in STAGES:
+            self.stages.labels(stage).set(snap.stages[stage])
+        for q in QUADRANTS:
+            self.quadrants.labels(q).set(snap.quadrants[q])
+        for band in SCORE_BANDS:
+            self.bands.labels(band).set(snap.bands[band])
