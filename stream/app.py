@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 
 from stream.clock import wall_now
 from stream.kpis import Snapshot, add_to_snapshot
+from stream.kpis import summary as kpi_summary
 from stream.metrics import PipelineMetrics
 from stream.processor import Processor
 from stream.profile import view
@@ -170,6 +171,10 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     async def metrics_page(web: Any, request: Any) -> Any:
         metrics.ready.set(1 if engage.is_ready() else 0)
         return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/kpis")
+    async def kpis_page(web: Any, request: Any) -> Any:
+        return web.json(kpi_summary(metrics.registry))
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

@@ -168,3 +168,74 @@ class Kpis:
             self.quadrants.labels(q).set(snap.quadrants[q])
         for band in SCORE_BANDS:
             self.bands.labels(band).set(snap.bands[band])
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def summary(registry: CollectorRegistry) -> dict[str, object]:
+    """This worker's KPI components and the ratios they give (GET /kpis).
+
+    A worker only knows its own partitions; the cluster-wide figures are the Prometheus
+    recording rules, which sum the components of every worker before dividing.
+    """
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def get(name: str, **labels: str) -> float:
+        return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    promoters = get("engage_nps_responses_total", category="promoter")
+    passives = get("engage_nps_responses_total", category="passive")
+    detractors = get("engage_nps_responses_total", category="detractor")
+    nps_n = promoters + passives + detractors
+    reviews = {str(r): get("engage_reviews_total", rating=str(r)) for r in range(1, 6)}
+    lift: dict[str, dict[str, float | None]] = {}
+    from stream.rituals import OUTCOME_BITS, RITUALS
+
+    for ritual in RITUALS:
+        rates = {}
+        for arm in ("treated", "held_out"):
+            decided = get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome="decided")
+            rates[arm] = {
+                o: _ratio(
+                    get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome=o), decided
+                )
+                for o in OUTCOME_BITS
+            }
+        lift[ritual] = {
+            o: _ratio(rates["treated"][o] or 0.0, rates["held_out"][o] or 0.0)
+            if rates["treated"][o] is not None
+            else None
+            for o in OUTCOME_BITS
+        }
+    active = {w: get("engage_active_customers", window=w) for w in ACTIVE_WINDOWS}
+    return {
+        "scope": "worker",
+        "nps": round(100 * (promoters - detractors) / nps_n, 2) if nps_n else None,
+        "nps_responses": {"promoter": promoters, "passive": passives, "detractor": detractors},
+        "csat_percent": _ratio(
+            100 * get("engage_csat_satisfied_total"), get("engage_csat_responses_total")
+        ),
+        "ces_mean": _ratio(get("engage_ces_score_sum"), get("engage_ces_score_count")),
+        "complaints_opened": get("engage_complaints_opened_total"),
+        "complaints_resolved": get("engage_complaints_resolved_total"),
+        "first_contact_resolution_ratio": _ratio(
+            get("engage_first_contact_resolutions_total"), get("engage_complaints_resolved_total")
+        ),
+        "reviews_by_rating": reviews,
+        "referrals": {
+            "sent": get("engage_referrals_sent_total"),
+            "converted": get("engage_referrals_converted_total"),
+        },
+        "orders": get("engage_orders_total"),
+        "customers": get("engage_table_customers"),
+        "active_customers": active,
+        "stickiness": _ratio(active["1d"], active["30d"]),
+        "lifecycle_stages": {s: get("engage_customers_by_stage", stage=s) for s in STAGES},
+        "quadrants": {q: get("engage_customers_by_quadrant", quadrant=q) for q in QUADRANTS},
+        "ritual_lift": lift,
+    }
