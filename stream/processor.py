@@ -159,20 +159,30 @@ class Processor:
 
     def _advance_clock(self, p: int) -> int:
         pt = self._partition(p)
-        if self.live:
-            highwaters = {t: self._highwater(t, p) for t in self.inputs}
-            wall: int | None = to_ms(wall_now())
+        mode = self.settings.mode
+        wall: int | None = None
+        grace = 0
+        if mode == "replay":
+            if pt.replay is None:
+                return pt.clock  # nothing moves time before the replay's declaration
+            highwaters: dict[str, int | None] = {}
+            now = None
         else:
-            highwaters, wall = {}, None
-        if not self.live and pt.replay is None:
-            return pt.clock  # replay mode: nothing moves time before the declaration
+            highwaters = {t: self._highwater(t, p) for t in self.inputs}
+            if mode == "live":
+                now = wall = to_ms(wall_now())
+                grace = self.settings.grace_ms
+            else:  # follow: the latest event time read stands in for the wall clock
+                now = max((s.last_time for s in pt.progress.values() if s.last_time), default=None)
+                if now is None:
+                    return pt.clock
         pt.clock = partition_clock(
             pt.clock,
             pt.progress,
             highwaters=highwaters,
-            wall_ms=wall,
-            grace_ms=self.settings.grace_ms,
-            replay=None if self.live else pt.replay,
+            wall_ms=now,
+            grace_ms=grace,
+            replay=pt.replay if mode == "replay" else None,
         )
         self.metrics.partition_clock_child(p).set(pt.clock / 1000)
         if wall is not None:
@@ -325,7 +335,7 @@ class Processor:
     async def _maybe_finish_replay(self, p: int, clock: int) -> None:
         """Tell `engage replay` when this partition has reached the end of its replay."""
         pt = self.partitions.get(p)
-        if self.live or pt is None or pt.replay is None or pt.replay_done:
+        if self.settings.mode != "replay" or pt is None or pt.replay is None or pt.replay_done:
             return
         if pt.replay.final is not None and clock < pt.replay.final:
             return

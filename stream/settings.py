@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    mode: Literal["live", "replay"] = Field(
-        default="live", description="live: the wall clock bounds time; replay: event time only."
+    mode: Literal["live", "replay", "follow"] = Field(
+        default="live",
+        description="live: the wall clock bounds time; replay: event time only, ends declared "
+        "by `engage replay`; follow: the clock follows the latest event time read (simulations "
+        "in accelerated time, backfills), with no lateness guardrail.",
     )
     rules_file: str | None = Field(default=None, description="Ritual rules (YAML).")
     tick_interval_s: float = Field(default=0.5, gt=0, le=60)
