@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,47 +28,25 @@ sys.path.insert(0, str(ROOT))
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
 from tests.harness import Worker, produce, unique, wait_for  # noqa: E402
 
-KINDS = ["click"] * 14 + ["purchase"] * 2 + ["review", "support_contact", "survey", "loyalty"]
 
-
-def synthetic(n: int, customers: int, seed: int) -> list[tuple[str, bytes, bytes, str]]:
-    """(topic suffix, key, value, type): a click-heavy mix over `customers` customers."""
-    rng = random.Random(seed)
-    start = datetime.now(UTC) - timedelta(days=60)
+def persona_traffic(n: int, customers: int, seed: int) -> list[tuple[str, bytes, bytes]]:
+    """(topic suffix, key, value) of the first n events of a seeded `engage emit --out` run
+    whose simulated days end now: the same persona traffic the demo produces."""
+    days = 40
+    start = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.jsonl"
+        subprocess.run(
+            [sys.executable, "-m", "stream", "emit", "--customers", str(customers),
+             "--days", str(days), "--start", start, "--seed", str(seed), "--out", str(path),
+             "--quiet"],
+            check=True, cwd=ROOT,
+        )  # fmt: skip
+        lines = path.read_bytes().splitlines()[:n]
     out = []
-    for i in range(n):
-        cust = f"cust-{rng.randrange(customers)}"
-        kind = rng.choice(KINDS)
-        evt: dict[str, object] = {
-            "event_id": f"e-{seed}-{i}",
-            "customer_id": cust,
-            "type": kind,
-            "occurred_at": (start + timedelta(seconds=i * 60 * 60 * 24 * 60 / n)).isoformat(),
-        }
-        if kind == "click":
-            evt |= {"action": rng.choice(["page_view", "search", "link_click", "share"])}
-        elif kind == "purchase":
-            evt |= {
-                "order_id": f"o-{i}",
-                "amount": f"{rng.uniform(5, 200):.2f}",
-                "currency": "EUR",
-                "items": rng.randint(1, 4),
-            }
-        elif kind == "review":
-            evt |= {"review_id": f"r-{i}", "rating": rng.randint(1, 5), "channel": "site"}
-        elif kind == "support_contact":
-            evt |= {
-                "contact_id": f"k-{i}",
-                "ticket_id": f"t-{rng.randrange(3)}",
-                "channel": "chat",
-                "status": rng.choice(["opened", "resolved"]),
-                "complaint": rng.random() < 0.5,
-            }
-        elif kind == "survey":
-            evt |= {"survey": "nps", "score": rng.randint(0, 10)}
-        else:
-            evt |= {"action": "points_earned", "points": rng.randint(1, 100)}
-        out.append((TOPIC_SUFFIX[kind], cust.encode(), json.dumps(evt).encode(), kind))
+    for line in lines:
+        evt = json.loads(line)
+        out.append((TOPIC_SUFFIX[evt["type"]], evt["customer_id"].encode(), line))
     return out
 
 
@@ -98,8 +76,10 @@ async def baseline(bootstrap: str, topics: list[str], n: int) -> float:
         await consumer.stop()
 
 
-def run_worker(bootstrap: str, namespace: str, n: int, guarantee: str, logdir: Path) -> float:
-    """Seconds from the worker's first processed event to its n-th."""
+def run_worker(
+    bootstrap: str, namespace: str, n: int, guarantee: str, logdir: Path
+) -> tuple[float, float]:
+    """Seconds from the worker's first processed event to its n-th, and decisions taken."""
     app_id = unique(f"bench-{guarantee}")
     worker = Worker(
         bootstrap=bootstrap,
@@ -122,7 +102,8 @@ def run_worker(bootstrap: str, namespace: str, n: int, guarantee: str, logdir: P
             interval=0.1,
             what=f"{n} events processed",
         )
-        return time.perf_counter() - first
+        secs = time.perf_counter() - first
+        return secs, worker.metric("engage_ritual_decisions_total")
     finally:
         worker.stop()
 
@@ -130,7 +111,7 @@ def run_worker(bootstrap: str, namespace: str, n: int, guarantee: str, logdir: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--guarantees", default="at_least_once,exactly_once", help="comma-separated modes"
@@ -145,7 +126,7 @@ def main() -> int:
 
         bootstrap = ensure_up(("kafka",))["kafka"]
     namespace = unique("bench")
-    messages = synthetic(args.events, args.customers, args.seed)
+    messages = persona_traffic(args.events, args.customers, args.seed)
     topics = sorted({f"{namespace}.{suffix}" for suffix in TOPIC_SUFFIX.values()})
 
     from stream.settings import Settings
@@ -157,7 +138,7 @@ def main() -> int:
         )
     )
     t0 = time.perf_counter()
-    produce(bootstrap, [(f"{namespace}.{s}", k, v) for s, k, v, _ in messages])
+    produce(bootstrap, [(f"{namespace}.{s}", k, v) for s, k, v in messages])
     produce_s = time.perf_counter() - t0
     print(f"produced {args.events} events to {len(topics)} topics in {produce_s:.1f} s")
 
@@ -166,11 +147,11 @@ def main() -> int:
     print(f"aiokafka consume+decode   {base_rate:>10,.0f} events/s  ({base_s:.2f} s)")
     with tempfile.TemporaryDirectory() as tmp:
         for guarantee in args.guarantees.split(","):
-            secs = run_worker(bootstrap, namespace, args.events, guarantee, Path(tmp))
+            secs, decisions = run_worker(bootstrap, namespace, args.events, guarantee, Path(tmp))
             rate = args.events / secs
             print(
                 f"engage worker {guarantee:<13} {rate:>8,.0f} events/s  ({secs:.2f} s)"
-                f"  ratio to aiokafka {rate / base_rate:.3f}"
+                f"  ratio to aiokafka {rate / base_rate:.3f}  ({decisions:.0f} decisions)"
             )
     return 0
 

@@ -24,6 +24,7 @@ from stream.kpis import summary as kpi_summary
 from stream.metrics import PipelineMetrics
 from stream.processor import Processor
 from stream.profile import view
+from stream.projection import RedisProjector
 from stream.rules import Rules, load_rules
 from stream.settings import Settings
 from stream.state import decode, to_ms
@@ -122,7 +123,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         name: app.Table(
             name, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
         )
-        for name in ("customers", "due", "control")
+        for name in ("customers", "control")
     }
     metrics = PipelineMetrics()
     processor = Processor(
@@ -130,11 +131,19 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         rules,
         app,
         tables["customers"],
-        tables["due"],
         tables["control"],
         outputs,
         metrics,
     )
+    if settings.redis_enabled and settings.mode != "replay":
+        projector = RedisProjector(settings.redis_url.get_secret_value(), rules, metrics.registry)
+        processor.projector = projector
+
+        @app.task
+        async def project_to_redis() -> None:
+            """Background writes of changed profiles; the stream never waits for Redis."""
+            await projector.run()
+
     table = tables["customers"]
     engage = Engage(app, settings, table, processor, metrics)
 
@@ -191,9 +200,11 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         raw = table.get(customer_id.encode("utf-8"))
         if raw is None:
             return web.json({"error": "unknown customer"}, status=404)
+        state = decode(raw)
         clock = to_ms(wall_now()) if settings.mode == "live" else processor.latest_clock()
+        clock = max(clock, state.last_seen)  # never read a profile before its own events
         return web.bytes(
-            json.dumps(view(decode(raw), clock, rules.profile)).encode(),
+            json.dumps(view(state, clock, rules.profile)).encode(),
             content_type="application/json",
         )
 

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devstack": ("stream.devstack", "install and run Kafka, Redis and Prometheus locally"),
     "emit": ("stream.emitter.cli", "produce synthetic customer traffic"),
     "replay": ("stream.replay", "decide rituals over a JSONL file of events, in event time"),
+    "project": ("stream.projection", "the Redis profile projection: `project rebuild`"),
     "demo": ("stream.demo", "run the end-to-end demo"),
 }
 

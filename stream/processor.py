@@ -6,14 +6,12 @@ them may move its partition's clock, and every clock move runs the partition's d
 timers fire inside stream iteration, where table writes are allowed and go to the changelog
 partition of the message at hand, which is the partition of every customer touched.
 
-Due items are found through the `due` table: keys `{partition}:{minute}` list the customers
-with something due in that minute. A customer is registered once, at its earliest due minute,
-and re-registered when woken, so a tick's work grows with the items due, not with customers.
+Due items are found through an in-memory `DueIndex` per partition (`stream/due.py`), rebuilt
+from the customers table after an assignment, so timers cost no writes beyond the customer's own.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import time
@@ -23,16 +21,17 @@ from datetime import timedelta
 from typing import Any
 
 from stream.clock import Progress, Replay, partition_clock, wall_now
+from stream.due import DueIndex
 from stream.ingest import Limits, Rejection, accept
 from stream.kpis import Kpis
 from stream.metrics import PipelineMetrics
+from stream.projection import next_segment_change
 from stream.rituals import Context, advance, encode_decision, next_due, on_event
 from stream.rules import Rules
 from stream.settings import Settings
 from stream.state import CustomerState, decode, encode, fold, is_duplicate, new_state, to_ms
 
 log = logging.getLogger("engage")
-BUCKET_MS = 60_000
 
 
 def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
@@ -67,12 +66,12 @@ class Processor:
     rules: Rules
     app: Any
     customers: Any  # table: customer id -> CustomerState bytes
-    due: Any  # table: "{partition}:{minute}" -> JSON list of customer ids
     control: Any  # table: "replay:{partition}" -> replay declaration
     topics: dict[str, Any]
     metrics: PipelineMetrics
     partitions: dict[int, PartitionTime] = field(default_factory=lambda: defaultdict(PartitionTime))
-    index: dict[int, list[int]] = field(default_factory=dict)  # partition -> sorted minutes
+    index: dict[int, DueIndex] = field(default_factory=dict)
+    projector: Any = None  # RedisProjector, or None when the projection is off
 
     def __post_init__(self) -> None:
         self.limits = Limits(
@@ -111,7 +110,7 @@ class Processor:
         before = pt.clock
         clock = self._advance_clock(p)
         try:
-            result = await self.fold(message.key, outcome, at, clock, late=at < before)
+            result = await self.fold(message.key, outcome, at, clock, late=at < before, partition=p)
         except Exception:  # a bug must not stop the stream; the event is counted, not lost
             log.exception(
                 "fold failed at %s[%s]@%s", message.topic, message.partition, message.offset
@@ -204,7 +203,9 @@ class Processor:
 
     # --- state ---------------------------------------------------------------------------------
 
-    async def fold(self, key: bytes, event: Any, at: int, clock: int, *, late: bool) -> str:
+    async def fold(
+        self, key: bytes, event: Any, at: int, clock: int, *, late: bool, partition: int
+    ) -> str:
         raw = self.customers.get(key)
         state = decode(raw) if raw is not None else new_state(event.customer_id)
         if is_duplicate(state, event.event_id):
@@ -217,48 +218,40 @@ class Processor:
         state.r, decisions, outcomes = on_event(
             state.r, state.customer_id, event, at, clock, self.context()
         )
-        self._register(state, key)
-        self.customers[key] = encode(state)
+        state.partition = partition
+        self._save(key, state, clock)
         self.kpis.count(event, state.first_contact_resolutions > fcr_before)
         await self.emit(decisions, outcomes)
         return "folded"
 
-    def _register(self, state: CustomerState, key: bytes) -> None:
-        """Put the customer in the due index at its earliest due minute, if not there already."""
+    def _save(self, key: bytes, state: CustomerState, clock: int) -> None:
+        """The one table write per change; the Redis projection and due index follow it."""
+        raw = encode(state)
+        self.customers[key] = raw
+        if self.projector is not None:
+            self.projector.enqueue(state.customer_id, raw, clock)
+        self._register(state, clock)
+
+    def _register(self, state: CustomerState, clock: int) -> None:
+        """Wake the customer at its next ritual item, or when its segments next change by
+        themselves (so the Redis segment sets never go stale), whichever comes first."""
         due = next_due(state.r)
-        if due is None:
-            return
-        minute = due // BUCKET_MS
-        if state.wake and state.wake <= minute:
-            return  # an earlier wake-up stands; it re-registers the customer then
-        p = self._current_partition()
-        bucket = f"{p}:{minute}".encode()
-        raw = self.due.get(bucket)
-        members = json.loads(raw) if raw else []
-        cid = key.decode()
-        if cid not in members:
-            members.append(cid)
-            self.due[bucket] = json.dumps(members).encode()
-        index = self._index(p)
-        i = bisect.bisect_left(index, minute)
-        if i == len(index) or index[i] != minute:
-            index.insert(i, minute)
-        state.wake = minute
+        if self.projector is not None:
+            change = next_segment_change(state, clock, self.rules.profile)
+            if change is not None and (due is None or change < due):
+                due = change
+        self._index(state.partition).register(state.customer_id, due)
 
-    def _current_partition(self) -> int:
-        from faust import current_event
-
-        event = current_event()
-        assert event is not None, "table writes happen only inside stream iteration"
-        return event.message.partition
-
-    def _index(self, p: int) -> list[int]:
-        """Sorted due minutes of partition p, rebuilt from the table after (re)assignment."""
+    def _index(self, p: int) -> DueIndex:
+        """Partition p's due index; after an assignment, rebuilt from the recovered table."""
         index = self.index.get(p)
         if index is None:
-            prefix = f"{p}:".encode()
-            index = sorted(int(k[len(prefix) :]) for k in self.due if k.startswith(prefix))
-            self.index[p] = index
+            index = self.index[p] = DueIndex()
+            clock = self.partitions[p].clock if p in self.partitions else 0
+            for raw in list(self.customers.values()):
+                state = decode(raw)
+                if state.partition == p:
+                    self._register(state, clock)
         return index
 
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -269,46 +262,24 @@ class Processor:
             self.partitions.pop(p, None)
 
     async def run_due(self, p: int, clock: int) -> None:
-        """Wake every customer of partition p registered in a minute that has begun."""
+        """Process every customer of partition p with something due by `clock`."""
         index = self._index(p)
-        while index and index[0] * BUCKET_MS <= clock:
-            minute = index[0]
-            bucket = f"{p}:{minute}".encode()
-            raw = self.due.get(bucket)
-            members: list[str] = json.loads(raw) if raw else []
-            keep: list[str] = []
-            for cid in members:
-                if not await self._wake(cid, clock, minute):
-                    keep.append(cid)
-            if keep and (minute + 1) * BUCKET_MS > clock:
-                self.due[bucket] = json.dumps(keep).encode()
-                break  # the rest of this minute is still ahead of the clock
-            index.pop(0)
-            if raw is not None:
-                del self.due[bucket]
-        await self._maybe_finish_replay(p, clock)
-
-    async def _wake(self, cid: str, clock: int, minute: int) -> bool:
-        """Process a customer's due items; False if it stays registered in `minute`."""
-        key = cid.encode()
-        raw = self.customers.get(key)
-        if raw is None:
-            return True
-        state = decode(raw)
-        if state.wake != minute:
-            return True  # registered elsewhere since: a stale entry
-        state.r, decisions, outcomes = advance(state.r, cid, clock, self.context())
-        due = next_due(state.r)
-        if due is not None and due // BUCKET_MS == minute:
-            if decisions or outcomes:
-                self.customers[key] = encode(state)
+        for cid in index.pop_due(clock):
+            key = cid.encode()
+            raw = self.customers.get(key)
+            if raw is None:
+                continue
+            state = decode(raw)
+            r, decisions, outcomes = advance(state.r, cid, clock, self.context())
+            if r is not state.r:
+                state.r = r
+                self._save(key, state, clock)
                 await self.emit(decisions, outcomes)
-            return False
-        state.wake = 0
-        self._register(state, key)
-        self.customers[key] = encode(state)
-        await self.emit(decisions, outcomes)
-        return True
+            else:  # a segment change falls due: refresh the projection only
+                if self.projector is not None:
+                    self.projector.enqueue(cid, raw, clock)
+                self._register(state, clock)
+        await self._maybe_finish_replay(p, clock)
 
     # --- outputs -------------------------------------------------------------------------------
 

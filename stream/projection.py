@@ -3,11 +3,11 @@
 Redis is a read model, never a source of truth: the `customers` table (its changelog) is. So
 the worker must never wait for Redis. `RedisProjector.enqueue` only records "customer X now
 has state S at clock C" in a dict (latest wins, one entry per customer, no I/O), and a
-background loop writes what is pending in pipelined MULTI/EXEC batches. While Redis is down the
-dict keeps the latest state of every changed customer and the loop retries with capped backoff;
-when Redis is back it drains the dict. Each write is a pure function of (state, clock, rules),
-so replaying the same writes gives the same content, and `rebuild` can recreate everything from
-the changelog.
+background loop writes what is pending in pipelined batches (one atomic Lua script call per
+customer). While Redis is down the dict keeps the latest state of every changed customer and
+the loop retries with capped backoff; when Redis is back it drains the dict. Each write is a
+pure function of (state, clock, rules), so replaying the same writes gives the same content,
+and `rebuild` can recreate everything from the changelog.
 
 Keys (SPEC §6):
 
@@ -24,16 +24,18 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.profile import QUADRANTS, STAGES, view
 from stream.rules import DEFAULT_RULES, ProfileRules, Rules
-from stream.state import decode
+from stream.state import MS_PER_DAY, CustomerState, decode
 
 log = logging.getLogger("engage")
 
@@ -90,22 +92,29 @@ def profile_hash(profile: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _flatten(prefix: str, value: Mapping[str, Any], out: dict[str, str]) -> None:
+    # Exact-type checks first: this runs for every field of every profile written.
     for name, item in value.items():
-        field = f"{prefix}{name}"
-        if item is None:
+        kind = type(item)
+        if kind is str:
+            out[prefix + name] = item
+        elif item is None:
             continue
-        if isinstance(item, Mapping):
-            _flatten(f"{field}.", item, out)
-        elif isinstance(item, bool):  # before int: bool is an int
-            out[field] = "true" if item else "false"
-        elif isinstance(item, str):
-            out[field] = item
-        elif isinstance(item, int | float):
-            out[field] = repr(item)
+        elif kind is bool:
+            out[prefix + name] = "true" if item else "false"
+        elif kind is int or kind is float:
+            out[prefix + name] = repr(item)
+        elif isinstance(item, Mapping):
+            _flatten(f"{prefix}{name}.", item, out)
+        elif isinstance(item, bool):
+            out[prefix + name] = "true" if item else "false"
+        elif isinstance(item, int):  # an int subclass (IntEnum...): its number
+            out[prefix + name] = str(int(item))
+        elif isinstance(item, float):
+            out[prefix + name] = repr(float(item))
         elif isinstance(item, list | tuple):
-            out[field] = json.dumps(item, separators=(",", ":"))
-        else:  # Decimal and the like: their exact text
-            out[field] = str(item)
+            out[prefix + name] = json.dumps(item, separators=(",", ":"))
+        else:  # Decimal, str subclasses and the like: their text
+            out[prefix + name] = str(item)
 
 
 def read_profile(raw: bytes, clock_ms: int, rules: ProfileRules) -> dict[str, Any]:
@@ -120,26 +129,86 @@ def read_profile(raw: bytes, clock_ms: int, rules: ProfileRules) -> dict[str, An
     return view(state, max(clock_ms, state.last_seen), rules)
 
 
-def _write_commands(pipe: Any, customer_id: str, profile: Mapping[str, Any]) -> None:
-    """Queue the commands that make Redis hold exactly this profile for this customer.
+# One customer's write, atomic on the server: a reader never sees the hash between DEL and HSET.
+# KEYS: the profile, the current stage set, the current quadrant set, then every other segment
+# set. ARGV: the customer id, the hash fields as one JSON object. One JSON argument instead of
+# ~70 keeps redis-py's (pure Python) command packing, which runs on the worker's event loop,
+# the smallest part of the cost.
+WRITE_SCRIPT = """
+local fields = cjson.decode(ARGV[2])
+local args = {}
+for name, value in pairs(fields) do
+  args[#args + 1] = name
+  args[#args + 1] = value
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(args))
+for i = 4, #KEYS do
+  redis.call('SREM', KEYS[i], ARGV[1])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+_JSON = msgspec.json.Encoder()
 
-    DEL + HSET (inside the caller's MULTI) drops fields the new profile no longer has; SREM
-    from every other set of a kind keeps the customer in exactly one set per kind without
-    having to know where it was before, which is what makes a write idempotent and safe to
-    replay out of any history.
+
+def _others(keys: Mapping[str, str], current: str) -> list[str]:
+    return [key for value, key in keys.items() if value != current]
+
+
+async def _queue_write(
+    pipe: Any, script: Any, customer_id: str, profile: Mapping[str, Any]
+) -> None:
+    """Queue the script call that makes Redis hold exactly this profile for this customer.
+
+    DEL + HSET drops fields the new profile no longer has; SREM from every other set of a kind
+    keeps the customer in exactly one set per kind without knowing where it was before. That
+    is what makes a write idempotent and safe to replay out of any history.
     """
-    key = profile_key(customer_id)
-    pipe.delete(key)
-    pipe.hset(key, mapping=profile_hash(profile))
-    _move(pipe, customer_id, "stage", STAGE_KEYS, str(profile["lifecycle_stage"]))
-    _move(pipe, customer_id, "quadrant", QUADRANT_KEYS, str(profile["quadrant"]))
+    stage, quadrant = str(profile["lifecycle_stage"]), str(profile["quadrant"])
+    keys = [
+        profile_key(customer_id),
+        STAGE_KEYS.get(stage) or f"{SEGMENT_PREFIX}stage:{stage}",
+        QUADRANT_KEYS.get(quadrant) or f"{SEGMENT_PREFIX}quadrant:{quadrant}",
+        *_others(STAGE_KEYS, stage),
+        *_others(QUADRANT_KEYS, quadrant),
+    ]
+    fields = _JSON.encode(profile_hash(profile))
+    await script(keys=keys, args=[customer_id, fields], client=pipe)
 
 
-def _move(pipe: Any, customer_id: str, kind: str, keys: Mapping[str, str], current: str) -> None:
-    for value, key in keys.items():
-        if value != current:
-            pipe.srem(key, customer_id)
-    pipe.sadd(keys.get(current) or f"{SEGMENT_PREFIX}{kind}:{current}", customer_id)
+def next_segment_change(
+    state: CustomerState, clock_ms: int, rules: ProfileRules = DEFAULT_RULES
+) -> int | None:
+    """The first instant after `clock_ms` at which the stage or quadrant may change by itself.
+
+    Segments depend on "now": with no new event a customer still goes new -> active,
+    active -> at_risk -> dormant, reactivated -> active, its score decays below the engaged
+    threshold and its sentiment signals age out of their window. A projection written at the
+    last state change would keep such a customer in its old set forever, so the worker can
+    register this instant in its due index and enqueue the customer again then. The instant
+    is a bound, not a promise: a signal ageing out may leave the sentiment as it was, and the
+    score crossing is computed in floating point (re-asking at the answer converges).
+    """
+    day = MS_PER_DAY
+    at = max(clock_ms, state.last_seen)
+    candidates: list[int] = []
+    if state.first_seen:
+        candidates.append(state.first_seen + rules.new_days * day + 1)
+    if state.last_seen:
+        candidates.append(state.last_seen + rules.at_risk_days * day + 1)
+        candidates.append(state.last_seen + rules.dormant_days * day + 1)
+    if state.reactivated_at:
+        candidates.append(state.reactivated_at + rules.reactivated_days * day + 1)
+    candidates += [t + rules.sentiment_window_days * day for t, _ in state.signals]
+    if state.eng_at and 0 < rules.engaged_score < 100:
+        half_life = rules.half_life_days * day
+        activity = state.eng_acc * math.pow(0.5, (at - state.eng_at) / half_life)
+        threshold = -rules.score_scale * math.log(1 - rules.engaged_score / 100)
+        if activity >= threshold:  # engaged now: it stops being when the decay crosses
+            candidates.append(at + math.ceil(half_life * math.log2(activity / threshold)) + 1)
+    return min((t for t in candidates if t > at), default=None)
 
 
 def _delete_commands(pipe: Any, customer_id: str) -> None:
@@ -208,12 +277,14 @@ class RedisProjector:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
+        self._script: Any = None
         self._failures = 0  # consecutive failed attempts, for backoff and log throttling
+        self._lock = asyncio.Lock()  # one flush at a time (the loop's, or stop()'s last one)
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
         self.write_seconds = Histogram(
             "engage_redis_write_seconds",
-            "Time of one pipelined MULTI/EXEC batch of profile writes to Redis.",
+            "Time of one pipelined batch of profile writes to Redis (up to batch_size customers).",
             buckets=WRITE_BUCKETS,
             registry=r,
         )
@@ -300,38 +371,44 @@ class RedisProjector:
         state of the customer arrived meanwhile) and the error propagates.
         """
         written = 0
-        while self._pending:
-            keys = list(itertools.islice(self._pending, self.batch_size))
-            self._inflight = {k: self._pending.pop(k) for k in keys}
-            try:
-                await self._write(self._inflight)
-            except BaseException:
-                for cid, entry in self._inflight.items():
-                    self._pending.setdefault(cid, entry)
-                raise
-            finally:
-                batch, self._inflight = len(self._inflight), {}
-            written += batch
+        async with self._lock:
+            while self._pending:
+                keys = list(itertools.islice(self._pending, self.batch_size))
+                self._inflight = {k: self._pending.pop(k) for k in keys}
+                try:
+                    await self._write(self._inflight)
+                except BaseException:
+                    for cid, entry in self._inflight.items():
+                        self._pending.setdefault(cid, entry)
+                    raise
+                finally:
+                    batch, self._inflight = len(self._inflight), {}
+                written += batch
         return written
 
     async def _write(self, batch: Mapping[str, Pending]) -> None:
         if self._client is None:
             self._client = connect(self.redis_url, socket_timeout_s=self.socket_timeout_s)
-        pipe = self._client.pipeline(transaction=True)
-        for cid, (raw, clock) in batch.items():
-            if raw is None:
-                _delete_commands(pipe, cid)
-                continue
-            try:
-                profile = read_profile(raw, clock, self.rules)
-            except Exception:  # a state we cannot read: skip it, keep the others going
-                self.errors.inc()
-                log.exception("redis projection: cannot build the profile of one customer")
-                continue
-            _write_commands(pipe, cid, profile)
-        started = time.perf_counter()
-        results = await pipe.execute(raise_on_error=False)
-        self.write_seconds.observe(time.perf_counter() - started)
+            self._script = self._client.register_script(WRITE_SCRIPT)
+        # No MULTI: each customer's script is atomic, and a batch cut short by a lost
+        # connection is simply written again (writes are idempotent).
+        async with self._client.pipeline(transaction=False) as pipe:
+            for i, (cid, (raw, clock)) in enumerate(batch.items()):
+                if i % 50 == 49:  # ~100 µs a profile: let the stream run between slices
+                    await asyncio.sleep(0)
+                if raw is None:
+                    _delete_commands(pipe, cid)
+                    continue
+                try:
+                    profile = read_profile(raw, clock, self.rules)
+                except Exception:  # a state we cannot read: skip it, keep the others going
+                    self.errors.inc()
+                    log.exception("redis projection: cannot build the profile of one customer")
+                    continue
+                await _queue_write(pipe, self._script, cid, profile)
+            started = time.perf_counter()
+            results = await pipe.execute(raise_on_error=False)
+            self.write_seconds.observe(time.perf_counter() - started)
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:  # per-command errors (WRONGTYPE: someone else's key): not retryable
             self.errors.inc(len(failed))
@@ -395,11 +472,14 @@ def changelog_topic(settings: Any) -> str:
     return f"{settings.app_id}-customers-changelog"
 
 
-async def read_changelog(settings: Any) -> dict[str, bytes]:
-    """The latest value per customer in the `customers` changelog (tombstones drop the key).
+async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]:
+    """The `customers` changelog, one partition at a time: latest value per customer.
 
-    read_committed and `position` (not the last message's offset) decide the end, because an
-    exactly-once changelog ends with transaction markers that are never delivered as messages.
+    A customer's key lives in one partition, so a partition's dict is final when it is read,
+    and memory stays at one partition's customers rather than the whole table. Tombstones
+    (None values) drop the key. read_committed, and `position` rather than the last message's
+    offset, decide the end: an exactly-once changelog ends with transaction markers that are
+    never delivered as messages.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -409,6 +489,9 @@ async def read_changelog(settings: Any) -> dict[str, bytes]:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
+        # A bounded read of history: never let the broker hold a fetch open waiting for new
+        # data (500 ms by default), which every move to the next partition would pay.
+        fetch_max_wait_ms=20,
         **kafka_security(settings),
     )
     await consumer.start()
@@ -419,25 +502,21 @@ async def read_changelog(settings: Any) -> dict[str, bytes]:
             partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             raise LookupError(f"changelog topic {topic} not found (is ENGAGE_APP_ID right?)")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        latest: dict[str, bytes] = {}
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
-            for msgs in batch.values():
-                for msg in msgs:
+        for p in sorted(partitions):
+            tp = TopicPartition(topic, p)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            latest: dict[str, bytes] = {}
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+                for msg in batch.get(tp, []):
                     cid = msg.key.decode("utf-8")
                     if msg.value is None:
                         latest.pop(cid, None)
                     else:
                         latest[cid] = msg.value
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return latest
+            yield latest
     finally:
         await consumer.stop()
 
@@ -461,10 +540,10 @@ async def _snapshot(client: Any) -> tuple[set[str], dict[str, set[str]]]:
 async def _in_batches(client: Any, commands: Iterable[tuple[str, tuple[Any, ...]]], n: int) -> None:
     it = iter(commands)
     while chunk := list(itertools.islice(it, n)):
-        pipe = client.pipeline(transaction=False)
-        for name, args in chunk:
-            getattr(pipe, name)(*args)
-        await pipe.execute()
+        async with client.pipeline(transaction=False) as pipe:
+            for name, args in chunk:
+                getattr(pipe, name)(*args)
+            await pipe.execute()
 
 
 async def rebuild(
@@ -477,39 +556,54 @@ async def rebuild(
 ) -> int:
     """Recreate the projection from the `customers` changelog; returns the profiles written.
 
-    Profiles are read at `clock_ms` (default: the wall clock). Redis keeps serving during the
-    rebuild: every customer is overwritten in place (DEL + HSET in one MULTI), and only then
-    are profiles and segment members the changelog no longer has removed. What is removed is
-    decided from a snapshot taken *before* the changelog is read, so a customer a live worker
-    creates meanwhile is never removed. Use one Redis database per deployment: everything under
-    `engage:profile:*` and `engage:segment:*` is considered ours.
+    Profiles are read at `clock_ms`. By default that is the wall clock in live mode; in replay
+    and follow modes time is event time, so each partition is read at its latest event (where
+    its partition clock was at least).
+
+    Redis keeps serving during the rebuild: every customer is overwritten in place (DEL + HSET
+    in one script), and only then are profiles and segment members the changelog no longer
+    has removed. What is removed is decided from a snapshot taken *before* the changelog is
+    read, so a customer a live worker creates meanwhile is never removed. Use one Redis
+    database per deployment: everything under `engage:profile:*` and `engage:segment:*` is
+    considered ours.
     """
     from stream.clock import wall_now
     from stream.rules import load_rules
     from stream.state import to_ms
 
     profile_rules = _profile_rules(rules if rules is not None else load_rules(settings.rules_file))
-    clock = clock_ms if clock_ms is not None else to_ms(wall_now())
+    live = getattr(settings, "mode", "live") == "live"
+    wall = to_ms(wall_now())
     client = connect(redis_url, socket_timeout_s=30.0)
     try:
         before_profiles, before_segments = await _snapshot(client)
-        states = await read_changelog(settings)
-        items = list(states.items())
-        for i in range(0, len(items), batch_size):
-            pipe = client.pipeline(transaction=True)
-            for cid, raw in items[i : i + batch_size]:
-                _write_commands(pipe, cid, read_profile(raw, clock, profile_rules))
-            await pipe.execute()
+        script = client.register_script(WRITE_SCRIPT)
+        present: set[str] = set()
+        async for states in changelog_partitions(settings):
+            items = list(states.items())
+            if clock_ms is not None:
+                clock = clock_ms
+            elif live:
+                clock = wall
+            else:
+                clock = max((decode(raw).last_seen for _, raw in items), default=0)
+            for i in range(0, len(items), batch_size):
+                async with client.pipeline(transaction=False) as pipe:
+                    for cid, raw in items[i : i + batch_size]:
+                        profile = read_profile(raw, clock, profile_rules)
+                        await _queue_write(pipe, script, cid, profile)
+                    await pipe.execute()
+            present.update(states)
         stale: list[tuple[str, tuple[Any, ...]]] = [
-            ("delete", (profile_key(cid),)) for cid in sorted(before_profiles - states.keys())
+            ("delete", (profile_key(cid),)) for cid in sorted(before_profiles - present)
         ]
         for key, members in sorted(before_segments.items()):
             if key not in SEGMENT_KEYS:
                 stale.append(("delete", (key,)))
             else:
-                stale += [("srem", (key, m)) for m in sorted(members - states.keys())]
+                stale += [("srem", (key, m)) for m in sorted(members - present)]
         await _in_batches(client, stale, batch_size)
-        return len(states)
+        return len(present)
     finally:
         await client.aclose()
 
@@ -532,7 +626,8 @@ def main(argv: list[str]) -> int:
         "--clock-ms",
         type=int,
         default=None,
-        help="read the profiles at this instant (epoch ms; default: now)",
+        help="read the profiles at this instant (epoch ms; default: now in live mode, "
+        "each partition's latest event time in replay and follow modes)",
     )
     args = parser.parse_args(argv)
 
@@ -546,5 +641,5 @@ def main(argv: list[str]) -> int:
         print(f"engage project rebuild: {_describe(exc)}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
-    print(f"rebuilt {count} profiles from {changelog_topic(settings)} in {elapsed:.1f} s")
+    print(f"rebuilt {count} profiles from {changelog_topic(settings)} in {elapsed:.2f} s")
     return 0

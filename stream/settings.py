@@ -60,7 +60,11 @@ class Settings(BaseSettings):
         default=300.0, ge=0, description="Events further ahead of the wall clock go to the DLQ."
     )
 
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Profile projection (SPEC §6); AUTH and TLS in the URL (rediss://...).",
+    )
+    redis_enabled: bool = Field(default=True, description="Off: no Redis projection.")
 
     # Kafka security (SPEC §7): nothing secret lives in the repository; pass it in the env.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

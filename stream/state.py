@@ -106,7 +106,7 @@ class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     signals: list[tuple[int, int]] = []  # (time, -1|0|+1) sentiment signals, recent only
     recent_ids: bytes = b""  # 8-byte digests of the latest event ids, oldest first
     r: RitualState = msgspec.field(default_factory=RitualState)  # rituals, in ritual time
-    wake: int = 0  # the due-index bucket this customer is registered in (0: none)
+    partition: int = -1  # the input partition it lives on: rebuilds the due index
 
 
 _ENCODER = msgspec.json.Encoder()
