@@ -1,28 +1,35 @@
 """`engage demo`: the whole product on the local stack, in a few minutes.
 
-Starts (or reuses) Kafka, Redis and Prometheus, runs a worker on a fresh topic namespace, emits
-simulated customers in accelerated time with some malformed messages mixed in, waits until the
-worker has handled every message, and prints what happened: events by type, dead letters by
-reason, ritual decisions, and a few customers' profiles.
+Starts (or reuses) Kafka, Redis and Prometheus, runs a worker on a fresh topic namespace in
+`follow` mode (its clocks follow event time, so months of rituals pass in minutes), and runs the
+emitter: simulated customers in accelerated time who read the nudges and react to them, with a
+few malformed messages mixed in. A live terminal view shows throughput, KPIs, ritual decisions
+and the latest nudges; at the end it prints the totals, each ritual's measured lift (treated vs
+held-out), and where to look next.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+
+from stream.rituals import RITUALS, STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,47 +44,137 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
-    """Parsed samples of one metric from the worker's /metrics."""
+def _samples(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The worker's /metrics, parsed: sample name -> [(labels, value)]."""
     from prometheus_client.parser import text_string_to_metric_families
 
     _, body = _get(port, "/metrics")
-    out = []
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.name == name:
-                out.append((sample.labels, sample.value))
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
     return out
 
 
-def _wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise SystemExit(f"engage demo: timed out waiting for {what}")
+def _total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **want: str) -> float:
+    return sum(v for labels, v in samples.get(name, []) if want.items() <= labels.items())
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="engage demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=400)
-    parser.add_argument("--days", type=float, default=120.0, help="simulated days")
-    parser.add_argument("--speed", type=float, default=8 * 86400.0, help="sim seconds per second")
-    parser.add_argument("--bad-fraction", type=float, default=0.02)
-    parser.add_argument("--seed", default="7")
-    parser.add_argument("--web-port", type=int, default=6066)
-    parser.add_argument("--keep", action="store_true", help="leave the worker running at the end")
-    args = parser.parse_args(argv)
-    console = Console()
+class View:
+    """What the live view shows, refreshed from the worker once a second."""
 
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        self.kpis: dict[str, Any] = {}
+        self.nudges: deque[dict[str, Any]] = deque(maxlen=8)
+        self.nudge_count = 0
+        self.rate = 0.0
+        self._last = (time.monotonic(), 0.0)
+
+    def refresh(self) -> None:
+        self.samples = _samples(self.port)
+        status, body = _get(self.port, "/kpis")
+        if status == 200:
+            self.kpis = json.loads(body)
+        now, consumed = time.monotonic(), self.consumed
+        then, before = self._last
+        if now - then >= 0.5:
+            self.rate = (consumed - before) / (now - then)
+            self._last = (now, consumed)
+
+    @property
+    def consumed(self) -> float:
+        return _total(self.samples, "engage_events_consumed_total")
+
+    def render(self) -> Group:
+        s = self.samples
+        pipeline = Table(title="pipeline", show_header=False)
+        pipeline.add_row("events/s", f"{self.rate:,.0f}")
+        pipeline.add_row("consumed", f"{self.consumed:,.0f}")
+        pipeline.add_row(
+            "folded", f"{_total(s, 'engage_events_processed_total', outcome='folded'):,.0f}"
+        )
+        pipeline.add_row("dead letters", f"{_total(s, 'engage_dlq_messages_total'):,.0f}")
+        pipeline.add_row("duplicates", f"{_total(s, 'engage_duplicate_events_total'):,.0f}")
+        clocks = [v for _, v in s.get("engage_partition_clock_seconds", []) if v]
+        if clocks:
+            sim = datetime.fromtimestamp(min(clocks), UTC).strftime("%Y-%m-%d %H:%M")
+            pipeline.add_row("simulated now", sim)
+        k = self.kpis
+        kpis = Table(title="KPIs", show_header=False)
+        for label, key in [
+            ("NPS", "nps"),
+            ("CSAT %", "csat_percent"),
+            ("CES mean", "ces_mean"),
+            ("FCR ratio", "first_contact_resolution_ratio"),
+            ("stickiness", "stickiness"),
+            ("customers", "customers"),
+        ]:
+            kpis.add_row(label, str(k.get(key)))
+        stages = k.get("lifecycle_stages", {})
+        kpis.add_row("stages", " ".join(f"{n}={int(v)}" for n, v in stages.items() if v))
+        rituals = Table(title="ritual decisions")
+        rituals.add_column("ritual")
+        for status in STATUSES:
+            rituals.add_column(status, justify="right")
+        rituals.add_column("lift (came back)", justify="right")
+        lift = k.get("ritual_lift", {})
+        for ritual in RITUALS:
+            counts = [
+                _total(s, "engage_ritual_decisions_total", ritual=ritual, status=st)
+                for st in STATUSES
+            ]
+            rituals.add_row(
+                ritual, *(f"{c:.0f}" for c in counts),
+                str(lift.get(ritual, {}).get("came_back")),
+            )  # fmt: skip
+        latest = Table(title=f"latest nudges ({self.nudge_count} delivered)")
+        for col in ("decided at (simulated)", "ritual", "customer", "category"):
+            latest.add_column(col)
+        for n in self.nudges:
+            latest.add_row(n["decided_at"][:16], n["ritual"], n["customer_id"], n["category"])
+        return Group(Table.grid(padding=2), pipeline, kpis, rituals, latest)
+
+
+async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Event) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, metadata_max_age_ms=2000,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for msg in msgs:
+                    view.nudges.append(json.loads(msg.value))
+                    view.nudge_count += 1
+    finally:
+        await consumer.stop()
+
+
+async def _end_offsets(bootstrap: str, topics: list[str], partitions: int) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from stream.devstack import ensure_up
+    from stream.settings import Settings
 
     with console.status("starting Kafka, Redis and Prometheus"):
-        addresses = ensure_up(("kafka", "redis", "prometheus"))
+        addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))
     console.print(f"[green]stack up[/]: {addresses}")
-
     run = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     env = {
         **os.environ,
@@ -86,151 +183,174 @@ def main(argv: list[str]) -> int:
         "ENGAGE_TOPIC_NAMESPACE": run,
         "ENGAGE_WEB_PORT": str(args.web_port),
         "ENGAGE_PARTITIONS": "4",
+        "ENGAGE_MODE": "follow",
+        "ENGAGE_KPI_INTERVAL_S": "2",
         "ENGAGE_LOG_LEVEL": "warning",
     }
-    log_path = Path(tempfile.gettempdir()) / f"engage-{run}.log"
+    if args.rules:
+        env["ENGAGE_RULES_FILE"] = str(Path(args.rules).resolve())
+    settings = Settings(broker=env["ENGAGE_BROKER"], topic_namespace=run, partitions=4)
+    logs = Path(tempfile.gettempdir())
     worker = subprocess.Popen(
-        [sys.executable, "-m", "stream", "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "stream", "worker"], cwd=ROOT, env=env,
+        stdout=(logs / f"engage-{run}-worker.log").open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
-    )
+    )  # fmt: skip
+    emitter: subprocess.Popen[bytes] | None = None
+    stop = asyncio.Event()
+    view = View(args.web_port)
     try:
-        with console.status(f"starting a worker (namespace {run}, log {log_path})"):
-            _wait(lambda: _get(args.web_port, "/readyz")[0] == 200, 120, "the worker")
-        console.print(f"[green]worker ready[/] on http://127.0.0.1:{args.web_port}")
-
-        console.rule(f"emitting {args.customers} customers over {args.days:g} simulated days")
-        emit = subprocess.run(
-            [
-                sys.executable, "-m", "stream", "emit",
-                "--customers", str(args.customers),
-                "--days", str(args.days),
-                "--speed", str(args.speed),
-                "--seed", args.seed,
-                "--bad-fraction", str(args.bad_fraction),
-            ],
-            cwd=ROOT,
-            env=env,
-            check=False,
-        )  # fmt: skip
-        if emit.returncode != 0:
-            console.print("[red]the emitter failed[/]")
-            return 1
-        emitted = _emitted_count(env)
-
-        def consumed() -> bool:
-            return sum(v for _, v in _samples(args.web_port, "engage_events_consumed_total")) >= (
-                emitted
-            )
-
-        with console.status("waiting for the worker to handle every message"):
-            _wait(consumed, 300, "the worker to catch up")
-        _summary(console, args.web_port, env)
+        with console.status(f"starting a worker (namespace {run})"):
+            deadline = time.monotonic() + 120
+            while _get(args.web_port, "/readyz")[0] != 200:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"engage demo: the worker did not start; see {logs}")
+                await asyncio.sleep(0.25)
         console.print(
-            f"\nmetrics    http://127.0.0.1:{args.web_port}/metrics\n"
-            f"prometheus {addresses.get('prometheus', '')}\n"
-            f"worker log {log_path}"
+            f"[green]worker ready[/] on http://127.0.0.1:{args.web_port} "
+            f"({args.customers} customers, {args.days:g} simulated days at "
+            f"{args.speed / 86400:g} days/s)"
+        )
+        emitter = subprocess.Popen(
+            [sys.executable, "-m", "stream", "emit", "--customers", str(args.customers),
+             "--days", str(args.days), "--speed", str(args.speed), "--seed", args.seed,
+             "--bad-fraction", str(args.bad_fraction), "--browse", str(args.browse), "--quiet"],
+            cwd=ROOT, env=env, stdout=(logs / f"engage-{run}-emit.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        watcher = asyncio.create_task(
+            _watch_nudges(addresses["kafka"], settings.nudges_topic, view, stop)
+        )
+        inputs = list(settings.input_topics.values())
+        live = None if args.plain else Live(view.render(), console=console, auto_refresh=False)
+        if live is not None:
+            live.start()
+        try:
+            caught_up_since = None
+            while True:
+                await asyncio.to_thread(view.refresh)
+                if live is not None:
+                    live.update(view.render(), refresh=True)
+                if emitter.poll() is not None:
+                    produced = await _end_offsets(addresses["kafka"], inputs, 4)
+                    if view.consumed >= produced:
+                        caught_up_since = caught_up_since or time.monotonic()
+                        # a last segment refresh after the final event, then stop
+                        if time.monotonic() - caught_up_since > 3:
+                            break
+                await asyncio.sleep(1)
+        finally:
+            if live is not None:
+                live.stop()
+        stop.set()
+        await watcher
+        await asyncio.to_thread(view.refresh)
+        if emitter.returncode:
+            raise SystemExit(f"engage demo: the emitter failed; see {logs}")
+        console.print(view.render())
+        console.print(_lift_table(view))
+        summary = _summary(view)
+        console.print(
+            f"\nmetrics     http://127.0.0.1:{args.web_port}/metrics\n"
+            f"KPIs        http://127.0.0.1:{args.web_port}/kpis\n"
+            f"a profile   http://127.0.0.1:{args.web_port}/customers/cust-000001\n"
+            f"prometheus  {addresses.get('prometheus', '')}\n"
+            f"logs        {logs}/engage-{run}-*.log"
         )
         if args.keep:
-            console.print(f"worker left running (pid {worker.pid}); Ctrl-C to stop")
-            worker.wait()
-        return 0
+            console.print(f"the worker keeps running (pid {worker.pid}); Ctrl-C stops it")
+            await asyncio.to_thread(worker.wait)
+        return summary
+    finally:
+        stop.set()
+        for proc in (emitter, worker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def arm_rates(
+    samples: dict[str, list[tuple[dict[str, str], float]]], ritual: str
+) -> dict[str, dict[str, float]]:
+    """Per arm: decisions, and the share of them followed by each outcome within the window."""
+    out: dict[str, dict[str, float]] = {}
+    for arm in ("treated", "held_out"):
+        decided = _total(samples, "engage_ritual_outcomes_total", ritual=ritual, arm=arm,
+                         outcome="decided")  # fmt: skip
+        row = {"decided": decided}
+        for outcome in ("came_back", "reviewed", "purchased"):
+            n = _total(samples, "engage_ritual_outcomes_total", ritual=ritual, arm=arm,
+                       outcome=outcome)  # fmt: skip
+            row[outcome] = n / decided if decided else 0.0
+        out[arm] = row
+    return out
+
+
+def _lift_table(view: View) -> Table:
+    table = Table(title="outcomes within 7 days of a decision: treated vs held out")
+    for col in (
+        "ritual",
+        "treated",
+        "came back",
+        "purchased",
+        "held out",
+        "came back",
+        "purchased",
+    ):
+        table.add_column(col, justify="right")
+    for ritual in RITUALS:
+        r = arm_rates(view.samples, ritual)
+        t, h = r["treated"], r["held_out"]
+        table.add_row(
+            ritual, f"{t['decided']:.0f}", f"{t['came_back']:.0%}", f"{t['purchased']:.0%}",
+            f"{h['decided']:.0f}", f"{h['came_back']:.0%}", f"{h['purchased']:.0%}",
+        )  # fmt: skip
+    return table
+
+
+def _summary(view: View) -> dict[str, Any]:
+    s = view.samples
+    decisions: Counter[str] = Counter()
+    for labels, value in s.get("engage_ritual_decisions_total", []):
+        decisions[f"{labels['ritual']}/{labels['status']}"] += int(value)
+    return {
+        "consumed": view.consumed,
+        "dead_letters": {
+            labels["reason"]: v for labels, v in s.get("engage_dlq_messages_total", [])
+        },
+        "decisions": {k: v for k, v in decisions.items() if v},
+        "nudges_seen": view.nudge_count,
+        "outcomes": {ritual: arm_rates(s, ritual) for ritual in RITUALS},
+        "kpis": view.kpis,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="engage demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=100)
+    parser.add_argument("--days", type=float, default=400.0, help="simulated days")
+    parser.add_argument(
+        "--speed", type=float, default=3 * 86400.0, help="simulated seconds per second"
+    )
+    parser.add_argument("--bad-fraction", type=float, default=0.01)
+    parser.add_argument(
+        "--browse", type=float, default=0.2, help="scale of browsing clicks (lighter traffic)"
+    )
+    parser.add_argument("--seed", default="7")
+    parser.add_argument("--rules", help="a rules file (default: the packaged rules)")
+    parser.add_argument("--web-port", type=int, default=6066)
+    parser.add_argument("--plain", action="store_true", help="no live view; print at the end")
+    parser.add_argument("--summary-json", help="also write the final figures here")
+    parser.add_argument("--keep", action="store_true", help="leave the worker running at the end")
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        summary = asyncio.run(_run(args, console))
     except KeyboardInterrupt:
         return 130
-    finally:
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-
-
-def _emitted_count(env: dict[str, str]) -> int:
-    """Messages now in the namespace's input topics: what the worker must consume."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    from stream.settings import Settings
-
-    settings = Settings(
-        broker=env["ENGAGE_BROKER"],
-        topic_namespace=env["ENGAGE_TOPIC_NAMESPACE"],
-        partitions=int(env["ENGAGE_PARTITIONS"]),
-    )
-
-    async def count() -> int:
-        from aiokafka import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-        await consumer.start()
-        try:
-            tps = [
-                TopicPartition(t, p)
-                for t in settings.input_topics.values()
-                for p in range(settings.partitions)
-            ]
-            ends = await consumer.end_offsets(tps)
-            return sum(ends.values())
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(count())
-
-
-def _summary(console: Console, port: int, env: dict[str, str]) -> None:
-    by_type: Counter[str] = Counter()
-    outcomes: Counter[str] = Counter()
-    for labels, value in _samples(port, "engage_events_processed_total"):
-        outcomes[labels["outcome"]] += int(value)
-        if labels["outcome"] == "folded":
-            by_type[labels["type"]] += int(value)
-    table = Table(title="events folded by type")
-    table.add_column("type")
-    table.add_column("events", justify="right")
-    for kind, n in sorted(by_type.items()):
-        table.add_row(kind, str(n))
-    console.print(table)
-    table = Table(title="messages by outcome")
-    table.add_column("outcome")
-    table.add_column("messages", justify="right")
-    for outcome, n in sorted(outcomes.items()):
-        table.add_row(outcome, str(n))
-    console.print(table)
-    table = Table(title="dead letters by reason")
-    table.add_column("reason")
-    table.add_column("messages", justify="right")
-    for labels, value in sorted(
-        _samples(port, "engage_dlq_messages_total"), key=lambda s: s[0]["reason"]
-    ):
-        table.add_row(labels["reason"], str(int(value)))
-    console.print(table)
-    decisions = _samples(port, "engage_ritual_decisions_total")
-    if decisions:
-        table = Table(title="ritual decisions")
-        table.add_column("ritual")
-        table.add_column("status")
-        table.add_column("decisions", justify="right")
-        for labels, value in sorted(decisions, key=lambda s: (s[0]["ritual"], s[0]["status"])):
-            if value:
-                table.add_row(labels["ritual"], labels["status"], str(int(value)))
-        console.print(table)
-    prefix = "cust"
-    shown = 0
-    for i in range(1, 50):
-        status, body = _get(port, f"/customers/{prefix}-{i:06d}")
-        if status != 200:
-            continue
-        profile = json.loads(body)
-        keys = [
-            "customer_id", "lifecycle_stage", "quadrant", "engagement_score", "sentiment",
-            "orders", "revenue", "currency", "nps_last", "open_complaints", "tier", "tz",
-        ]  # fmt: skip
-        console.print({k: profile.get(k) for k in keys})
-        shown += 1
-        if shown == 3:
-            break
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return 0

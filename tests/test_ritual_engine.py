@@ -175,6 +175,7 @@ def test_every_ritual_row_through_a_replay(bootstrap: str) -> None:
     )
 
 
+@pytest.mark.timeout(900)
 def test_replays_are_identical_byte_for_byte(bootstrap: str, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     subprocess.run(

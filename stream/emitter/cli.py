@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of malformed messages, one kind per DLQ reason (default 0)",
     )
     parser.add_argument(
+        "--browse",
+        type=_positive(float),
+        default=1.0,
+        metavar="F",
+        help="scale browsing sessions by F (0.2: a fifth of the clicks, same purchases, reviews "
+        "and surveys; lighter traffic for demos on small machines)",
+    )
+    parser.add_argument(
         "--prefix", default="cust", help="customer ids are PREFIX-000001, ... (default cust)"
     )
     parser.add_argument(
@@ -161,7 +169,7 @@ def main(argv: list[str]) -> int:
     try:
         start = parse_start(args.start, args.days, now)
         seed = _seed(args.seed)
-        config = SimConfig(args.customers, args.days, start, seed, args.prefix)
+        config = SimConfig(args.customers, args.days, start, seed, args.prefix, args.browse)
     except ValueError as exc:
         parser.error(str(exc))
     file_mode = args.out is not None

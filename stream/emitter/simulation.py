@@ -109,6 +109,7 @@ class SimConfig:
     start: datetime
     seed: int | str = 0
     prefix: str = "cust"
+    browse: float = 1.0  # scales browsing sessions: lighter traffic, same commerce and voice
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -117,6 +118,8 @@ class SimConfig:
             raise ValueError("days must be > 0")
         if self.start.tzinfo is None:
             raise ValueError("start must carry a UTC offset")
+        if self.browse <= 0:
+            raise ValueError("browse must be > 0")
         if not self.prefix or len(self.prefix) > 100:
             raise ValueError("prefix must be 1..100 characters")
 
@@ -431,7 +434,7 @@ class Simulation:
 
     def _start_routines(self, c: Customer, t: int) -> None:
         p, a = c.persona, c.activity
-        self._recur(c, t, Kind.SESSION, p.sessions_per_day * a)
+        self._recur(c, t, Kind.SESSION, p.sessions_per_day * a * self.config.browse)
         self._recur(c, t, Kind.SHOP, p.purchases_per_day * a)
         self._recur(c, t, Kind.NEWSLETTER, p.newsletters_per_day)
         self._recur(c, t, Kind.NPS_INVITE, NPS_INVITES_PER_DAY)
@@ -456,7 +459,9 @@ class Simulation:
         return first_visit
 
     def _session(self, c: Customer, t: int, data: Any, forced: bool) -> dict[str, Any]:
-        self._recur(c, t, Kind.SESSION, c.persona.sessions_per_day * c.activity)
+        self._recur(
+            c, t, Kind.SESSION, c.persona.sessions_per_day * c.activity * self.config.browse
+        )
         return self._open_session(c, t, None, forced)
 
     def _visit(self, c: Customer, t: int, data: Any, forced: bool) -> dict[str, Any]:
