@@ -165,6 +165,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     async def refresh_segments() -> None:
         """Segment gauges from this worker's own partitions: reads only, never writes."""
         clock = to_ms(wall_now()) if settings.mode == "live" else processor.latest_clock()
+        if clock == 0:
+            return  # replay before its declaration: no "now" to read segments at
         snap = Snapshot()
         for i, raw in enumerate(list(table.values())):
             add_to_snapshot(snap, decode(raw), clock, rules.profile)

@@ -36,7 +36,9 @@ def engagement_score(state: CustomerState, clock: int, rules: ProfileRules) -> f
     if state.eng_at == 0:
         return 0.0
     half_life_ms = rules.half_life_days * MS_PER_DAY
-    activity = state.eng_acc * math.pow(0.5, (clock - state.eng_at) / half_life_ms)
+    # An event ahead of the clock counts as new, never as more than its weight.
+    age = max(clock - state.eng_at, 0)
+    activity = state.eng_acc * math.pow(0.5, age / half_life_ms)
     return 100.0 * (1.0 - math.exp(-activity / rules.score_scale))
 
 

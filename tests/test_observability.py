@@ -524,12 +524,20 @@ def scraped(stack: dict[str, str], bootstrap: str, tmp_path_factory) -> Iterator
     instance = f"127.0.0.1:{port}"
     try:
         worker.start()
+        sel = f'job="{JOB}",instance="{instance}"'
+        # A first scrape before any event: rates and histogram quantiles need an increase
+        # between two scrapes, not a load that was all in before the first one.
+        wait_for(
+            lambda: prometheus.value(f"sum(engage_worker_ready{{{sel}}})") is not None,
+            timeout=60,
+            interval=0.5,
+            what=f"a first scrape of {instance}",
+        )
         n = len(NPS_SCORES)
         customers = customer_ids(unique("obs"), n - HELD_OUT_CUSTOMERS, HELD_OUT_CUSTOMERS)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
         ids = load(worker, customers, start)
         consumed = worker.metric("engage_events_consumed_total")
-        sel = f'job="{JOB}",instance="{instance}"'
 
         def scraped_all() -> bool:
             healthy = prometheus.query(f'up{{job="{JOB}"}} == 1')
