@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -542,3 +543,63 @@ def test_rebuild_from_the_changelog(
     assert main(["rebuild"]) == 1
     assert content(client) == expected
     client.close()
+
+
+# --- the worker's projection, end to end --------------------------------------------------------
+
+
+def _projected(client: redis.Redis, states: dict[str, CustomerState], cid: str) -> bool:
+    """Redis holds exactly the profile of the table's state, read at the hash's own as_of."""
+    raw = client.hgetall(f"{PROFILE_PREFIX}{cid}")
+    if not raw or cid not in states:
+        return False
+    got = {k.decode(): v.decode() for k, v in raw.items()}
+    from datetime import datetime
+
+    as_of = to_ms(datetime.fromisoformat(got["as_of"].replace("Z", "+00:00")))
+    return got == profile_hash(view(states[cid], as_of, DEFAULT_RULES))
+
+
+@integration
+def test_worker_projection_survives_a_redis_outage_and_rebuilds(
+    make_worker, own_redis: RedisServer, bootstrap: str, tmp_path: Path
+) -> None:
+    worker = make_worker(ENGAGE_REDIS_URL=own_redis.url).start()
+    customers = [f"rosa-{i}" for i in range(12)]
+    produce_events(bootstrap, worker.namespace,
+                   [event("purchase", c, 1, amount="5.00") for c in customers])  # fmt: skip
+    client = redis.Redis.from_url(own_redis.url)
+
+    def all_projected(who: list[str]) -> bool:
+        states = table_state(bootstrap, worker.changelog)
+        return all(_projected(client, states, c) for c in who)
+
+    wait_for(lambda: all_projected(customers), timeout=60, what="profiles in Redis")
+    for c in customers:  # each in the stage set its profile names, and in no other
+        stage = client.hget(f"{PROFILE_PREFIX}{c}", "lifecycle_stage").decode()
+        member = {st for st in STAGES if client.sismember(f"engage:segment:stage:{st}", c)}
+        assert member == {stage}, (c, member)
+
+    own_redis.stop()
+    changed = customers[:6]
+    produce_events(bootstrap, worker.namespace,
+                   [event("purchase", c, 2, amount="7.00") for c in changed])  # fmt: skip
+    wait_for(
+        lambda: all(table_state(bootstrap, worker.changelog)[c].orders == 2 for c in changed),
+        timeout=60,
+        what="the stream going on without Redis",
+    )
+    wait_for(lambda: worker.metric("engage_redis_errors_total") > 0, timeout=30,
+             what="failed Redis writes counted")  # fmt: skip
+    assert worker.alive()
+
+    own_redis.start()  # empty: this Redis keeps nothing across a restart
+    wait_for(own_redis.ping, timeout=10, interval=0.05, what="redis-server back")
+    client = redis.Redis.from_url(own_redis.url)
+    wait_for(lambda: all_projected(changed), timeout=60, what="the changed profiles caught up")
+
+    env = {**worker.env, "ENGAGE_REDIS_URL": own_redis.url}
+    client.flushdb()
+    subprocess.run([sys.executable, "-m", "stream", "project", "rebuild"], env=env, check=True,
+                   timeout=120, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert all_projected(customers)
