@@ -3,7 +3,7 @@ ones on `engage.nudges`, the topic messaging systems consume. Both carry the sam
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,9 @@ Ritual = Literal[
     "loyalty_milestone",
 ]
 Status = Literal["delivered", "held_out", "suppressed", "expired", "cancelled"]
+#: SPEC §4 table order: it breaks ties between timers due at the same instant.
+RITUALS: tuple[str, ...] = get_args(Ritual)
+STATUSES: tuple[str, ...] = get_args(Status)
 
 
 class Decision(BaseModel):

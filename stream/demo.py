@@ -29,7 +29,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from stream.rituals import RITUALS, STATUSES
+from schemas.nudges import RITUALS, STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 

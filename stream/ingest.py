@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ValidationError
 
@@ -22,14 +22,7 @@ Reason = Literal[
     "future_timestamp",
     "oversized",
 ]
-REASONS: tuple[Reason, ...] = (
-    "malformed_json",
-    "schema_violation",
-    "unknown_type",
-    "key_mismatch",
-    "future_timestamp",
-    "oversized",
-)
+REASONS: tuple[Reason, ...] = get_args(Reason)
 _MESSAGE_LIMIT = 200
 
 

@@ -30,18 +30,9 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
+from schemas.nudges import RITUALS
 from stream.rules import Rules
 
-#: SPEC §4 table order: breaks ties between timers due at the same instant.
-RITUALS = (
-    "post_purchase_welcome",
-    "three_days_later",
-    "we_noticed",
-    "anniversary",
-    "service_recovery",
-    "referral_invite",
-    "loyalty_milestone",
-)
 RITUAL_RANK = {name: i for i, name in enumerate(RITUALS)}
 TYPE_RANK = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: ritual -> (audience, category)
@@ -57,7 +48,6 @@ META = {
 TIMED = frozenset({"three_days_later", "we_noticed", "anniversary"})
 OUTCOME_BITS = {"came_back": 1, "reviewed": 2, "purchased": 4}
 OUTCOMES = ("decided", *OUTCOME_BITS)
-STATUSES = ("delivered", "held_out", "suppressed", "expired", "cancelled")
 _ANCHOR_DIGEST = 8
 _MAX_ANCHORS = 48
 _MAX_TICKETS = 8

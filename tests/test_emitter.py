@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.nudges import RITUALS
 from stream.emitter import cli
 from stream.emitter.actions import Kind, Planned
 from stream.emitter.faults import FILE_REASONS, REASONS, FaultMixer
@@ -32,7 +33,7 @@ from stream.emitter.personas import (
     PERSONAS,
     Persona,
 )
-from stream.emitter.reactions import RITUALS, CustomerView, Nudge, react
+from stream.emitter.reactions import CustomerView, Nudge, react
 from stream.emitter.report import ProgressBar, Stats
 from stream.emitter.runner import run_file, run_kafka
 from stream.emitter.simulation import DAY, Customer, SimConfig, Simulation, allocate, to_ms

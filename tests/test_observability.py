@@ -38,10 +38,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import EVENT_TYPES
+from schemas.nudges import RITUALS, STATUSES
 from stream.ingest import REASONS
 from stream.kpis import ACTIVE_WINDOWS, SCORE_BANDS
 from stream.profile import QUADRANTS, STAGES
-from stream.rituals import OUTCOMES, RITUALS, STATUSES, holdout_bucket
+from stream.rituals import OUTCOMES, holdout_bucket
 from stream.rules import load_rules
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.nudges import Decision
 from stream.replay import canonical_lines, run_replay
-from stream.rituals import holdout_bucket
+from stream.rituals import RITUALS, holdout_bucket
 from stream.settings import Settings
 from tests.factory import event
 from tests.harness import produce_events, read_all, unique, wait_for
@@ -51,15 +51,7 @@ def replay_settings(bootstrap: str) -> Settings:
     return Settings(broker=f"kafka://{bootstrap}", app_id=ns, topic_namespace=ns, partitions=4)
 
 
-ALL = (
-    "post_purchase_welcome",
-    "three_days_later",
-    "we_noticed",
-    "anniversary",
-    "service_recovery",
-    "referral_invite",
-    "loyalty_milestone",
-)
+ALL = RITUALS
 
 
 def scenarios() -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -20,15 +20,8 @@ from typing import Any
 
 from stream.emitter.simulation import rfc3339_ms, to_ms, uuid_from_bits
 from stream.emitter.wire import Message, encode
+from stream.ingest import REASONS
 
-REASONS: tuple[str, ...] = (
-    "malformed_json",
-    "schema_violation",
-    "unknown_type",
-    "key_mismatch",
-    "future_timestamp",
-    "oversized",
-)
 FILE_REASONS: tuple[str, ...] = ("malformed_json", "schema_violation", "unknown_type", "oversized")
 #: SPEC §1 limit on a message value; oversized ones exceed it by a margin.
 MAX_MESSAGE_BYTES = 64 * 1024

@@ -20,15 +20,6 @@ from typing import Any
 from stream.emitter.actions import Kind, Planned
 from stream.emitter.personas import Persona
 
-RITUALS = (
-    "post_purchase_welcome",
-    "three_days_later",
-    "we_noticed",
-    "anniversary",
-    "service_recovery",
-    "referral_invite",
-    "loyalty_milestone",
-)
 _MINUTE = 60_000
 _HOUR = 60 * _MINUTE
 _DAY = 24 * _HOUR

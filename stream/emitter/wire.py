@@ -11,15 +11,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-#: Topic suffix per event type (SPEC §1); the topic is f"{namespace}.{suffix}".
-TOPIC_SUFFIX: dict[str, str] = {
-    "click": "clicks",
-    "purchase": "purchases",
-    "review": "reviews",
-    "support_contact": "support",
-    "survey": "surveys",
-    "loyalty": "loyalty",
-}
+from schemas.events import TOPIC_SUFFIX
+
 DEFAULT_NAMESPACE = "engage"
 
 _encoder = msgspec.json.Encoder()
