@@ -168,10 +168,14 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         if clock == 0:
             return  # replay before its declaration: no "now" to read segments at
         snap = Snapshot()
-        for i, raw in enumerate(list(table.values())):
-            add_to_snapshot(snap, decode(raw), clock, rules.profile)
-            if i % 500 == 499:
-                await asyncio.sleep(0)  # a large table must not stall the stream
+        try:
+            for i, raw in enumerate(list(table.values())):
+                add_to_snapshot(snap, decode(raw), clock, rules.profile)
+                if i % 500 == 499:
+                    await asyncio.sleep(0)  # a large table must not stall the stream
+        except Exception:  # a timer that raises stops the whole Faust app: log, keep going
+            log.exception("segment refresh failed")
+            return
         processor.kpis.publish(snap)
 
     @app.on_partitions_revoked.connect

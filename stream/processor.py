@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -69,7 +68,7 @@ class Processor:
     control: Any  # table: "replay:{partition}" -> replay declaration
     topics: dict[str, Any]
     metrics: PipelineMetrics
-    partitions: dict[int, PartitionTime] = field(default_factory=lambda: defaultdict(PartitionTime))
+    partitions: dict[int, PartitionTime] = field(default_factory=dict)
     index: dict[int, DueIndex] = field(default_factory=dict)
     projector: Any = None  # RedisProjector, or None when the projection is off
 
@@ -126,11 +125,12 @@ class Processor:
         p = message.partition
         try:
             body = json.loads(message.value)
-        except (TypeError, ValueError):
+            if body.get("kind") == "replay":
+                decl = Replay(str(body["replay_id"]), dict(body["ends"]), body.get("final"))
+        except (TypeError, ValueError, KeyError, AttributeError):
             log.warning("ignoring an unreadable control message at offset %s", message.offset)
             return
         if body.get("kind") == "replay":
-            decl = Replay(body["replay_id"], dict(body.get("ends", {})), body.get("final"))
             self.control[f"replay:{p}".encode()] = json.dumps(body).encode()
             pt = self._partition(p)
             pt.replay, pt.replay_done = decl, False
@@ -265,21 +265,28 @@ class Processor:
         """Process every customer of partition p with something due by `clock`."""
         index = self._index(p)
         for cid in index.pop_due(clock):
-            key = cid.encode()
-            raw = self.customers.get(key)
-            if raw is None:
-                continue
-            state = decode(raw)
-            r, decisions, outcomes = advance(state.r, cid, clock, self.context())
-            if r is not state.r:
-                state.r = r
-                self._save(key, state, clock)
-                await self.emit(decisions, outcomes)
-            else:  # a segment change falls due: refresh the projection only
-                if self.projector is not None:
-                    self.projector.enqueue(cid, raw, clock)
-                self._register(state, clock)
+            try:
+                await self._wake(cid, clock)
+            except Exception:  # one customer's bug must not stop the partition's timers
+                log.exception("waking a customer failed on partition %s", p)
         await self._maybe_finish_replay(p, clock)
+
+    async def _wake(self, cid: str, clock: int) -> None:
+        """Process one customer's due items; re-register its next wake-up."""
+        key = cid.encode()
+        raw = self.customers.get(key)
+        if raw is None:
+            return
+        state = decode(raw)
+        r, decisions, outcomes = advance(state.r, cid, clock, self.context())
+        if r is not state.r:
+            state.r = r
+            self._save(key, state, clock)
+            await self.emit(decisions, outcomes)
+        else:  # a segment change falls due: refresh the projection only
+            if self.projector is not None:
+                self.projector.enqueue(cid, raw, clock)
+            self._register(state, clock)
 
     # --- outputs -------------------------------------------------------------------------------
 
