@@ -19,6 +19,7 @@ import faust
 from prometheus_client import generate_latest
 
 from stream.clock import wall_now
+from stream.faust_sensor import FaustSensor
 from stream.kpis import Snapshot, add_to_snapshot
 from stream.kpis import summary as kpi_summary
 from stream.metrics import PipelineMetrics
@@ -126,6 +127,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         for name in ("customers", "control")
     }
     metrics = PipelineMetrics()
+    metrics.registry.register(FaustSensor(app))
     processor = Processor(
         settings,
         rules,

@@ -100,6 +100,8 @@ CLOSED_LABELS: dict[str, Any] = {
     "ritual": set(RITUALS),
     "status": set(STATUSES),
     "arm": {"treated", "held_out"},
+    "table": {"customers", "control"},
+    "operation": {"retrieved", "updated", "deleted"},
 }
 
 # Survey answers of the Prometheus load, one per customer.
