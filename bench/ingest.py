@@ -122,15 +122,15 @@ def main() -> int:
     if args.bootstrap:
         bootstrap = args.bootstrap
     else:
-        from stream.devstack import ensure_up
+        from stream.tools.devstack import ensure_up
 
         bootstrap = ensure_up(("kafka",))["kafka"]
     namespace = unique("bench")
     messages = persona_traffic(args.events, args.customers, args.seed)
     topics = sorted({f"{namespace}.{suffix}" for suffix in TOPIC_SUFFIX.values()})
 
+    from stream.adapter.topics import ensure_topics
     from stream.settings import Settings
-    from stream.topics import ensure_topics
 
     asyncio.run(
         ensure_topics(

@@ -10,13 +10,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "worker": ("stream.worker", "run the stream-processing worker"),
-    "topics": ("stream.topics", "create the input, output and DLQ topics if missing"),
-    "devstack": ("stream.devstack", "install and run Kafka, Redis and Prometheus locally"),
-    "emit": ("stream.emitter.cli", "produce synthetic customer traffic"),
-    "replay": ("stream.replay", "decide rituals over a JSONL file of events, in event time"),
-    "project": ("stream.projection", "the Redis profile projection: `project rebuild`"),
-    "demo": ("stream.demo", "run the end-to-end demo"),
+    "worker": ("stream.adapter.worker", "run the stream-processing worker"),
+    "topics": ("stream.adapter.topics", "create the input, output and DLQ topics if missing"),
+    "devstack": ("stream.tools.devstack", "install and run Kafka, Redis and Prometheus locally"),
+    "emit": ("stream.tools.emitter.cli", "produce synthetic customer traffic"),
+    "replay": ("stream.tools.replay", "decide rituals over a JSONL file of events, in event time"),
+    "project": ("stream.serving.projection", "the Redis profile projection: `project rebuild`"),
+    "demo": ("stream.tools.demo", "run the end-to-end demo"),
 }
 
 

@@ -20,7 +20,7 @@ def stack() -> dict[str, str]:
     """
     if os.environ.get("ENGAGE_TEST_BOOTSTRAP"):
         return {"kafka": os.environ["ENGAGE_TEST_BOOTSTRAP"]}
-    from stream.devstack import ensure_up
+    from stream.tools.devstack import ensure_up
 
     return ensure_up(("kafka", "redis", "prometheus"))
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.state import CustomerState, decode
+from stream.core.state import CustomerState, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

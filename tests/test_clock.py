@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.clock import Progress, Replay, partition_clock
+from stream.core.clock import Progress, Replay, partition_clock
 
 WALL = 1_000_000
 

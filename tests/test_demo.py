@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.rituals import RITUALS
+from stream.core.rituals import RITUALS
 from tests.harness import ROOT, free_port
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The local stack (stream/devstack.py) against the real programs: no mocks.
+"""The local stack (stream/tools/devstack.py) against the real programs: no mocks.
 
 The integration tests share the stack with every other integration test module, so they start
 it if needed (module fixture -> ensure_up) and never stop it; topics and keys they create carry
@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream import devstack
-from stream.devstack import ConfigError, load_settings
+from stream.tools.devstack import ConfigError, load_settings
 
 # --------------------------------------------------------------------------------------------
 # Settings (no stack needed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.due import DueIndex
+from stream.core.due import DueIndex
 
 
 def test_earlier_registration_wins_and_later_ones_wait_for_the_wake() -> None:

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.nudges import RITUALS
-from stream.emitter import cli
-from stream.emitter.actions import Kind, Planned
-from stream.emitter.faults import FILE_REASONS, REASONS, FaultMixer
-from stream.emitter.personas import (
+from stream.tools.emitter import cli
+from stream.tools.emitter.actions import Kind, Planned
+from stream.tools.emitter.faults import FILE_REASONS, REASONS, FaultMixer
+from stream.tools.emitter.personas import (
     CES_AFTER_TICKET_INVITE,
     CSAT_AFTER_TICKET_INVITE,
     NPS_INVITES_PER_DAY,
@@ -33,12 +33,12 @@ from stream.emitter.personas import (
     PERSONAS,
     Persona,
 )
-from stream.emitter.reactions import CustomerView, Nudge, react
-from stream.emitter.report import ProgressBar, Stats
-from stream.emitter.runner import run_file, run_kafka
-from stream.emitter.simulation import DAY, Customer, SimConfig, Simulation, allocate, to_ms
-from stream.emitter.sink import FileSink, KafkaOptions
-from stream.emitter.wire import TOPIC_SUFFIX, Message, message, topic
+from stream.tools.emitter.reactions import CustomerView, Nudge, react
+from stream.tools.emitter.report import ProgressBar, Stats
+from stream.tools.emitter.runner import run_file, run_kafka
+from stream.tools.emitter.simulation import DAY, Customer, SimConfig, Simulation, allocate, to_ms
+from stream.tools.emitter.sink import FileSink, KafkaOptions
+from stream.tools.emitter.wire import TOPIC_SUFFIX, Message, message, topic
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 BIG_CUSTOMERS, BIG_DAYS, BIG_SEED = 300, 120, 7
@@ -536,7 +536,7 @@ def test_bad_fraction_every_reason_in_proportion(file_mode: bool) -> None:
 
 def test_bad_messages_agree_with_the_processor_ingest() -> None:
     """Cross-check with the worker's own acceptance rules, where that module exists."""
-    ingest = pytest.importorskip("stream.ingest")
+    ingest = pytest.importorskip("stream.core.ingest")
     wall = START + timedelta(days=40)
     for m in mixed_messages(0.1, file_mode=False, wall=wall):
         out = ingest.accept(m.key, m.value, wall, ingest.Limits())

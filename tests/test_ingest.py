@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from stream.ingest import Limits, Rejection, accept
+from stream.core.ingest import Limits, Rejection, accept
 from tests.factory import T0, event, raw
 
 NOW = T0 + timedelta(days=1)

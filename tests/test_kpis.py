@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from schemas.events import EVENT_ADAPTER
-from stream.kpis import Kpis, snapshot, summary
-from stream.rules import DEFAULT_RULES
-from stream.state import MS_PER_DAY, fold, new_state, to_ms
+from stream.core.rules import DEFAULT_RULES
+from stream.core.state import MS_PER_DAY, fold, new_state, to_ms
+from stream.telemetry.kpis import Kpis, snapshot, summary
 from tests.factory import T0, event
 
 

@@ -39,11 +39,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import EVENT_TYPES
 from schemas.nudges import RITUALS, STATUSES
-from stream.ingest import REASONS
-from stream.kpis import ACTIVE_WINDOWS, SCORE_BANDS
-from stream.profile import QUADRANTS, STAGES
-from stream.rituals import OUTCOMES, holdout_bucket
-from stream.rules import load_rules
+from stream.core.ingest import REASONS
+from stream.core.profile import QUADRANTS, STAGES
+from stream.core.rituals import OUTCOMES, holdout_bucket
+from stream.core.rules import load_rules
+from stream.telemetry.kpis import ACTIVE_WINDOWS, SCORE_BANDS
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for
 

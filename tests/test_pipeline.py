@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from stream.profile import view
-from stream.state import to_ms
+from stream.core.profile import view
+from stream.core.state import to_ms
 from tests.factory import T0, event, raw
 from tests.harness import produce, produce_events, read_all, table_state, wait_for
 

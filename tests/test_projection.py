@@ -28,8 +28,10 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from schemas.events import EVENT_ADAPTER
-from stream.profile import QUADRANTS, STAGES, view
-from stream.projection import (
+from stream.core.profile import QUADRANTS, STAGES, view
+from stream.core.rules import DEFAULT_RULES
+from stream.core.state import MS_PER_DAY, CustomerState, encode, fold, new_state, to_ms
+from stream.serving.projection import (
     PROFILE_PREFIX,
     RedisProjector,
     changelog_partitions,
@@ -38,9 +40,7 @@ from stream.projection import (
     profile_hash,
     rebuild,
 )
-from stream.rules import DEFAULT_RULES
 from stream.settings import Settings
-from stream.state import MS_PER_DAY, CustomerState, encode, fold, new_state, to_ms
 from tests.factory import T0, event
 from tests.harness import free_port, produce_events, table_state, unique, wait_for
 
@@ -229,7 +229,7 @@ def test_profile_hash_of_a_real_profile() -> None:
 
 def test_a_clock_behind_the_state_reads_at_its_last_event() -> None:
     """Clock 0 (a replay not declared yet) would overflow `view`; the projection must not."""
-    from stream.projection import read_profile
+    from stream.serving.projection import read_profile
 
     state = fold_all("bob", [event("click", "bob", 5)])
     assert read_profile(encode(state), 0, DEFAULT_RULES) == view(state, state.last_seen)

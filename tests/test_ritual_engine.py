@@ -16,9 +16,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.nudges import Decision
-from stream.replay import canonical_lines, run_replay
-from stream.rituals import RITUALS, holdout_bucket
+from stream.core.rituals import RITUALS, holdout_bucket
 from stream.settings import Settings
+from stream.tools.replay import canonical_lines, run_replay
 from tests.factory import event
 from tests.harness import produce_events, read_all, unique, wait_for
 

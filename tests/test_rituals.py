@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from schemas.events import EVENT_ADAPTER
-from stream.rituals import (
+from stream.core.rituals import (
     RITUALS,
     Context,
     RitualState,
@@ -18,8 +18,8 @@ from stream.rituals import (
     nudge_id,
     on_event,
 )
-from stream.rules import Rules
-from stream.state import to_ms
+from stream.core.rules import Rules
+from stream.core.state import to_ms
 from tests.factory import event
 
 RULES = Rules(version="test-1")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.rules import RulesError, load_rules, parse_duration_ms
+from stream.core.rules import RulesError, load_rules, parse_duration_ms
 
 
 def test_the_packaged_rules_are_the_spec_defaults() -> None:

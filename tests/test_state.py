@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import EVENT_ADAPTER
-from stream.profile import (
+from stream.core.profile import (
     engagement_score,
     lifecycle_stage,
     quadrant,
     sentiment,
     view,
 )
-from stream.rules import DEFAULT_RULES as RULES
-from stream.state import (
+from stream.core.rules import DEFAULT_RULES as RULES
+from stream.core.state import (
     MS_PER_DAY,
     CustomerState,
     decode,

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from schemas.nudges import RITUALS, STATUSES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -169,8 +169,8 @@ async def _end_offsets(bootstrap: str, topics: list[str], partitions: int) -> in
 
 
 async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from stream.devstack import ensure_up
     from stream.settings import Settings
+    from stream.tools.devstack import ensure_up
 
     with console.status("starting Kafka, Redis and Prometheus"):
         addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))

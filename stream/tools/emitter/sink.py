@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from stream.emitter.reactions import Nudge
-from stream.emitter.wire import Message, namespace, topic
+from stream.tools.emitter.reactions import Nudge
+from stream.tools.emitter.wire import Message, namespace, topic
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

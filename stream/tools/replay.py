@@ -32,11 +32,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from stream.adapter.topics import ensure_topics
+from stream.core.state import to_ms
 from stream.settings import Settings
-from stream.state import to_ms
-from stream.topics import ensure_topics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -286,7 +286,7 @@ def summary_table(decisions: list[dict[str, Any]]) -> Table:
     table.add_column("ritual")
     for status in ("delivered", "held_out", "suppressed", "expired", "cancelled"):
         table.add_column(status, justify="right")
-    from stream.rituals import RITUALS
+    from stream.core.rituals import RITUALS
 
     for ritual in RITUALS:
         row = [

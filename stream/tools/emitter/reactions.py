@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from stream.emitter.actions import Kind, Planned
-from stream.emitter.personas import Persona
+from stream.tools.emitter.actions import Kind, Planned
+from stream.tools.emitter.personas import Persona
 
 _MINUTE = 60_000
 _HOUR = 60 * _MINUTE

@@ -22,9 +22,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from stream.emitter.actions import Planned
-from stream.emitter.reactions import Nudge
-from stream.emitter.simulation import DAY, Emitted, rfc3339_ms
+from stream.tools.emitter.actions import Planned
+from stream.tools.emitter.reactions import Nudge
+from stream.tools.emitter.simulation import DAY, Emitted, rfc3339_ms
 
 
 @dataclass

@@ -33,9 +33,9 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stream.profile import QUADRANTS, STAGES, view
-from stream.rules import DEFAULT_RULES, ProfileRules, Rules
-from stream.state import MS_PER_DAY, CustomerState, decode
+from stream.core.profile import QUADRANTS, STAGES, view
+from stream.core.rules import DEFAULT_RULES, ProfileRules, Rules
+from stream.core.state import MS_PER_DAY, CustomerState, decode
 
 log = logging.getLogger("engage")
 
@@ -76,7 +76,7 @@ def profile_key(customer_id: str) -> str:
 
 
 def profile_hash(profile: Mapping[str, Any]) -> dict[str, str]:
-    """A profile (`stream.profile.view`) as Redis hash fields, all strings.
+    """A profile (`stream.core.profile.view`) as Redis hash fields, all strings.
 
     Flat, so a messaging system can HGET one field without parsing anything:
 
@@ -567,9 +567,9 @@ async def rebuild(
     database per deployment: everything under `engage:profile:*` and `engage:segment:*` is
     considered ours.
     """
-    from stream.clock import wall_now
-    from stream.rules import load_rules
-    from stream.state import to_ms
+    from stream.core.clock import wall_now
+    from stream.core.rules import load_rules
+    from stream.core.state import to_ms
 
     profile_rules = _profile_rules(rules if rules is not None else load_rules(settings.rules_file))
     live = getattr(settings, "mode", "live") == "live"

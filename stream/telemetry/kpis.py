@@ -18,9 +18,16 @@ from functools import cache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
 
 from schemas.events import EventBase, Loyalty, Purchase, Review, SupportContact, Survey
-from stream.profile import QUADRANTS, STAGES, engagement_score, lifecycle_stage, quadrant, sentiment
-from stream.rules import ProfileRules
-from stream.state import MS_PER_DAY, CustomerState
+from stream.core.profile import (
+    QUADRANTS,
+    STAGES,
+    engagement_score,
+    lifecycle_stage,
+    quadrant,
+    sentiment,
+)
+from stream.core.rules import ProfileRules
+from stream.core.state import MS_PER_DAY, CustomerState
 
 SCORE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80-100")
 ACTIVE_WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
@@ -194,7 +201,7 @@ def summary(registry: CollectorRegistry) -> dict[str, object]:
     nps_n = promoters + passives + detractors
     reviews = {str(r): get("engage_reviews_total", rating=str(r)) for r in range(1, 6)}
     lift: dict[str, dict[str, float | None]] = {}
-    from stream.rituals import OUTCOME_BITS, RITUALS
+    from stream.core.rituals import OUTCOME_BITS, RITUALS
 
     for ritual in RITUALS:
         rates = {}

@@ -31,7 +31,7 @@ from schemas.events import (
     Survey,
 )
 from schemas.nudges import RITUALS
-from stream.rules import Rules
+from stream.core.rules import Rules
 
 RITUAL_RANK = {name: i for i, name in enumerate(RITUALS)}
 TYPE_RANK = {name: i for i, name in enumerate(EVENT_TYPES)}

@@ -1,8 +1,9 @@
 """The Faust application: a thin shell around the pure core.
 
 One agent (concurrency 1) reads all six co-partitioned input topics as raw bytes, hands each
-message to `Processor.handle`, which validates it (`stream.ingest`), dead-letters what cannot be
-accepted, and folds the rest into the `customers` table (`stream.state`). Table writes happen
+message to `Processor.handle`, which validates it (`stream.core.ingest`), dead-letters what
+cannot be accepted, and folds the rest into the `customers` table (`stream.core.state`). Table
+writes happen
 only here, inside stream iteration, for the key of the event being processed: Faust sends a
 write to the changelog partition of the current event.
 """
@@ -18,17 +19,17 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
-from stream.clock import wall_now
-from stream.faust_sensor import FaustSensor
-from stream.kpis import Snapshot, add_to_snapshot
-from stream.kpis import summary as kpi_summary
-from stream.metrics import PipelineMetrics
-from stream.processor import Processor
-from stream.profile import view
-from stream.projection import RedisProjector
-from stream.rules import Rules, load_rules
+from stream.adapter.faust_sensor import FaustSensor
+from stream.adapter.processor import Processor
+from stream.core.clock import wall_now
+from stream.core.profile import view
+from stream.core.rules import Rules, load_rules
+from stream.core.state import decode, to_ms
+from stream.serving.projection import RedisProjector
 from stream.settings import Settings
-from stream.state import decode, to_ms
+from stream.telemetry.kpis import Snapshot, add_to_snapshot
+from stream.telemetry.kpis import summary as kpi_summary
+from stream.telemetry.metrics import PipelineMetrics
 
 log = logging.getLogger("engage")
 

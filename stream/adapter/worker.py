@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from stream.app import create_app
-from stream.rules import RulesError, load_rules
+from stream.adapter.app import create_app
+from stream.adapter.topics import TopicMismatch, ensure_topics
+from stream.core.rules import RulesError, load_rules
 from stream.settings import load_settings
-from stream.topics import TopicMismatch, ensure_topics
 
 
 def main(argv: list[str]) -> int:

@@ -35,8 +35,8 @@ from itertools import accumulate
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from stream.emitter.actions import Kind, Planned
-from stream.emitter.personas import (
+from stream.tools.emitter.actions import Kind, Planned
+from stream.tools.emitter.personas import (
     ACTIVITY_SIGMA,
     CES_AFTER_TICKET_INVITE,
     CSAT_AFTER_ORDER_INVITE,
@@ -50,7 +50,7 @@ from stream.emitter.personas import (
     Persona,
     Zone,
 )
-from stream.emitter.reactions import CustomerView, Nudge, react
+from stream.tools.emitter.reactions import CustomerView, Nudge, react
 
 SECOND = 1000
 MINUTE = 60 * SECOND

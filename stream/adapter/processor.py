@@ -6,7 +6,7 @@ them may move its partition's clock, and every clock move runs the partition's d
 timers fire inside stream iteration, where table writes are allowed and go to the changelog
 partition of the message at hand, which is the partition of every customer touched.
 
-Due items are found through an in-memory `DueIndex` per partition (`stream/due.py`), rebuilt
+Due items are found through an in-memory `DueIndex` per partition (`stream/core/due.py`), rebuilt
 from the customers table after an assignment, so timers cost no writes beyond the customer's own.
 """
 
@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from stream.clock import Progress, Replay, partition_clock, wall_now
-from stream.due import DueIndex
-from stream.ingest import Limits, Rejection, accept
-from stream.kpis import Kpis
-from stream.metrics import PipelineMetrics
-from stream.projection import next_segment_change
-from stream.rituals import Context, advance, encode_decision, next_due, on_event
-from stream.rules import Rules
+from stream.core.clock import Progress, Replay, partition_clock, wall_now
+from stream.core.due import DueIndex
+from stream.core.ingest import Limits, Rejection, accept
+from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
+from stream.core.rules import Rules
+from stream.core.state import CustomerState, decode, encode, fold, is_duplicate, new_state, to_ms
+from stream.serving.projection import next_segment_change
 from stream.settings import Settings
-from stream.state import CustomerState, decode, encode, fold, is_duplicate, new_state, to_ms
+from stream.telemetry.kpis import Kpis
+from stream.telemetry.metrics import PipelineMetrics
 
 log = logging.getLogger("engage")
 

@@ -11,8 +11,8 @@ import math
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
-from stream.rules import DEFAULT_RULES, ProfileRules
-from stream.state import MS_PER_DAY, CustomerState, from_ms
+from stream.core.rules import DEFAULT_RULES, ProfileRules
+from stream.core.state import MS_PER_DAY, CustomerState, from_ms
 
 Sentiment = Literal["positive", "neutral", "negative"]
 Quadrant = Literal["advocate", "critic", "quiet_loyalist", "detached", "engaged_neutral", "passive"]

@@ -12,8 +12,8 @@ from functools import cache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.nudges import RITUALS, STATUSES
-from stream.ingest import REASONS
-from stream.rituals import OUTCOMES
+from stream.core.ingest import REASONS
+from stream.core.rituals import OUTCOMES
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (

@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import time
 
-from stream.emitter.faults import FaultMixer
-from stream.emitter.reactions import Nudge
-from stream.emitter.report import ProgressBar, Stats
-from stream.emitter.simulation import Simulation
-from stream.emitter.sink import FileSink, KafkaSink, NudgeListener
-from stream.emitter.wire import Message, message
+from stream.tools.emitter.faults import FaultMixer
+from stream.tools.emitter.reactions import Nudge
+from stream.tools.emitter.report import ProgressBar, Stats
+from stream.tools.emitter.simulation import Simulation
+from stream.tools.emitter.sink import FileSink, KafkaSink, NudgeListener
+from stream.tools.emitter.wire import Message, message
 
 #: Allowed burst of the `--rate` cap, in seconds' worth of messages: sleeping for every
 #: single sub-millisecond slot would cost more than it saves.

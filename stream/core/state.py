@@ -2,7 +2,7 @@
 
 `fold(state, event, rules)` is the whole state transition: no I/O, no wall clock. What depends
 on the partition clock (score, sentiment, quadrant, stage, windows) is stored as the few inputs
-it needs and derived at read time by `stream.profile.view`, so the state stays small (bounded
+it needs and derived at read time by `stream.core.profile.view`, so the state stays small (bounded
 lists only) and a fold costs O(1) whatever the customer's history.
 
 Times are integers: milliseconds since the Unix epoch, UTC. Exact integer arithmetic keeps
@@ -28,8 +28,8 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
-from stream.rituals import RitualState
-from stream.rules import DEFAULT_RULES, ProfileRules
+from stream.core.rituals import RitualState
+from stream.core.rules import DEFAULT_RULES, ProfileRules
 
 MS_PER_DAY = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

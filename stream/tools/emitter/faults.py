@@ -18,9 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stream.emitter.simulation import rfc3339_ms, to_ms, uuid_from_bits
-from stream.emitter.wire import Message, encode
-from stream.ingest import REASONS
+from stream.core.ingest import REASONS
+from stream.tools.emitter.simulation import rfc3339_ms, to_ms, uuid_from_bits
+from stream.tools.emitter.wire import Message, encode
 
 FILE_REASONS: tuple[str, ...] = ("malformed_json", "schema_violation", "unknown_type", "oversized")
 #: SPEC §1 limit on a message value; oversized ones exceed it by a margin.

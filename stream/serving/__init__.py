@@ -1,0 +1,5 @@
+"""Serving: the Redis profile projection (and its rebuild) that messaging systems read.
+
+May import: ``stream.core``, ``stream.telemetry``, ``stream.settings``, redis and aiokafka (to
+read the changelog for a rebuild); never faust.
+"""
