@@ -232,15 +232,33 @@ def make(category: str, event: dict[str, Any], rng: random.Random, wall_now: dat
     return Hostile(category, TOPIC_SUFFIX[event["type"]], key, value, reason)
 
 
+#: Categories whose every message weighs hundreds of KiB or more: a run caps their number.
+HEAVY = ("string_1mb", "deep_nesting_100k", "oversized")
+
+
 def generate(
-    n: int, events: list[dict[str, Any]], *, seed: int | str, wall_now: datetime
+    n: int,
+    events: list[dict[str, Any]],
+    *,
+    seed: int | str,
+    wall_now: datetime,
+    heavy_cap: int | None = None,
 ) -> Iterator[Hostile]:
     """n hostile messages, categories in turn (every one at least once when n allows), each
-    derived from a valid event drawn from `events`."""
+    derived from a valid event drawn from `events`. `heavy_cap` bounds how many of each HEAVY
+    category are made (a 10,000-message run need not produce gigabytes); the others fill in."""
     rng = random.Random(f"engage-hostile/{seed}")
+    made = dict.fromkeys(CATEGORIES, 0)
     names = list(CATEGORIES)
-    for i in range(n):
-        yield make(names[i % len(names)], rng.choice(events), rng, wall_now)
+    i = 0
+    for _ in range(n):
+        while True:
+            name = names[i % len(names)]
+            i += 1
+            if heavy_cap is None or name not in HEAVY or made[name] < heavy_cap:
+                break
+        made[name] += 1
+        yield make(name, rng.choice(events), rng, wall_now)
 
 
 def interleave(valid: list[Any], hostile: list[Any], *, seed: int | str) -> list[tuple[bool, Any]]:
