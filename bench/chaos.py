@@ -283,7 +283,7 @@ def wait_settled(
     growing (3 s); returns the seconds waited, or None at the deadline or when the backlog
     has not moved for `stall` seconds (a stalled stream)."""
     started = time.monotonic()
-    outputs = [f"{app_id}-customers-changelog", f"{namespace}.decisions"]
+    outputs = [f"{app_id}-customers-changelog", f"{namespace}.nudge-decisions"]
     last: tuple[int, int] | None = None
     stable_since = 0.0
     left, moved = -1, started
@@ -402,7 +402,7 @@ def compare_decisions(clean: list[dict[str, Any]], other: list[dict[str, Any]]) 
     }
 
 
-def decisions(lab: Lab, namespace: str, suffix: str = "decisions") -> list[dict[str, Any]]:
+def decisions(lab: Lab, namespace: str, suffix: str = "nudge-decisions") -> list[dict[str, Any]]:
     return [json.loads(m.value) for m in read_all(lab.bootstrap, f"{namespace}.{suffix}")]
 
 
