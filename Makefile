@@ -4,6 +4,8 @@
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
 #   make test    ruff, then pytest (unit + integration tests against the stack)
 #   make demo    the end-to-end demo            make bench   the ingest benchmark
+#   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
+#                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make status  state of the stack             make down    stop the stack (data kept)
 #   make lint    ruff only                      make clean   stop the stack, delete .venv/.devstack
 #
@@ -22,7 +24,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv stack status test demo bench down lint clean
+.PHONY: venv stack status test demo bench chaos down lint clean
 
 venv: $(STAMP)
 
@@ -48,6 +50,10 @@ demo: venv stack
 
 bench: venv stack
 	$(PY) bench/ingest.py
+
+CHAOS_ARGS ?=
+chaos: venv stack
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 down: venv
 	$(PY) -m stream devstack down

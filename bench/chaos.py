@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import re
@@ -953,6 +954,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run `engage worker` from this source tree (e.g. an export of another commit)",
     )
     args = parser.parse_args(argv)
+    # Produce retries right after a topic is created ("NotLeaderForPartition") are routine.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     chosen = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(chosen) - set(EXPERIMENTS))
     if unknown:
