@@ -616,61 +616,75 @@ def _partitions_with_backlog(lab: Lab, app_id: str, inputs: list[str]) -> set[in
 
 
 def experiment_c(lab: Lab, bound: float = 30.0) -> Outcome:
-    """A running worker's /readyz while a second one joins its group."""
+    """A running worker's /readyz while a second one joins its group: once when the first has
+    processed everything (its table to hand over is complete), once under load (a third of
+    the input read, the changelog still growing)."""
     out = Outcome("c", f"a second worker joins: the first is ready again within {bound:.0f} s")
+    for label, under_load in (("at rest", False), ("under load", True)):
+        unready, second_ready = _join(lab, under_load=under_load, watch=max(bound * 4, 120))
+        out.figures[f"{label}: first worker not ready for s"] = (
+            "never ready again" if unready is None else unready
+        )
+        out.figures[f"{label}: second worker ready after s"] = (
+            "never" if second_ready is None else second_ready
+        )
+        out.check(
+            unready is not None and unready <= bound,
+            f"{label}: the first worker's /readyz "
+            + ("never returned to 200" if unready is None else f"was 503 for {unready:.1f} s"),
+        )
+        out.check(second_ready is not None, f"{label}: the second worker never became ready")
+    return out.finish()
+
+
+def _join(lab: Lab, *, under_load: bool, watch: float) -> tuple[float | None, float | None]:
+    """(longest time the first worker was not ready, seconds until the second was ready)
+    after a second worker joins, in seconds; None for "never" within `watch` seconds."""
     namespace = app_id = unique("chaos-c")
     ensure_topics(lab, namespace)
     produce(lab.bootstrap, routed(namespace, lab.lines()))
     first = lab.worker(app_id, namespace)
     second = lab.worker(app_id, namespace)
+    total = len(lab.lines())
     try:
         first.start(timeout=300)
-        wait_settled(lab, app_id, namespace, alive=first.alive, timeout=lab.timeout)
+        if under_load:
+            wait_for(
+                lambda: consumed(first) >= total / 3 or backlog(lab, app_id, namespace) == 0,
+                timeout=lab.timeout,
+                interval=0.1,
+                what="a third of the input",
+            )
+        else:
+            wait_settled(lab, app_id, namespace, alive=first.alive, timeout=lab.timeout)
         second.spawn()
         joined = time.monotonic()
         not_ready_since: float | None = None
-        first_ready_again: float | None = None
+        ready_again: float | None = None
         second_ready: float | None = None
-        dipped = False
-        while time.monotonic() - joined < max(bound * 4, 120):
+        longest = 0.0
+        while time.monotonic() - joined < watch:
             now = time.monotonic() - joined
-            ok1 = first.ready()
-            if not ok1:
-                dipped = True
-                not_ready_since = not_ready_since if not_ready_since is not None else now
-                first_ready_again = None
-            elif dipped and first_ready_again is None:
-                first_ready_again = now
+            if not first.ready():
+                if not_ready_since is None or ready_again is not None:
+                    not_ready_since, ready_again = now, None
+            elif not_ready_since is not None and ready_again is None:
+                ready_again = now
+                longest = max(longest, ready_again - not_ready_since)
             if second_ready is None and second.ready():
                 second_ready = now
-            if second_ready is not None and (first_ready_again is not None or (
-                    not dipped and now > second_ready + 5)):  # fmt: skip
+            settled = not_ready_since is None or ready_again is not None
+            if second_ready is not None and settled and now > second_ready + 5:
                 break
             time.sleep(0.2)
-        unready = (
-            0.0
-            if not dipped
-            else (first_ready_again - (not_ready_since or 0.0))
-            if first_ready_again is not None
-            else None
-        )
-        out.figures["first worker went not ready"] = dipped
-        out.figures["first worker not ready for s"] = (
-            "never ready again" if unready is None else unready
-        )
-        out.figures["second worker ready after s"] = (
-            "never" if second_ready is None else second_ready
-        )
-        out.check(
-            unready is not None and unready <= bound,
-            "first worker's /readyz "
-            + ("never returned to 200" if unready is None else f"was 503 for {unready:.1f} s"),
-        )
-        out.check(second_ready is not None, "the second worker never became ready")
+        if not_ready_since is None:
+            return 0.0, second_ready
+        if ready_again is None:
+            return None, second_ready
+        return longest, second_ready
     finally:
         second.stop()
         first.stop()
-    return out.finish()
 
 
 # --- d: a replay whose worker is killed -----------------------------------------------------
@@ -699,9 +713,20 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
     out.figures["decisions (uninterrupted)"] = len(reference)
     restarts: list[float] = []
 
+    at_kill: list[int] = []
+
     def crash(run: ReplayRun) -> None:
-        time.sleep(2.0)  # the worker is busy with the declarations and the backlog
+        # Kill once the declarations are being handled: the first partition reports its end
+        # (the others are mid-way), or after 6 s, as in the failure this experiment reproduces.
+        deadline = time.monotonic() + 6.0
+        done = 0
+        while time.monotonic() < deadline:
+            done = _replay_done(lab.bootstrap, run)
+            if done:
+                break
+            time.sleep(0.05)
         restarts.append(run.restart_worker(0, kill=True))
+        at_kill.append(done)
 
     t0 = time.monotonic()
     try:
@@ -716,6 +741,11 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
         out.failures.append(f"the killed replay hung: {exc}")
         return out.finish()
     out.figures["restart-to-ready s"] = restarts
+    out.figures["partitions done before the kill"] = f"{at_kill[0]} of {lab.partitions}"
+    out.check(
+        at_kill[0] < lab.partitions,
+        "inconclusive: every partition had finished before the kill (use more --events)",
+    )
     out.figures["decisions (killed)"] = len(crashed)
     same = crashed == reference
     out.figures["byte-identical"] = same
@@ -723,6 +753,20 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
         a, b = set(reference), set(crashed)
         out.failures.append(f"{len(a - b)} decisions missing, {len(b - a)} differ or are extra")
     return out.finish()
+
+
+def _replay_done(bootstrap: str, run: Any) -> int:
+    """Partitions that reported the end of this replay so far."""
+    status = run.settings.replay_status_topic
+    ends, _ = offsets(bootstrap, None, [status])
+    if not sum(ends.values()):
+        return 0
+    done = set()
+    for msg in read_all(bootstrap, status):
+        body = json.loads(msg.value)
+        if body.get("replay_id") == run.replay_id:
+            done.add(body.get("partition"))
+    return len(done)
 
 
 # --- e: broker outage under the emitter -------------------------------------------------------
@@ -743,17 +787,31 @@ def _private(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _private_up_again(deadline: float) -> int:
+    """Start the private broker again; returns the attempts it took. A client that keeps
+    reconnecting to a closed local port can connect to itself (TCP simultaneous open, the port
+    being in the ephemeral range) and hold the port for a moment: retry until the bind works."""
+    attempts = 0
+    while True:
+        attempts += 1
+        if _private(["up"]).returncode == 0 or time.monotonic() > deadline:
+            return attempts
+        time.sleep(1.0)
+
+
 def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
     """A private broker stopped for `outage` seconds while `engage emit` produces to it."""
     out = Outcome("e", f"{outage:.0f} s broker outage under engage emit (private broker)")
     bootstrap = f"127.0.0.1:{PRIVATE_STACK['ENGAGE_KAFKA_PORT']}"
-    up = _private(["up"])
-    if up.returncode != 0:
-        out.failures.append(f"private broker did not start: {up.stderr[-300:]}")
+    _private_up_again(deadline=time.monotonic() + 180)
+    if _private(["status"]).returncode != 0:
+        out.failures.append("the private broker did not start (see /tmp/chaos-stack/logs)")
         return out.finish()
     namespace = unique("chaos-e")
     emit_log = lab.workdir / f"{namespace}-emit.log"
-    days = max(2, lab.events // (lab.customers * 6) or 2)
+    # Persona traffic is about 2.4 events per customer and day: enough days that the emitter,
+    # capped at `rate`, is still producing well after the broker is back.
+    days = max(2, int(rate * (outage + 40) / (lab.customers * 2.4)) + 1)
     env = {
         **os.environ,
         "ENGAGE_BROKER": f"kafka://{bootstrap}",
@@ -775,8 +833,9 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
             out.figures["broker stopped"] = stopped.returncode == 0
             while time.monotonic() - down_at < outage:
                 time.sleep(0.5)
-            _private(["up"])
+            back = _private_up_again(deadline=time.monotonic() + 180)
             out.figures["outage s"] = time.monotonic() - down_at
+            out.figures["broker restart attempts"] = back
             try:
                 rc = emitter.wait(timeout=lab.timeout)
             except subprocess.TimeoutExpired:
