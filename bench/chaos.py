@@ -33,6 +33,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -818,6 +819,7 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
         "ENGAGE_TOPIC_NAMESPACE": namespace,
         "ENGAGE_PARTITIONS": str(lab.partitions),
     }
+    emitter: subprocess.Popen[bytes] | None = None
     try:
         ensure_topics(lab, namespace, bootstrap)
         with emit_log.open("w") as log:
@@ -831,11 +833,23 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
             stopped = _private(["down"])
             down_at = time.monotonic()
             out.figures["broker stopped"] = stopped.returncode == 0
+            # While the broker is down its port stays bound here (without listening: clients
+            # get "connection refused", as from a stopped broker). Otherwise a client that
+            # keeps reconnecting can be handed the port as its own ephemeral port, connect to
+            # itself and keep the broker from binding it again.
+            guard = socket.socket()
+            guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its TIME-WAITs
+            guard.bind(("127.0.0.1", int(PRIVATE_STACK["ENGAGE_KAFKA_PORT"])))
             while time.monotonic() - down_at < outage:
                 time.sleep(0.5)
-            back = _private_up_again(deadline=time.monotonic() + 180)
-            out.figures["outage s"] = time.monotonic() - down_at
-            out.figures["broker restart attempts"] = back
+            os.kill(emitter.pid, signal.SIGSTOP)  # no reconnect while the port is unguarded
+            guard.close()
+            try:
+                back = _private_up_again(deadline=time.monotonic() + 180)
+            finally:
+                os.kill(emitter.pid, signal.SIGCONT)
+            out.figures["outage s (broker down, then starting)"] = time.monotonic() - down_at
+            out.figures["broker start attempts"] = back
             try:
                 rc = emitter.wait(timeout=lab.timeout)
             except subprocess.TimeoutExpired:
@@ -857,6 +871,9 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
             f"emitter says {reported} sent, the topics hold {on_topics}",
         )
     finally:
+        if emitter is not None and emitter.poll() is None:
+            emitter.kill()
+            emitter.wait()
         _private(["down"])
     return out.finish()
 
