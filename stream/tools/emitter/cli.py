@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="wait this long for the broker (default 60)",
     )
+    parser.add_argument(
+        "--retry-for",
+        type=_positive(float),
+        default=300.0,
+        metavar="S",
+        help="Kafka mode: keep re-sending a failed message this long (a broker outage) before "
+        "giving up on it and counting it as not sent (default 300)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return parser  # fmt: skip
 
@@ -238,7 +246,7 @@ async def _kafka(
     if task is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    sink = KafkaSink(options)
+    sink = KafkaSink(options, retry_for=args.retry_for)
     listener = None if args.no_feedback else NudgeListener(options)
     inputs = [topic(options.namespace, kind) for kind in TOPIC_SUFFIX]
     try:
@@ -251,6 +259,9 @@ async def _kafka(
             await run_kafka(
                 sim, sink, mixer, listener, stats, bar, speed=args.speed, rate=args.rate
             )
+        if sink.unsent:
+            print(f"engage emit: {sink.unsent:,} messages could not be sent", file=sys.stderr)
+            return 1
         return 0
     except MissingTopics as exc:
         print(f"engage emit: {exc}", file=sys.stderr)
@@ -267,3 +278,4 @@ async def _kafka(
                 await listener.stop()
         with contextlib.suppress(Exception):
             await sink.stop()
+        stats.acked, stats.unsent, stats.retries = sink.acked, sink.unsent, sink.retries

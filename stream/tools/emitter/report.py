@@ -41,6 +41,9 @@ class Stats:
     nudges_ignored: int = 0  # unknown customer, repeated nudge_id, not delivered
     nudges_invalid: int = 0
     prompted_clicks: int = 0
+    acked: int | None = None  # Kafka mode: messages the broker acknowledged
+    unsent: int = 0  # Kafka mode: messages given up after retrying through failures
+    retries: int = 0  # Kafka mode: sends repeated after a failure
     bytes: int = 0  # message values, without the file's newlines
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -101,6 +104,9 @@ class Stats:
             "nudges_invalid": self.nudges_invalid,
             "reactions": dict(sorted(self.reactions_by_ritual.items())),
             "prompted_clicks": self.prompted_clicks,
+            "acknowledged": self.acked,
+            "unsent": self.unsent,
+            "retries": self.retries,
         }
 
 
@@ -185,6 +191,10 @@ def print_summary(stats: Stats, console: Console, notes: list[str]) -> None:
             table.add_row(name, f"{count:,}")
         console.print(table)
     if stats.mode == "kafka":
+        console.print(
+            f"acknowledged by Kafka: {stats.acked or 0:,} messages; not sent: {stats.unsent:,}"
+            f" (after {stats.retries:,} retried sends)"
+        )
         console.print(
             f"prompted clicks {stats.prompted_clicks:,}; nudges ignored {stats.nudges_ignored:,}"
             f"; unreadable nudge records {stats.nudges_invalid:,}"

@@ -140,15 +140,24 @@ class MissingTopics(RuntimeError):
 
 
 class KafkaSink:
-    """aiokafka producer with acks=all and idempotence: a retried send is not a duplicate."""
+    """aiokafka producer with acks=all and idempotence: a retried send is not a duplicate.
+
+    It never lies about what reached Kafka: `acked` counts the messages the broker
+    acknowledged, `unsent` those it gave up on. A send that fails (a broker outage, a request
+    that timed out) is sent again, in a loop, for up to `retry_for` seconds after its first
+    failure; only then is it given up and counted as unsent.
+    """
 
     #: Sends in flight before we wait for their acknowledgements (bounds memory on a slow broker).
     MAX_IN_FLIGHT = 5000
 
-    def __init__(self, options: KafkaOptions, client_id: str = "engage-emit") -> None:
+    def __init__(
+        self, options: KafkaOptions, client_id: str = "engage-emit", *, retry_for: float = 300.0
+    ) -> None:
         from aiokafka import AIOKafkaProducer
 
         self.options = options
+        self.retry_for = retry_for
         self._producer = AIOKafkaProducer(
             client_id=client_id,
             acks="all",
@@ -157,7 +166,11 @@ class KafkaSink:
             max_request_size=2 * 1024 * 1024,  # room for the deliberately oversized messages
             **options.client_kwargs(),
         )
-        self._pending: list[asyncio.Future[Any]] = []
+        self._pending: list[tuple[Message, asyncio.Future[Any] | None]] = []
+        self.acked = 0  # messages the broker acknowledged
+        self.acked_bad = 0  # of which deliberately bad ones (--bad-fraction)
+        self.unsent = 0  # messages given up after `retry_for` seconds of failures
+        self.retries = 0  # sends repeated after a failure
 
     async def start(self, timeout_s: float = 60.0) -> None:
         await _start_with_retry(self._producer, timeout_s)
@@ -182,19 +195,49 @@ class KafkaSink:
                 raise MissingTopics(missing)
             await asyncio.sleep(1.0)
 
+    async def _enqueue(self, msg: Message) -> asyncio.Future[Any] | None:
+        """The send's future, or None when it could not even be queued (no metadata)."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            return await self._producer.send(
+                topic(self.options.namespace, msg.type), value=msg.value, key=msg.key
+            )
+        except KafkaError:
+            return None
+
     async def send(self, msg: Message) -> None:
-        future = await self._producer.send(
-            topic(self.options.namespace, msg.type), value=msg.value, key=msg.key
-        )
-        self._pending.append(future)
+        self._pending.append((msg, await self._enqueue(msg)))
         if len(self._pending) >= self.MAX_IN_FLIGHT:
             await self.drain()
 
     async def drain(self) -> None:
-        """Wait for every send so far to be acknowledged; raises the first failure."""
+        """Wait for every send so far; send the failed ones again until they are acknowledged
+        or `retry_for` seconds have passed since their first failure. Never raises: what could
+        not be sent is counted in `unsent`."""
+        loop = asyncio.get_running_loop()
         pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        give_up: float | None = None
+        while pending:
+            futures = [f for _, f in pending if f is not None]
+            results = iter(await asyncio.gather(*futures, return_exceptions=True))
+            failed: list[Message] = []
+            for msg, future in pending:
+                outcome = next(results) if future is not None else None
+                if future is None or isinstance(outcome, BaseException):
+                    failed.append(msg)
+                else:
+                    self.acked += 1
+                    self.acked_bad += msg.reason is not None
+            if not failed:
+                return
+            give_up = give_up if give_up is not None else loop.time() + self.retry_for
+            if loop.time() > give_up:
+                self.unsent += len(failed)
+                return
+            await asyncio.sleep(1.0)
+            self.retries += len(failed)
+            pending = [(msg, await self._enqueue(msg)) for msg in failed]
 
     async def stop(self) -> None:
         try:
