@@ -799,3 +799,68 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([*argv, "--out", "/dev/null"])
         assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ honest counting
+
+
+class _FlakyProducer:
+    """Stands in for aiokafka's producer in a unit test of the sink's own bookkeeping: each
+    message fails its first `failures` sends (as during a broker outage), then is acknowledged."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: Counter[bytes] = Counter()
+        self.delivered: list[bytes] = []
+
+    async def send(self, topic: str, *, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        from aiokafka.errors import KafkaTimeoutError
+
+        self.attempts[value] += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.attempts[value] <= self.failures:
+            future.set_exception(KafkaTimeoutError())
+        else:
+            self.delivered.append(value)
+            future.set_result(None)
+        return future
+
+
+def _sink(failures: int, retry_for: float) -> tuple[Any, _FlakyProducer]:
+    from stream.tools.emitter.sink import KafkaSink
+
+    sink = KafkaSink(KafkaOptions.from_env({}), retry_for=retry_for)
+    producer = _FlakyProducer(failures)
+    sink._producer = producer  # type: ignore[assignment]
+    return sink, producer
+
+
+async def test_failed_sends_are_retried_and_only_acknowledged_ones_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    sink, producer = _sink(failures=2, retry_for=60.0)
+    for i in range(5):
+        await sink.send(
+            Message(0, "click", b"c1", f"v{i}".encode(), "malformed_json" if i else None)
+        )
+    await sink.drain()
+    assert (sink.acked, sink.acked_bad, sink.unsent, sink.retries) == (5, 4, 0, 10)
+    assert sorted(producer.delivered) == [f"v{i}".encode() for i in range(5)]
+
+
+async def test_sends_failing_past_the_retry_window_are_reported_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink, producer = _sink(failures=10**9, retry_for=0.0)
+    await sink.send(Message(0, "click", b"c1", b"v", None))
+    await sink.drain()  # never raises
+    assert (sink.acked, sink.unsent) == (0, 1)
+    assert producer.delivered == []
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_sleep(_: float) -> None:
+    await _real_sleep(0)
