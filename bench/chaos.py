@@ -324,9 +324,12 @@ def restart(worker: Worker, timeout: float) -> float:
 
 
 def consumed(worker: Worker) -> float:
-    """Input messages this worker process has read (0 when it cannot answer)."""
+    """Input messages this worker process has read (0 when it cannot answer); falls back to
+    the processed count for a worker that does not export the consumed one."""
     try:
-        return worker.metric("engage_events_consumed_total")
+        return worker.metric("engage_events_consumed_total") or worker.metric(
+            "engage_events_processed_total"
+        )
     except OSError:
         return 0.0
 
