@@ -567,26 +567,35 @@ def experiment_b(lab: Lab) -> Outcome:
         resumed: dict[int, float] = {}
         third = lab.worker(app_id, namespace)
         third_started = False
+        third_ready: float | None = None
         while time.monotonic() - killed_at < lab.timeout:
             if not third_started and time.monotonic() - killed_at >= 20:
-                third.start(timeout=300)
+                third.spawn()  # not waited for: the partitions' progress is watched meanwhile
                 third_started = True
+            if third_started and third_ready is None and third.ready():
+                third_ready = time.monotonic() - killed_at
             ends, _ = offsets(lab.bootstrap, None, [changelog])
             for tp, end in ends.items():
                 if tp.partition not in resumed and end > marks.get(tp, 0):
                     resumed[tp.partition] = time.monotonic() - killed_at
             left = _partitions_with_backlog(lab, app_id, inputs)
-            if third_started and stalled <= set(resumed) | (stalled - left):
+            for p in stalled - left:  # its input all committed: it was processed
+                resumed.setdefault(p, time.monotonic() - killed_at)
+            if third_started and stalled <= set(resumed):
                 break
             time.sleep(0.25)
         waits = {p: resumed.get(p) for p in sorted(stalled)}
         recovery = max((v for v in waits.values() if v is not None), default=0.0)
         out.figures["partitions with backlog at the kill"] = len(stalled)
-        out.figures["seconds until each resumed"] = {
+        out.figures["s until each resumed (changelog grew or input done)"] = {
             p: ("never" if v is None else round(v, 1)) for p, v in waits.items()
         }
         out.figures["recovery s (slowest partition)"] = recovery
         workers.append(third)
+        if third_started and third_ready is None:
+            wait_for(third.ready, timeout=300, what="the third worker's /readyz")
+            third_ready = time.monotonic() - killed_at
+        out.figures["third worker ready, s after the kill"] = third_ready or "not started"
         alive = [w for w in workers if w.alive()]
         took = wait_settled(lab, app_id, namespace, alive=lambda: bool(alive), timeout=lab.timeout)
         out.figures["seconds to settle"] = took
