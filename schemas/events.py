@@ -39,7 +39,13 @@ CLICK_ACTIONS = (
 TIERS = ("bronze", "silver", "gold", "platinum")
 #: Event types in the order of the SPEC §1 table: this order breaks ties between events due at
 #: the same instant (SPEC §2), so it is part of the contract, not a style choice.
-EVENT_TYPES = ("click", "purchase", "review", "support_contact", "survey", "loyalty")
+EVENT_TYPES = ("click", "purchase", "review", "support_contact", "survey", "loyalty", "consent")
+#: Every type except `consent` is customer activity (SPEC §1): a consent event is a preference
+#: and changes no recency, score or inactivity timer.
+ACTIVITY_TYPES = EVENT_TYPES[:-1]
+CONSENT_SCOPES = ("marketing", "all")
+CONSENT_STATUSES = ("opted_in", "opted_out")
+CONSENT_SOURCES = ("preference_center", "unsubscribe_link", "support", "import")
 SURVEY_RANGES = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
 
 
@@ -161,8 +167,17 @@ class Loyalty(EventBase):
         return self
 
 
+class Consent(EventBase):
+    """A preference, not activity: `all` sets every scope, `marketing` only marketing."""
+
+    type: Literal["consent"]
+    scope: Literal["marketing", "all"]
+    status: Literal["opted_in", "opted_out"]
+    source: Literal["preference_center", "unsubscribe_link", "support", "import"] | None = None
+
+
 Event = Annotated[
-    Click | Purchase | Review | SupportContact | Survey | Loyalty,
+    Click | Purchase | Review | SupportContact | Survey | Loyalty | Consent,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -173,6 +188,7 @@ MODELS: dict[str, type[EventBase]] = {
     "support_contact": SupportContact,
     "survey": Survey,
     "loyalty": Loyalty,
+    "consent": Consent,
 }
 #: Default topic suffix per type (SPEC §1): the full name is f"{namespace}.{suffix}".
 TOPIC_SUFFIX = {
@@ -182,4 +198,5 @@ TOPIC_SUFFIX = {
     "support_contact": "support",
     "survey": "surveys",
     "loyalty": "loyalty",
+    "consent": "consent",
 }

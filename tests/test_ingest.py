@@ -19,7 +19,7 @@ def reason(key: bytes | None, value: bytes | None) -> str | None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["click", "purchase", "review", "support_contact", "survey", "loyalty"]
+    "kind", ["click", "purchase", "review", "support_contact", "survey", "loyalty", "consent"]
 )
 def test_every_type_is_accepted(kind: str) -> None:
     out = accept(b"c1", raw(event(kind)), NOW, LIMITS)

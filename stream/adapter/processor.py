@@ -302,6 +302,7 @@ class Processor:
             if record["status"] == "delivered":
                 await self.topics["nudges"].send(key=key, value=value)
             self.metrics.decision_child(record["ritual"], record["status"]).inc()
+        self.kpis.count_decisions(decisions)
 
     async def dead_letter(self, message: Any, rejection: Rejection) -> None:
         await self.topics["dlq"].send(

@@ -17,7 +17,17 @@ from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
 
-from schemas.events import EventBase, Loyalty, Purchase, Review, SupportContact, Survey
+from schemas.events import (
+    CONSENT_SCOPES,
+    CONSENT_SOURCES,
+    Consent,
+    EventBase,
+    Loyalty,
+    Purchase,
+    Review,
+    SupportContact,
+    Survey,
+)
 from stream.core.profile import (
     QUADRANTS,
     STAGES,
@@ -29,6 +39,11 @@ from stream.core.profile import (
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
 
+#: Consent events without a `source` are counted under this label.
+NO_SOURCE = "unspecified"
+CONSENT_SOURCE_LABELS = (*CONSENT_SOURCES, NO_SOURCE)
+#: Reasons a decision is `suppressed` (SPEC §4), the label values of the suppression counter.
+SUPPRESSION_REASONS = ("no_consent", "once_per_window", "frequency_cap")
 SCORE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80-100")
 ACTIVE_WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
 
@@ -99,6 +114,24 @@ class Kpis:
             registry=r,
         )  # fmt: skip
         self.orders = Counter("engage_orders_total", "Purchases.", registry=r)
+        self.opt_outs = Counter(
+            "engage_consent_opt_outs_total",
+            "Consent events opting out, by scope (marketing, all) and source.",
+            ["scope", "source"],
+            registry=r,
+        )
+        self.opt_ins = Counter(
+            "engage_consent_opt_ins_total",
+            "Consent events opting (back) in, by scope and source.",
+            ["scope", "source"],
+            registry=r,
+        )
+        self.suppressions = Counter(
+            "engage_ritual_suppressions_total",
+            "Decisions suppressed, by reason (no_consent, once_per_window, frequency_cap).",
+            ["reason"],
+            registry=r,
+        )
         self.customers = Gauge(
             "engage_table_customers", "Customers held in this worker's table partitions.",
             registry=r,
@@ -121,7 +154,28 @@ class Kpis:
             self.nps.labels(category)
         for rating in range(1, 6):
             self.reviews.labels(str(rating))
+        for scope in CONSENT_SCOPES:
+            for source in CONSENT_SOURCE_LABELS:
+                self.opt_outs.labels(scope, source)
+                self.opt_ins.labels(scope, source)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressions.labels(reason)
         self.publish(Snapshot())
+
+    @cache  # noqa: B019
+    def _consent(self, status: str, scope: str, source: str) -> Counter:
+        family = self.opt_outs if status == "opted_out" else self.opt_ins
+        return family.labels(scope, source)
+
+    @cache  # noqa: B019
+    def _suppression(self, reason: str) -> Counter:
+        return self.suppressions.labels(reason)
+
+    def count_decisions(self, decisions: Iterable[dict[str, object]]) -> None:
+        """Suppressions by reason, for a batch of decision records."""
+        for record in decisions:
+            if record["status"] == "suppressed":
+                self._suppression(str(record["reason"])).inc()
 
     @cache  # noqa: B019 - closed label sets
     def _nps(self, category: str) -> Counter:
@@ -159,6 +213,8 @@ class Kpis:
                 self.complaints_resolved.inc()
                 if first_contact_resolution:
                     self.fcr.inc()
+        elif isinstance(event, Consent):
+            self._consent(event.status, event.scope, event.source or NO_SOURCE).inc()
         elif isinstance(event, Loyalty):
             if event.action == "referral_sent":
                 self.referrals_sent.inc()
@@ -220,6 +276,13 @@ def summary(registry: CollectorRegistry) -> dict[str, object]:
             for o in OUTCOME_BITS
         }
     active = {w: get("engage_active_customers", window=w) for w in ACTIVE_WINDOWS}
+    opt_outs = {
+        scope: {
+            src: get("engage_consent_opt_outs_total", scope=scope, source=src)
+            for src in CONSENT_SOURCE_LABELS
+        }
+        for scope in CONSENT_SCOPES
+    }
     return {
         "scope": "worker",
         "nps": round(100 * (promoters - detractors) / nps_n, 2) if nps_n else None,
@@ -245,4 +308,9 @@ def summary(registry: CollectorRegistry) -> dict[str, object]:
         "lifecycle_stages": {s: get("engage_customers_by_stage", stage=s) for s in STAGES},
         "quadrants": {q: get("engage_customers_by_quadrant", quadrant=q) for q in QUADRANTS},
         "ritual_lift": lift,
+        "consent_opt_outs": opt_outs,
+        "suppressions": {
+            reason: get("engage_ritual_suppressions_total", reason=reason)
+            for reason in SUPPRESSION_REASONS
+        },
     }

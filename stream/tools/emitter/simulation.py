@@ -84,6 +84,12 @@ _REVIEW_TEXT = {
     4: ("Good quality, happy with it.", "Nice product, delivery took a while."),
     5: ("Excellent, exactly what I wanted!", "Great quality and fast delivery.", "Love it."),
 }
+# Consent (SPEC §1): most opt-outs come from a newsletter's unsubscribe link (about 0.4 % of
+# opened newsletters, so roughly 0.2 % of those sent), some customers opt back in at the
+# preference centre weeks later, and a few ask support to stop every message.
+UNSUBSCRIBE_PER_OPEN = 0.004
+OPT_BACK_IN = 0.15
+ALL_OPT_OUT_PER_TICKET = 0.01
 _CLICK_BODY = ("page_view", "link_click", "search", "share", "comment")
 _SUPPORT_CHANNELS = ("email", "chat", "phone", "social", "in_store")
 _SUPPORT_CUM = tuple(accumulate((0.35, 0.3, 0.2, 0.08, 0.07)))
@@ -161,6 +167,7 @@ class Customer:
     orders: deque[Order] = field(default_factory=lambda: deque(maxlen=8))
     tickets: dict[str, Ticket] = field(default_factory=dict)
     seen_nudges: deque[str] = field(default_factory=lambda: deque(maxlen=32))
+    unsubscribed: bool = False  # opted out of marketing: no more newsletters
 
     def view(self) -> CustomerView:
         """A read-only snapshot for the pure reaction function."""
@@ -273,6 +280,7 @@ class Simulation:
             Kind.VISIT: self._visit,
             Kind.PROMPTED: self._prompted,
             Kind.VISIT_SHOP: self._visit_shop,
+            Kind.CONSENT: self._consent,
         }
         self.customers = self._populate()
         self.by_id = {c.customer_id: c for c in self.customers}
@@ -530,9 +538,12 @@ class Simulation:
     def _newsletter(self, c: Customer, t: int, data: Any, forced: bool) -> dict[str, Any] | None:
         p, rng = c.persona, self._rng
         self._recur(c, t, Kind.NEWSLETTER, p.newsletters_per_day)
-        if rng.random() >= p.newsletter_open:
+        if c.unsubscribed or rng.random() >= p.newsletter_open:
             return None
         t_open = self._awake(c, t)
+        if rng.random() < UNSUBSCRIBE_PER_OPEN:  # the unsubscribe link, a minute after opening
+            data = {"scope": "marketing", "status": "opted_out", "source": "unsubscribe_link"}
+            self._push(c, t_open + MINUTE, Kind.CONSENT, data)
         if t_open != t:  # opened later in the day: do it then
             self._push(c, t_open, Kind.PROMPTED, {"action": "email_open"})
             return None
@@ -680,6 +691,9 @@ class Simulation:
         ticket_id = self._id("tkt")
         ev = self._support(c, t, ticket_id, "opened", complaint, order_id)
         ev["reason"] = rng.choice(_COMPLAINT_REASONS if complaint else _QUESTION_REASONS)
+        if rng.random() < ALL_OPT_OUT_PER_TICKET:  # "stop contacting me", said to support
+            data = {"scope": "all", "status": "opted_out", "source": "support"}
+            self._push(c, t + 5 * MINUTE, Kind.CONSENT, data)
         if rng.random() < p.first_contact_resolution:
             ev["status"] = "resolved"
             self._after_ticket(c, t, ticket_id, 0)
@@ -739,6 +753,24 @@ class Simulation:
         if rng.random() < CES_AFTER_TICKET_INVITE and rng.random() < respond:
             data = {"survey": "ces", "ticket_id": ticket_id, "bias": bias}
             self._push(c, self._later(c, t, 0.05, 2), Kind.SURVEY, data)
+
+    # ---------------------------------------------------------------------------- consent
+
+    def _consent(self, c: Customer, t: int, data: Any, forced: bool) -> dict[str, Any]:
+        """A preference change (not activity); an unsubscriber may opt back in weeks later."""
+        opted_out = data["status"] == "opted_out"
+        c.unsubscribed = opted_out
+        if data["source"] == "unsubscribe_link" and self._rng.random() < OPT_BACK_IN:
+            back = {"scope": "marketing", "status": "opted_in", "source": "preference_center"}
+            self._push(c, self._later(c, t, 7, 60), Kind.CONSENT, back)
+        elif opted_out and data["scope"] == "all" and self._rng.random() < OPT_BACK_IN:
+            back = {"scope": "all", "status": "opted_in", "source": "preference_center"}
+            self._push(c, self._later(c, t, 14, 90), Kind.CONSENT, back)
+        ev = self._base(c, t, "consent")
+        ev["scope"] = data["scope"]
+        ev["status"] = data["status"]
+        ev["source"] = data["source"]
+        return ev
 
     # ---------------------------------------------------------------------------- loyalty
 
