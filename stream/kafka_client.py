@@ -107,6 +107,46 @@ def faust_credentials(conf: KafkaConf) -> Any:
     return faust.SSLCredentials(context)
 
 
+class KafkaAccessError(RuntimeError):
+    """The broker refused our credentials or our TLS handshake; the message is one line."""
+
+
+async def check_access(conf: KafkaConf, *, timeout_s: float = 10.0) -> None:
+    """Raise KafkaAccessError when the broker rejects the configured SASL/SSL credentials.
+
+    aiokafka logs an authentication failure and then reports only "Unable to bootstrap", so a
+    command would say "cannot reach Kafka" for a wrong password. One direct connection to the
+    first reachable bootstrap server shows the real reason. Unreachable servers are left to
+    the client's own retries; plaintext needs no check.
+    """
+    if conf.security_protocol == "PLAINTEXT":
+        return
+    import asyncio
+
+    from aiokafka.conn import create_conn
+
+    for server in conf.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    request_timeout_ms=int(timeout_s * 1000),
+                    **security_kwargs(conf),
+                ),
+                timeout_s,
+            )
+        except (OSError, TimeoutError):
+            continue  # not reachable (yet): the client's own start-up handles that
+        except Exception as exc:
+            if is_auth_error(exc):
+                raise KafkaAccessError(describe_error(exc, conf)) from None
+            continue
+        conn.close()
+        return
+
+
 def is_auth_error(exc: BaseException) -> bool:
     """True for a broker refusing our credentials (SASL) or our certificate."""
     from aiokafka.errors import KafkaError
@@ -124,6 +164,8 @@ def is_auth_error(exc: BaseException) -> bool:
 
 def describe_error(exc: BaseException, conf: KafkaConf | None = None) -> str:
     """One line saying what went wrong talking to Kafka, without any secret."""
+    if isinstance(exc, KafkaAccessError):
+        return str(exc)
     where = f" at {conf.bootstrap_servers}" if conf is not None else ""
     if is_auth_error(exc):
         who = ""

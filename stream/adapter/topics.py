@@ -20,8 +20,8 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from stream.kafka_client import KafkaAccessError, check_access, describe_error, is_auth_error
 from stream.kafka_client import admin as admin_client
-from stream.kafka_client import describe_error, is_auth_error
 from stream.settings import Settings, load_settings
 
 
@@ -33,6 +33,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
     """Create the missing topics and apply the configured retention; returns the names created.
 
     Waits for the broker to come up, but not for credentials it refuses."""
+    await check_access(settings)  # a wrong password is an error now, not a minute of retries
     admin = admin_client(settings)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -97,7 +98,7 @@ def main(argv: list[str]) -> int:
     except TopicMismatch as exc:
         print(f"engage topics: {exc}", file=sys.stderr)
         return 1
-    except (KafkaError, OSError) as exc:
+    except (KafkaError, KafkaAccessError, OSError) as exc:
         print(f"engage topics: {describe_error(exc, settings)}", file=sys.stderr)
         return 1
     for name in created:

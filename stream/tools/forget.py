@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream.adapter.topics import TopicMismatch, ensure_topics
-from stream.kafka_client import consumer, describe_error, producer
+from stream.kafka_client import KafkaAccessError, consumer, describe_error, producer
 from stream.settings import Settings, load_settings
 
 
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     except TimeoutError as exc:
         print(f"engage forget: {exc}", file=sys.stderr)
         return 1
-    except (KafkaError, OSError) as exc:
+    except (KafkaError, KafkaAccessError, OSError) as exc:
         print(f"engage forget: {describe_error(exc, settings)}", file=sys.stderr)
         return 1
     for record in out:
