@@ -51,8 +51,6 @@ def ssl_context(conf: KafkaConf) -> ssl.SSLContext | None:
 
 def security_kwargs(conf: KafkaConf) -> dict[str, Any]:
     """aiokafka producer / consumer / admin arguments for the configured SASL and SSL."""
-    if conf.security_protocol == "PLAINTEXT":
-        return {}
     out: dict[str, Any] = {"security_protocol": conf.security_protocol}
     context = ssl_context(conf)
     if context is not None:

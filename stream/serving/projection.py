@@ -447,21 +447,26 @@ def _describe(exc: BaseException) -> str:
 
 def describe_failure(exc: BaseException, settings: Any) -> str:
     """One line for a failed rebuild: Redis refusing us, or Kafka (via `stream.kafka_client`)."""
+    from urllib.parse import urlsplit
+
     import redis
 
     from stream.kafka_client import KafkaAccessError, describe_error
 
-    if isinstance(
-        exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError
-    ):
-        return (
-            "Redis refused the credentials: put them in ENGAGE_REDIS_URL "
-            "(redis://user:password@host:port/db or redis://:password@host:port/db)"
-        )
-    if isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc):
+    url = settings.redis_url.get_secret_value() if hasattr(settings, "redis_url") else ""
+    has_password = bool(urlsplit(url).password)
+    auth_error = isinstance(exc, redis.AuthenticationError) or (
+        isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc)
+    )
+    if auth_error and not has_password:
         return (
             "Redis needs a password: put it in ENGAGE_REDIS_URL "
-            "(redis://:password@host:port/db, rediss:// for TLS)"
+            "(redis://:password@host:port/db or redis://user:password@..., rediss:// for TLS)"
+        )
+    if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
+        return (
+            "Redis refused the credentials: check the user and password in ENGAGE_REDIS_URL "
+            "(redis://user:password@host:port/db or redis://:password@host:port/db)"
         )
     if isinstance(exc, redis.ConnectionError):
         return f"cannot reach Redis ({type(exc).__name__}); check ENGAGE_REDIS_URL"
