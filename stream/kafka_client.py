@@ -119,6 +119,21 @@ async def check_access(conf: KafkaConf, *, timeout_s: float = 10.0) -> None:
     """
     if conf.security_protocol == "PLAINTEXT":
         return
+    import logging
+
+    # aiokafka warns on every PLAIN-over-plaintext connection; the clients that follow will say
+    # so again, so this probe keeps quiet and a failure stays one line.
+    quiet = logging.getLogger("aiokafka.conn")
+    previous = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        await _probe_servers(conf, timeout_s)
+    finally:
+        quiet.setLevel(previous)
+
+
+async def _probe_servers(conf: KafkaConf, timeout_s: float) -> None:
+    """Connect to the first reachable bootstrap server; raise KafkaAccessError if refused."""
     import asyncio
 
     from aiokafka.conn import create_conn
