@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     web_advertised_url: str | None = Field(
         default=None,
         description="The URL other workers reach this one at (`http://worker-1:6066`); "
-        "default http://{web_host}:{web_port}. Never 0.0.0.0.",
+        "default http://{web_host}:{web_port}, or this host's name when web_host is 0.0.0.0.",
     )
     api_token: SecretStr | None = Field(
         default=None,
@@ -125,19 +125,16 @@ class Settings(BaseSettings):
 
     @property
     def advertised_url(self) -> str:
-        """The URL other workers route requests to (Faust's canonical_url)."""
+        """The URL other workers route requests to (Faust's canonical_url): the setting, else
+        the bound address, else (bound to every address) this host's name, never 0.0.0.0."""
         if self.web_advertised_url:
             return self.web_advertised_url
-        return f"http://{self.web_host}:{self.web_port}"
+        host = self.web_host
+        if host in {"0.0.0.0", "::", ""}:
+            import socket
 
-    @model_validator(mode="after")
-    def _advertise_reachable(self) -> Settings:
-        if self.web_advertised_url is None and self.web_host in {"0.0.0.0", "::"}:
-            raise ValueError(
-                "ENGAGE_WEB_HOST binds every address: set ENGAGE_WEB_ADVERTISED_URL to the "
-                "URL other workers reach this one at (e.g. http://worker-1:6066)"
-            )
-        return self
+            host = socket.gethostname()
+        return f"http://{host}:{self.web_port}"
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

@@ -43,8 +43,9 @@ def test_advertised_url_never_zero() -> None:
     assert Settings().advertised_url == "http://127.0.0.1:6066"
     s = Settings(web_host="0.0.0.0", web_advertised_url="http://worker-1:6066/")
     assert s.advertised_url == "http://worker-1:6066"
-    with pytest.raises(ValidationError, match="ENGAGE_WEB_ADVERTISED_URL"):
-        Settings(web_host="0.0.0.0")
+    import socket
+
+    assert Settings(web_host="0.0.0.0").advertised_url == f"http://{socket.gethostname()}:6066"
     with pytest.raises(ValidationError, match=r"not 0\.0\.0\.0"):
         Settings(web_advertised_url="http://0.0.0.0:6066")
 
