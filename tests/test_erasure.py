@@ -100,6 +100,11 @@ def test_forget_erases_everywhere_and_for_good(
     )
     client = redis.Redis.from_url(redis_url)
     wait_for(lambda: client.exists(profile_key(gone)), timeout=10, what="the Redis profile")
+    wait_for(  # the purchase has reached ritual time: its check-in is a pending timer now
+        lambda: any(d["customer_id"] == gone for d in decisions(first)),
+        timeout=30,
+        what="the welcome",
+    )
 
     [receipt] = forget(first, gone)
     ErasureReceipt.model_validate(receipt)
@@ -172,9 +177,17 @@ def test_token_guards_profiles_and_kpis_and_routing_uses_the_advertised_url(
     produce_events(
         first.bootstrap, first.namespace, [event("click", c, occurred_at=now) for c in customers]
     )
+    seen: dict[str, Any] = {}
+
+    def fetched(w: Any, c: str) -> bool:
+        seen[c] = w.get(f"/customers/{c}", AUTH)
+        return seen[c][0] == 200
+
     for w in (first, second):
         for c in customers:  # every profile through every worker: half of them routed
-            wait_for(lambda w=w, c=c: w.profile(c, AUTH), timeout=60, what=f"{c} via {w.web_port}")
+            wait_for(
+                lambda w=w, c=c: fetched(w, c), timeout=60, what=f"{c} via {w.web_port}: {seen}"
+            )
         assert w.get(f"/customers/{customers[0]}")[0] == 401
         assert w.get(f"/customers/{customers[0]}", {"Authorization": "Bearer wrong"})[0] == 401
         assert w.get("/kpis")[0] == 401

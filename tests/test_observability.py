@@ -37,13 +37,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.events import EVENT_TYPES
+from schemas.events import CONSENT_SCOPES, EVENT_TYPES
 from schemas.nudges import RITUALS, STATUSES
 from stream.core.ingest import REASONS
 from stream.core.profile import QUADRANTS, STAGES
 from stream.core.rituals import OUTCOMES, holdout_bucket
 from stream.core.rules import load_rules
-from stream.telemetry.kpis import ACTIVE_WINDOWS, SCORE_BANDS
+from stream.telemetry.kpis import ACTIVE_WINDOWS, CONSENT_SOURCE_LABELS, SCORE_BANDS
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for
 
@@ -84,7 +84,9 @@ PENDING_METRICS = {
 # Every label the worker may use, with its closed set of values: no label may take a value
 # per customer, order, ticket or event (SPEC §5). A new label must be declared here.
 CLOSED_LABELS: dict[str, Any] = {
-    "topic": re.compile(r"^[A-Za-z0-9._-]+\.(clicks|purchases|reviews|support|surveys|loyalty)$"),
+    "topic": re.compile(
+        r"^[A-Za-z0-9._-]+\.(clicks|purchases|reviews|support|surveys|loyalty|consent|erasures)$"
+    ),
     "type": {*EVENT_TYPES, "unknown"},
     "outcome": {"folded", "duplicate", "dead_lettered", "failed", *OUTCOMES},
     "reason": set(REASONS),
@@ -102,6 +104,9 @@ CLOSED_LABELS: dict[str, Any] = {
     "arm": {"treated", "held_out"},
     "table": {"customers", "control"},
     "operation": {"retrieved", "updated", "deleted"},
+    "scope": set(CONSENT_SCOPES),
+    "source": set(CONSENT_SOURCE_LABELS),
+    "found": {"true", "false"},
 }
 
 # Survey answers of the Prometheus load, one per customer.
@@ -500,7 +505,7 @@ def scraped(stack: dict[str, str], bootstrap: str, tmp_path_factory) -> Iterator
     has scraped all of them and evaluated the rules on them."""
     if "prometheus" not in stack:
         pytest.skip("ENGAGE_TEST_BOOTSTRAP points at another broker: no local Prometheus")
-    from stream import devstack
+    from stream.tools import devstack
 
     settings = devstack.load_settings()
     reconfigured = None
