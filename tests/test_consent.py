@@ -191,3 +191,31 @@ def test_refusal_table() -> None:
         got = refusal(consent_, marketing=is_marketing, marketing_default="opted_in")
         blocked = all_ is out or (is_marketing and marketing is out)
         assert (got is not None) == blocked
+
+
+def test_erasure_plan_and_receipt_hold_no_personal_content() -> None:
+    from datetime import UTC, datetime
+
+    from schemas.erasure import ErasureReceipt
+    from stream.core.erasure import parse_request, plan, receipt
+    from stream.core.ingest import Rejection
+
+    body = b'{"request_id": "r1", "customer_id": "c1", "requested_at": "2026-03-02T12:00:00+01:00"}'
+    request = parse_request(b"c1", body)
+    assert not isinstance(request, Rejection)
+    assert isinstance(parse_request(b"c2", body), Rejection)  # key must be the customer id
+    assert parse_request(b"c1", b"{").reason == "malformed_json"  # type: ignore[union-attr]
+    assert parse_request(b"c1", b"{}").reason == "schema_violation"  # type: ignore[union-attr]
+    s = Sim(CID).send("purchase", "2026-03-02T12:00:00Z", order_id="o1")
+    state = new_state(CID)
+    state.r = s.r
+    deleted = plan(state, projection=True)
+    assert deleted.state and deleted.timers == len(s.r.timers) >= 2 and deleted.due_index
+    assert plan(None, projection=False).model_dump() == {
+        "state": False, "timers": 0, "queued_events": 0, "due_index": False,
+        "redis_profile": False,
+    }  # fmt: skip
+    record = receipt(request, erased_at=datetime(2026, 3, 2, 12, 0, 1, tzinfo=UTC), deleted=deleted)
+    ErasureReceipt.model_validate(record)
+    assert record["requested_at"] == "2026-03-02T11:00:00.000Z"
+    assert record["erased_at"] == "2026-03-02T12:00:01.000Z"

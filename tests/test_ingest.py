@@ -54,6 +54,10 @@ def test_occurred_at_is_normalised_to_utc() -> None:
         (raw(event("click", customer_id="")), "schema_violation"),
         (raw(event("click", event_id="x" * 129)), "schema_violation"),
         (raw(event("click", dwell_ms=-5)), "schema_violation"),
+        (raw(event("consent", scope="everything")), "schema_violation"),
+        (raw(event("consent", status="maybe")), "schema_violation"),
+        (raw(event("consent", source="carrier_pigeon")), "schema_violation"),
+        (raw(event("consent", source=None)), None),
     ],
 )
 def test_reason_codes(value: bytes | None, expected: str | None) -> None:
