@@ -43,7 +43,12 @@ from stream.core.ingest import REASONS
 from stream.core.profile import QUADRANTS, STAGES
 from stream.core.rituals import OUTCOMES, holdout_bucket
 from stream.core.rules import load_rules
-from stream.telemetry.kpis import ACTIVE_WINDOWS, CONSENT_SOURCE_LABELS, SCORE_BANDS
+from stream.telemetry.kpis import (
+    ACTIVE_WINDOWS,
+    CONSENT_SOURCE_LABELS,
+    SCORE_BANDS,
+    SUPPRESSION_REASONS,
+)
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for
 
@@ -89,7 +94,7 @@ CLOSED_LABELS: dict[str, Any] = {
     ),
     "type": {*EVENT_TYPES, "unknown"},
     "outcome": {"folded", "duplicate", "dead_lettered", "failed", *OUTCOMES},
-    "reason": set(REASONS),
+    "reason": {*REASONS, "wrong_partition", *SUPPRESSION_REASONS},
     "partition": re.compile(r"^[0-9]{1,4}$"),
     "le": re.compile(r"^([0-9.e+-]+|\+Inf)$"),
     "category": {"promoter", "passive", "detractor"},

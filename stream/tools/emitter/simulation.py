@@ -167,7 +167,7 @@ class Customer:
     orders: deque[Order] = field(default_factory=lambda: deque(maxlen=8))
     tickets: dict[str, Ticket] = field(default_factory=dict)
     seen_nudges: deque[str] = field(default_factory=lambda: deque(maxlen=32))
-    unsubscribed: bool = False  # opted out of marketing: no more newsletters
+    unsubscribed: bool = False  # opted out (of marketing or all) and not back in
 
     def view(self) -> CustomerView:
         """A read-only snapshot for the pure reaction function."""
@@ -251,6 +251,9 @@ class Simulation:
         seed = config.seed
         self._rng = random.Random(f"engage-emit/{seed}/sim")
         self._react_rng = random.Random(f"engage-emit/{seed}/reactions")
+        # Consent draws have a stream of their own: adding them left every other draw (and so
+        # every run made before consent existed) unchanged.
+        self._consent_rng = random.Random(f"engage-emit/{seed}/consent")
         self._heap: list[tuple[int, int, int, int, int, Any]] = []
         self._seq = itertools.count()
         self._tables = {p.name: _Tables(p) for p in PERSONAS}
@@ -538,10 +541,13 @@ class Simulation:
     def _newsletter(self, c: Customer, t: int, data: Any, forced: bool) -> dict[str, Any] | None:
         p, rng = c.persona, self._rng
         self._recur(c, t, Kind.NEWSLETTER, p.newsletters_per_day)
-        if c.unsubscribed or rng.random() >= p.newsletter_open:
+        if rng.random() >= p.newsletter_open:
             return None
         t_open = self._awake(c, t)
-        if rng.random() < UNSUBSCRIBE_PER_OPEN:  # the unsubscribe link, a minute after opening
+        # The unsubscribe link, a minute after opening. (The newsletter itself is the shop's
+        # business, not engage's: it keeps arriving in the simulation, so the draws of every
+        # other behaviour stay exactly those of a run without consent traffic.)
+        if not c.unsubscribed and self._consent_rng.random() < UNSUBSCRIBE_PER_OPEN:
             data = {"scope": "marketing", "status": "opted_out", "source": "unsubscribe_link"}
             self._push(c, t_open + MINUTE, Kind.CONSENT, data)
         if t_open != t:  # opened later in the day: do it then
@@ -691,7 +697,7 @@ class Simulation:
         ticket_id = self._id("tkt")
         ev = self._support(c, t, ticket_id, "opened", complaint, order_id)
         ev["reason"] = rng.choice(_COMPLAINT_REASONS if complaint else _QUESTION_REASONS)
-        if rng.random() < ALL_OPT_OUT_PER_TICKET:  # "stop contacting me", said to support
+        if self._consent_rng.random() < ALL_OPT_OUT_PER_TICKET:  # "stop contacting me"
             data = {"scope": "all", "status": "opted_out", "source": "support"}
             self._push(c, t + 5 * MINUTE, Kind.CONSENT, data)
         if rng.random() < p.first_contact_resolution:
@@ -760,13 +766,19 @@ class Simulation:
         """A preference change (not activity); an unsubscriber may opt back in weeks later."""
         opted_out = data["status"] == "opted_out"
         c.unsubscribed = opted_out
-        if data["source"] == "unsubscribe_link" and self._rng.random() < OPT_BACK_IN:
-            back = {"scope": "marketing", "status": "opted_in", "source": "preference_center"}
-            self._push(c, self._later(c, t, 7, 60), Kind.CONSENT, back)
-        elif opted_out and data["scope"] == "all" and self._rng.random() < OPT_BACK_IN:
-            back = {"scope": "all", "status": "opted_in", "source": "preference_center"}
-            self._push(c, self._later(c, t, 14, 90), Kind.CONSENT, back)
-        ev = self._base(c, t, "consent")
+        rng = self._consent_rng
+        if opted_out and rng.random() < OPT_BACK_IN:
+            days = rng.uniform(7, 60) if data["scope"] == "marketing" else rng.uniform(14, 90)
+            back = {"scope": data["scope"], "status": "opted_in", "source": "preference_center"}
+            self._push(c, t + int(days * DAY), Kind.CONSENT, back)
+        ev = {  # like _base, but ids from the consent stream (the main draws stay untouched)
+            "event_id": uuid_from_bits(rng.getrandbits(128)),
+            "customer_id": c.customer_id,
+            "type": "consent",
+            "occurred_at": rfc3339_ms(t),
+            "tz": c.zone.tz,
+            "schema_version": 1,
+        }
         ev["scope"] = data["scope"]
         ev["status"] = data["status"]
         ev["source"] = data["source"]
