@@ -46,7 +46,8 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                 raise
             await asyncio.sleep(0.5)
     try:
-        wanted = settings.all_topics()
+        compacted = set(settings.changelog_topics())
+        wanted = [*settings.all_topics(), *settings.changelog_topics()]
         # Describe only topics that exist: a metadata request for a missing topic makes a
         # broker with auto.create.topics.enable create it, with the broker's partition count.
         present = set(await admin.list_topics())
@@ -68,7 +69,11 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                         name,
                         settings.partitions,
                         settings.replication_factor,
-                        topic_configs=_configs(retention.get(name)),
+                        topic_configs=(
+                            {"cleanup.policy": "compact"}
+                            if name in compacted
+                            else _configs(retention.get(name))
+                        ),
                     )
                     for name in missing
                 ]
