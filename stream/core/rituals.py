@@ -51,6 +51,7 @@ OUTCOMES = ("decided", *OUTCOME_BITS)
 _ANCHOR_DIGEST = 8
 _MAX_ANCHORS = 48
 _MAX_TICKETS = 8
+DELIVERED_WINDOW_MS = 7 * 86_400_000  # the profile's "nudges delivered in the last 7 days"
 
 
 class Timer(msgspec.Struct, array_like=True):
@@ -94,6 +95,8 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     referral_at: int = 0  # the last delivered or held-out referral invite
     watch: list[tuple[int, str, str, int]] = []  # (decided_at, ritual, arm, outcome bits)
     tz: str | None = None
+    last: dict[str, tuple[int, str]] = {}  # ritual -> (decided_at, status) of its last decision
+    delivered: list[tuple[int, str]] = []  # (decided_at, ritual) delivered within the last 7 days
 
 
 class Step(NamedTuple):
@@ -303,6 +306,7 @@ class _Run:
         if ritual == "referral_invite" and status in {"delivered", "held_out"}:
             r.referral_at = at
         facts["source_event_id"] = source
+        self._record(ritual, at, status)
         if status in {"delivered", "held_out"}:
             arm = "treated" if status == "delivered" else "held_out"
             r.watch = [*r.watch, (at, ritual, arm, 0)]
@@ -321,6 +325,15 @@ class _Run:
                 rules=rules,
             )
         )
+
+    def _record(self, ritual: str, at: int, status: str) -> None:
+        """The profile's per-ritual last decision and its recent deliveries (SPEC §3)."""
+        r = self.r
+        r.last = {**r.last, ritual: (at, status)}
+        if status == "delivered":
+            r.delivered = [
+                (t, name) for t, name in r.delivered if at - t < DELIVERED_WINDOW_MS
+            ] + [(at, ritual)]
 
     def trigger(
         self, ritual: str, anchor: str, at: int, facts: dict[str, Any], source: str
