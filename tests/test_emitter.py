@@ -501,6 +501,8 @@ def classify(msg: Message, wall_now: datetime) -> str | None:
     assert moment is not None
     if moment - wall_now > timedelta(minutes=5):
         return "future_timestamp"
+    if msg.reason == "wrong_partition":  # a valid value: the Kafka sink picks the wrong partition
+        return "wrong_partition"
     return None
 
 
@@ -538,8 +540,14 @@ def test_bad_messages_agree_with_the_processor_ingest() -> None:
     """Cross-check with the worker's own acceptance rules, where that module exists."""
     ingest = pytest.importorskip("stream.core.ingest")
     wall = START + timedelta(days=40)
+    from stream.core.partitioning import expected_partition
+
     for m in mixed_messages(0.1, file_mode=False, wall=wall):
-        out = ingest.accept(m.key, m.value, wall, ingest.Limits())
+        home = expected_partition(m.key, 8)
+        partition = (home + 1) % 8 if m.reason == "wrong_partition" else home  # as KafkaSink
+        out = ingest.accept(
+            m.key, m.value, wall, ingest.Limits(), partition=partition, partitions=8
+        )
         got = out.reason if isinstance(out, ingest.Rejection) else None
         assert got == m.reason, (m.reason, got, m.value[:200])
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from stream.core.partitioning import expected_partition
 from stream.tools.emitter.reactions import Nudge
 from stream.tools.emitter.wire import Message, namespace, topic
 
@@ -183,12 +184,20 @@ class KafkaSink:
             await asyncio.sleep(1.0)
 
     async def send(self, msg: Message) -> None:
-        future = await self._producer.send(
-            topic(self.options.namespace, msg.type), value=msg.value, key=msg.key
-        )
+        name = topic(self.options.namespace, msg.type)
+        partition = None
+        if msg.reason == "wrong_partition":
+            partition = await self._misroute(name, msg.key)
+        future = await self._producer.send(name, value=msg.value, key=msg.key, partition=partition)
         self._pending.append(future)
         if len(self._pending) >= self.MAX_IN_FLIGHT:
             await self.drain()
+
+    async def _misroute(self, name: str, key: bytes) -> int:
+        """The partition after the key's murmur2 one: what a CRC32-partitioning client does
+        to many keys (with a single partition there is no wrong one, and it is folded)."""
+        count = len(await self._producer.partitions_for(name))
+        return (expected_partition(key, count) + 1) % count
 
     async def drain(self) -> None:
         """Wait for every send so far to be acknowledged; raises the first failure."""
