@@ -9,6 +9,7 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -718,8 +719,10 @@ def test_kafka_loop_reacts_to_delivered_nudges() -> None:
         def __init__(self) -> None:
             self.sent: list[Message] = []
 
-        async def send(self, msg: Message) -> None:
+        async def send(self, msg: Message, on_ack: Callable[[], None] | None = None) -> None:
             self.sent.append(msg)
+            if on_ack is not None:
+                on_ack()
 
         async def drain(self) -> None:
             return None
