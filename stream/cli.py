@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "project": ("stream.serving.projection", "the Redis profile projection: `project rebuild`"),
     "demo": ("stream.tools.demo", "run the end-to-end demo"),
     "forward": ("stream.serving.forward", "POST delivered nudges to a webhook, with retries"),
+    "probe": ("stream.tools.probe", "exit 0 if this machine's worker is ready (healthchecks)"),
 }
 
 #: Exit codes shared by every sub-command.
