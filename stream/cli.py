@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream.tools.replay", "decide rituals over a JSONL file of events, in event time"),
     "project": ("stream.serving.projection", "the Redis profile projection: `project rebuild`"),
     "demo": ("stream.tools.demo", "run the end-to-end demo"),
-    "forward": ("stream.serving.forward", "POST delivered nudges to a webhook, with retries"),
+    "forward": ("stream.tools.forward", "POST delivered nudges to a webhook, with retries"),
     "probe": ("stream.tools.probe", "exit 0 if this machine's worker is ready (healthchecks)"),
 }
 

@@ -8,6 +8,11 @@ has acknowledged it (acks=all).
 
     async with EngageProducer.from_env() as producer:
         await producer.send({"event_id": "...", "customer_id": "c-42", "type": "click", ...})
+
+May import: ``stream.core`` (validation rules, partitioning), ``schemas``, aiokafka, and the
+emitter's Kafka connection options (``stream.tools.emitter.sink.KafkaOptions``, the one reader
+of the ENGAGE_ Kafka variables for clients other than the worker). Nothing else in ``stream``
+imports the client.
 """
 
 from stream.client.envelope import Envelope, InvalidEvent, envelope

@@ -1,6 +1,6 @@
 """What a webhook forwarder does with an HTTP answer, and how long it waits before retrying.
 
-Pure policy, shared by `engage forward` and its tests: the I/O lives in stream/serving/forward.py.
+Pure policy, shared by `engage forward` and its tests: the I/O lives in stream/tools/forward.py.
 """
 
 from __future__ import annotations
