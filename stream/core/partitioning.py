@@ -11,6 +11,8 @@ Pure: no Kafka client is imported, so the worker, the emitter client and tests s
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -42,9 +44,11 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+@lru_cache(maxsize=1 << 16)
 def expected_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default key partitioner gives `key` among `partitions`
-    (Java's `toPositive(murmur2(key)) % partitions`)."""
+    (Java's `toPositive(murmur2(key)) % partitions`). Cached: the worker checks every message,
+    customers send many, and the pure-Python hash costs 5-10 µs against ~0.1 µs for a hit."""
     if partitions < 1:
         raise ValueError("a topic has at least one partition")
     return (murmur2(key) & 0x7FFFFFFF) % partitions
