@@ -261,6 +261,7 @@ async def _kafka(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
     sink = KafkaSink(options, send_timeout_s=args.send_timeout)
+    interrupted = False
     listener = None if args.no_feedback else NudgeListener(options)
     inputs = [topic(options.namespace, kind) for kind in TOPIC_SUFFIX]
     try:
@@ -281,6 +282,7 @@ async def _kafka(
         print(f"engage emit: Kafka error: {exc!r}", file=sys.stderr)
         return 1
     except asyncio.CancelledError:
+        interrupted = True
         return 143
     finally:
         stats.finish()
@@ -288,5 +290,6 @@ async def _kafka(
             with contextlib.suppress(Exception):
                 await listener.stop()
         with contextlib.suppress(Exception):
-            await sink.stop()
+            # interrupted: give in-flight sends a few seconds, then report the rest
+            await sink.stop(timeout_s=10.0 if interrupted else None)
         stats.settle(sink)

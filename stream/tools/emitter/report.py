@@ -113,6 +113,7 @@ class Stats:
             "nudges_invalid": self.nudges_invalid,
             "reactions": dict(sorted(self.reactions_by_ritual.items())),
             "prompted_clicks": self.prompted_clicks,
+            "handed_to_producer": self.handed,
             "unconfirmed_messages": sum(self.unconfirmed.values()),
             "unconfirmed_by_cause": dict(sorted(self.unconfirmed.items())),
             "resent": self.resent,

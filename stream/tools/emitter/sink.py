@@ -308,11 +308,19 @@ class KafkaSink:
             else:
                 backoff = self.RETRY_BACKOFF_S[0]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Drain, then close. With `timeout_s` (an interrupted run), what is still unconfirmed
+        by then is counted as `unconfirmed["interrupted"]` instead of waited for."""
         try:
-            await self.drain()
+            await asyncio.wait_for(self.drain(), timeout_s)
+        except TimeoutError:
+            left = len(self._pending) + len(self._retry)
+            self._pending.clear()
+            self._retry.clear()
+            self.unconfirmed["interrupted"] += left
         finally:
-            await self._producer.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), 10)
 
 
 def _breaks_idempotence(exc: BaseException) -> bool:
