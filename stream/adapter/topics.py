@@ -63,6 +63,14 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
 
 def main(argv: list[str]) -> int:
     """`engage topics`: create what is missing and say what was done."""
+    from stream.cli import command_parser
+
+    command_parser(
+        "topics",
+        "Create the input, output, control and dead-letter topics that are missing, with "
+        "ENGAGE_PARTITIONS partitions; fail (exit 1) if an existing input topic has another "
+        "partition count (co-partitioning).",
+    ).parse_args(argv)
     settings = load_settings()
     try:
         created = asyncio.run(ensure_topics(settings))

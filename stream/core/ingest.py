@@ -1,7 +1,8 @@
 """Turning one raw Kafka message into an event or a dead-letter reason (SPEC §1).
 
-A pure function of (key bytes, value bytes, wall clock, limits): the worker hands in the wall
-clock it read, so the rules are testable without Kafka and without sleeping.
+A pure function of (key bytes, value bytes, wall clock, limits, and where the message was read):
+the worker hands in the wall clock it read and the message's partition, so the rules are
+testable without Kafka and without sleeping.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal, get_args
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, EventBase
+from stream.core.partitioning import expected_partition
 
 Reason = Literal[
     "malformed_json",
@@ -21,6 +23,7 @@ Reason = Literal[
     "key_mismatch",
     "future_timestamp",
     "oversized",
+    "wrong_partition",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 _MESSAGE_LIMIT = 200
@@ -41,9 +44,21 @@ class Limits:
 
 
 def accept(
-    key: bytes | None, value: bytes | None, wall_now: datetime, limits: Limits
+    key: bytes | None,
+    value: bytes | None,
+    wall_now: datetime,
+    limits: Limits,
+    *,
+    partition: int | None = None,
+    partitions: int | None = None,
 ) -> EventBase | Rejection:
-    """Validate one message; returns the event or the reason it goes to the DLQ."""
+    """Validate one message; returns the event or the reason it goes to the DLQ.
+
+    With `partition` (where the message was read) and `partitions` (the co-partitioned input
+    topics' count), a message whose key hashes (murmur2) to another partition is rejected as
+    `wrong_partition`: folding it here would split the customer's state across workers. The
+    key is checked against `customer_id` first, so a null or different key is `key_mismatch`.
+    """
     if value is None:
         return Rejection("malformed_json", "empty message value")
     if len(value) > limits.max_message_bytes:
@@ -56,6 +71,14 @@ def accept(
         return _classify(exc)
     if key is None or key != event.customer_id.encode("utf-8"):
         return Rejection("key_mismatch", "message key differs from customer_id")
+    if partition is not None and partitions is not None:
+        expected = expected_partition(key, partitions)
+        if expected != partition:
+            return Rejection(
+                "wrong_partition",
+                f"key hashes (murmur2) to partition {expected} of {partitions}, read from "
+                f"{partition}: produce with the murmur2 partitioner",
+            )
     if event.occurred_at - wall_now > limits.max_future_skew:
         ahead = (event.occurred_at - wall_now).total_seconds()
         return Rejection("future_timestamp", f"occurred_at is {ahead:.0f} s ahead of the clock")
