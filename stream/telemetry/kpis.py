@@ -301,6 +301,7 @@ class Kpis:
         elif isinstance(event, Purchase):
             self.orders.inc()
             self._revenue(event.currency).inc(float(event.amount))
+            self.extra.currencies.add(event.currency)  # its CLV series appear with its revenue
         elif isinstance(event, Review):
             self._review(event.rating).inc()
         elif isinstance(event, SupportContact) and event.complaint:
