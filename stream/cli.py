@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream.tools.replay", "decide rituals over a JSONL file of events, in event time"),
     "project": ("stream.serving.projection", "the Redis profile projection: `project rebuild`"),
     "demo": ("stream.tools.demo", "run the end-to-end demo"),
+    "report": ("stream.tools.report", "write the KPI report as one self-contained HTML file"),
 }
 
 

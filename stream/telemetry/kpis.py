@@ -334,14 +334,20 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
-class _Samples:
-    """A registry's samples by (name, labels): what `summary` reads."""
+class Samples:
+    """Metric samples by name: [(labels, value)]. What `summary_of` reads, from a worker's
+    registry or from Prometheus (where they are summed over the workers first)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.values: dict[str, list[tuple[dict[str, str], float]]] = {}
+    def __init__(self, values: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+        self.values = values
+
+    @classmethod
+    def of_registry(cls, registry: CollectorRegistry) -> Samples:
+        values: dict[str, list[tuple[dict[str, str], float]]] = {}
         for family in registry.collect():
             for sample in family.samples:
-                self.values.setdefault(sample.name, []).append((sample.labels, sample.value))
+                values.setdefault(sample.name, []).append((sample.labels, sample.value))
+        return cls(values)
 
     def get(self, name: str, **labels: str) -> float:
         """The sum of the samples of `name` whose labels include `labels`."""
@@ -396,13 +402,17 @@ def ritual_lift(get: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-def summary(registry: CollectorRegistry) -> dict[str, object]:
+def summary(registry: CollectorRegistry) -> dict[str, Any]:
     """This worker's KPI components and the ratios they give (GET /kpis).
 
     A worker only knows its own partitions; the cluster-wide figures are the Prometheus
     recording rules, which sum the components of every worker before dividing.
     """
-    m = _Samples(registry)
+    return summary_of(Samples.of_registry(registry), scope="worker")
+
+
+def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
+    """KPI components and ratios from samples (`summary`; the report, from Prometheus)."""
     get = m.get
 
     promoters = get("engage_nps_responses_total", category="promoter")
@@ -474,7 +484,7 @@ def summary(registry: CollectorRegistry) -> dict[str, object]:
     lag_buckets = m.by("engage_end_to_end_lag_seconds_bucket", "le")
     watermark = [v for _, v in m.values.get("engage_watermark_lag_seconds", [])]
     return {
-        "scope": "worker",
+        "scope": scope,
         "nps": round(100 * (promoters - detractors) / nps_n, 2) if nps_n else None,
         "nps_responses": {"promoter": promoters, "passive": passives, "detractor": detractors},
         "csat_percent": _ratio(
