@@ -521,6 +521,23 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())["services"]
     assert datasource[0]["url"] == "http://prometheus:9090" and "prometheus" in compose
 
+    # The datasource is selectable: at import (Grafana's __inputs, which replaces
+    # ${DS_PROMETHEUS} by the datasource chosen), and on the dashboard (a datasource variable of
+    # the same name, which is what provisioning from files resolves, defaulting to ours).
+    selected = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    [ds_input] = board["__inputs"]
+    assert ds_input["name"] == "DS_PROMETHEUS"
+    assert (ds_input["type"], ds_input["pluginId"]) == ("datasource", "prometheus")
+    variables = board["templating"]["list"]
+    ds_var = variables[0]
+    assert (ds_var["name"], ds_var["type"], ds_var["query"]) == (
+        "DS_PROMETHEUS",
+        "datasource",
+        "prometheus",
+    )
+    assert ds_var["current"]["value"] == uid
+    assert "engage-prometheus" not in json.dumps([board["panels"], variables[1:]])
+
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     cells: dict[tuple[int, int], str] = {}
@@ -533,16 +550,22 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
                 cells[(x, y)] = panel["title"]
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["datasource"] == selected, panel["title"]
         assert panel.get("targets"), f"{panel['title']} has no query"
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid, panel["title"]
+            assert target["datasource"] == selected, panel["title"]
             assert target["expr"].strip(), panel["title"]
-    for variable in board["templating"]["list"]:
-        assert variable["datasource"]["uid"] == uid
+    for variable in variables[1:]:
+        assert variable["datasource"] == selected, variable["name"]
 
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Pipeline health", "CX KPIs", "Engagement", "Rituals"]
+    assert rows == [
+        "Pipeline health",
+        "CX KPIs",
+        "Engagement",
+        "Rituals",
+        "Retention, value and interactions",
+    ]
     known = set(rule_names())
     for title, expr in dashboard_queries():
         for name in re.findall(r"engage:[a-z0-9_]+:[a-z0-9_]+", expr):
