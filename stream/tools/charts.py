@@ -383,7 +383,7 @@ def lift_chart(
                 x0 + plot_w + 110, yc + 4, f"{pct(h['estimate'], 0)} of {item['held_out']}", size=11
             )
         )
-        verdict = item["verdict"].replace(" held-out customers needed for this effect", " more")
+        verdict = item["verdict"].replace(" customers needed for this effect", " needed")
         body.append(
             _text(
                 x0 + plot_w + 200,
@@ -470,7 +470,7 @@ def tiles(s: dict[str, Any]) -> list[str]:
                 f"churn {pct(r.get('churn_rate'))} of {fmt(r.get('cohort'))}",
             )
         )
-    for currency, c in sorted(clv.items())[:2]:
+    for currency, c in sorted(clv.items(), key=lambda kv: -(kv[1].get("customers") or 0))[:2]:
         out.append(
             _tile(
                 f"Mean CLV ({currency})",
@@ -516,6 +516,7 @@ h2{font-size:15px;margin:0 0 10px;color:#37474f}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.note{font-size:12px;color:#607d8b;margin:6px 0 0}
 svg.chart{max-width:100%;height:auto}
 table{border-collapse:collapse;font-size:12px}td,th{padding:3px 8px;text-align:right}
+td:last-child,th:last-child{text-align:left}
 th{color:#607d8b;font-weight:500}td:first-child,th:first-child{text-align:left}
 """
 
