@@ -270,7 +270,7 @@ def funnel(stages: dict[str, float], width: int = 420, height: int = 230) -> str
     return _svg("funnel", width, height, body, "Lifecycle funnel")
 
 
-def decisions_chart(decisions: dict[str, dict[str, float]], width: int = 860) -> str:
+def decisions_chart(decisions: dict[str, dict[str, float]], width: int = 1000) -> str:
     """Ritual decisions by status: one stacked bar per ritual, with a legend."""
     rituals = [r for r in RITUALS if r in decisions] + [r for r in decisions if r not in RITUALS]
     statuses = list(STATUSES) + sorted({s for d in decisions.values() for s in d} - set(STATUSES))
@@ -314,7 +314,7 @@ def decisions_chart(decisions: dict[str, dict[str, float]], width: int = 860) ->
 
 
 def lift_chart(
-    lift: dict[str, dict[str, dict[str, Any]]], outcome: str = "came_back", width: int = 860
+    lift: dict[str, dict[str, dict[str, Any]]], outcome: str = "came_back", width: int = 1000
 ) -> str:
     """A forest plot: per ritual, treated minus held-out rate with its 95 % interval (Newcombe),
     the counts and the verdict."""
@@ -384,6 +384,8 @@ def lift_chart(
             )
         )
         verdict = item["verdict"].replace(" customers needed for this effect", " needed")
+        if len(verdict) > 40:  # the table below the plot has it whole
+            verdict = verdict[:39] + "…"
         body.append(
             _text(
                 x0 + plot_w + 200,

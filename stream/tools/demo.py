@@ -325,8 +325,9 @@ def _signed(item: dict[str, Any]) -> str:
 def _lift_table(view: View, outcome: str = "came_back") -> Table:
     table = Table(
         title=f"outcomes within 7 days of a decision: treated vs held out ({outcome}, 95 % CI)",
-        caption="rates: Wilson; difference: Newcombe hybrid score; ratio: Katz log; verdict: "
-        "interval of the difference excludes 0, else held-out customers needed for 80 % power",
+        caption="rates: Wilson; difference: Newcombe hybrid score; lift: Katz log (* a zero count: "
+        "0.5 added to each cell); verdict: the difference's interval excludes 0, else the "
+        "held-out customers needed for 80 % power",
     )
     for col in ("ritual", "treated", "rate", "held out", "rate", "difference", "lift", "verdict"):
         table.add_column(col, justify="left" if col in {"ritual", "verdict"} else "right")
@@ -339,6 +340,7 @@ def _lift_table(view: View, outcome: str = "came_back") -> Table:
             "–"
             if ratio["estimate"] is None
             else f"{ratio['estimate']:.2f} [{ratio['lower']:.2f}, {ratio['upper']:.2f}]"
+            + ("*" if ratio["corrected"] else "")
         )
         table.add_row(
             ritual, str(x["treated"]), _rate(x["treated_rate"]), str(x["held_out"]),
