@@ -412,3 +412,33 @@ def test_clickable_nudges_stay_bounded() -> None:
     assert len(s.of("service_recovery")) == 20
     assert len(s.r.clickable) == 8
     assert s.r.clickable[-1][1] == "service_recovery"
+
+
+def test_profile_shows_each_rituals_last_decision_and_recent_deliveries() -> None:
+    """SPEC §3: per ritual, the last decision and its time; nudges delivered in 7 days."""
+    from stream.core.profile import view
+    from stream.core.state import new_state
+
+    sim = Sim(treated("post_purchase_welcome", "three_days_later"))
+    sim.send("purchase", "2026-03-02T12:00:00Z", order_id="o-1").until("2026-03-06T12:00:00Z")
+    assert [d["status"] for d in sim.out] == ["delivered", "delivered"]
+    state = new_state(sim.cid)
+    state.r = sim.r
+    profile = view(state, ms("2026-03-06T12:00:00Z"))
+    assert profile["rituals"] == {
+        "post_purchase_welcome": {
+            "last_decision": "delivered",
+            "last_decided_at": "2026-03-02T12:00:00Z",
+            "delivered_7d": 1,
+        },
+        "three_days_later": {
+            "last_decision": "delivered",
+            "last_decided_at": "2026-03-05T12:00:00Z",
+            "delivered_7d": 1,
+        },
+    }
+    assert profile["nudges_delivered_7d"] == 2
+    later = view(state, ms("2026-03-11T12:00:00Z"))  # the welcome is 9 days old by then
+    assert later["nudges_delivered_7d"] == 1
+    assert later["rituals"]["post_purchase_welcome"]["delivered_7d"] == 0
+    assert later["rituals"]["post_purchase_welcome"]["last_decision"] == "delivered"

@@ -57,6 +57,7 @@ _MAX_ANCHORS = 48
 _MAX_TICKETS = 8
 _MAX_CLICKABLE = 8  # recent nudges a click can be attributed to
 _NUDGE_DIGEST = 16  # hex characters of the nudge_id kept to recognise it (64 bits)
+DELIVERED_WINDOW_MS = 7 * 86_400_000  # the profile's "nudges delivered in the last 7 days"
 
 
 class Timer(msgspec.Struct, array_like=True):
@@ -103,6 +104,8 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     # clicked yet: a click carries only the nudge_id, this says whose ritual and arm it was.
     clickable: list[tuple[int, str, str, str]] = []
     tz: str | None = None
+    last: dict[str, tuple[int, str]] = {}  # ritual -> (decided_at, status) of its last decision
+    delivered: list[tuple[int, str]] = []  # (decided_at, ritual) delivered within the last 7 days
 
 
 class Step(NamedTuple):
@@ -312,6 +315,7 @@ class _Run:
         if ritual == "referral_invite" and status in {"delivered", "held_out"}:
             r.referral_at = at
         facts["source_event_id"] = source
+        self._record(ritual, at, status)
         if status in {"delivered", "held_out"}:
             arm = "treated" if status == "delivered" else "held_out"
             r.watch = [*r.watch, (at, ritual, arm, 0)]
@@ -332,6 +336,15 @@ class _Run:
                 rules=rules,
             )
         )
+
+    def _record(self, ritual: str, at: int, status: str) -> None:
+        """The profile's per-ritual last decision and its recent deliveries (SPEC §3)."""
+        r = self.r
+        r.last = {**r.last, ritual: (at, status)}
+        if status == "delivered":
+            r.delivered = [(t, name) for t, name in r.delivered if at - t < DELIVERED_WINDOW_MS] + [
+                (at, ritual)
+            ]
 
     def trigger(
         self, ritual: str, anchor: str, at: int, facts: dict[str, Any], source: str
