@@ -411,7 +411,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     console = Console()
     if not console.is_terminal:  # piped or captured: wide enough for the lift table, unwrapped
-        console = Console(width=max(console.width, 180))
+        console = Console(width=max(console.width, 200))
     try:
         summary = asyncio.run(_run(args, console))
     except KeyboardInterrupt:
