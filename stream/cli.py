@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stream.tools.demo", "run the end-to-end demo"),
     "forward": ("stream.tools.forward", "POST delivered nudges to a webhook, with retries"),
     "probe": ("stream.tools.probe", "exit 0 if this machine's worker is ready (healthchecks)"),
+    "report": ("stream.tools.report", "write the KPI report as one self-contained HTML file"),
 }
 
 #: Exit codes shared by every sub-command.

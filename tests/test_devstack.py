@@ -20,7 +20,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream import devstack
+from stream.tools import devstack
 from stream.tools.devstack import ConfigError, load_settings
 
 # --------------------------------------------------------------------------------------------
@@ -191,3 +191,10 @@ def test_prometheus_ready_and_config_valid(stack: dict[str, str]) -> None:
     while not (seen := engage_targets()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert seen == set(settings.prometheus_targets)
+
+
+def test_tools_are_a_closed_list() -> None:
+    """`devstack tools` installs only the packages it knows (chromium for the report test)."""
+    assert devstack.TOOLS == {"chromium": {"chromium": "chromium"}}
+    with pytest.raises(devstack.ConfigError, match="unknown tools"):
+        devstack.ensure_tools(("firefox",))
