@@ -74,6 +74,14 @@ TIERS = ("bronze", "silver", "gold", "platinum")
 #: the same instant (SPEC §2), so it is part of the contract, not a style choice.
 EVENT_TYPES = ("click", "purchase", "review", "support_contact", "survey", "loyalty")
 SURVEY_RANGES = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
+#: The largest integer every JSON implementation holds exactly (2**53 - 1): the upper bound of
+#: integer fields, so a huge number is a schema violation instead of an overflow downstream.
+MAX_SAFE_INT = 2**53 - 1
+#: Points in one loyalty event: balances are sums of these and must stay within 64 bits.
+MAX_POINTS = 10**9
+#: Event time may not precede the Unix epoch: earlier is a broken producer clock (e.g. a zero
+#: timestamp), and an instant must be representable in UTC whatever its offset.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @lru_cache(maxsize=1024)
@@ -101,12 +109,18 @@ class EventBase(BaseModel):
         max_length=64,
         description="The customer's IANA time zone, e.g. Europe/Berlin; the latest one wins.",
     )
-    schema_version: int = Field(default=1, ge=1)
+    schema_version: int = Field(default=1, ge=1, le=MAX_SAFE_INT)
 
     @field_validator("occurred_at")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00: no such instant in UTC
+            raise ValueError("occurred_at is out of range once normalised to UTC") from None
+        if utc < EARLIEST:
+            raise ValueError("occurred_at is before 1970-01-01T00:00:00Z")
+        return utc
 
     @field_validator("tz")
     @classmethod
@@ -157,7 +171,7 @@ class Click(EventBase):
     nudge_id: Id | None = Field(
         default=None, description="Set when the click came from a nudge (a prompted interaction)."
     )
-    dwell_ms: int | None = Field(default=None, ge=0)
+    dwell_ms: int | None = Field(default=None, ge=0, le=MAX_SAFE_INT)
 
 
 class Purchase(EventBase):
@@ -181,7 +195,7 @@ class Purchase(EventBase):
         "binary floats may not round-trip: send strings).",
     )
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
-    items: int = Field(ge=1)
+    items: int = Field(ge=1, le=MAX_SAFE_INT)
 
 
 class Review(EventBase):
@@ -283,7 +297,7 @@ class Loyalty(EventBase):
         "referral_sent",
         "referral_converted",
     ]
-    points: int | None = Field(default=None, ge=0)
+    points: int | None = Field(default=None, ge=0, le=MAX_POINTS)
     tier: Literal["bronze", "silver", "gold", "platinum"] | None = None
 
     @model_validator(mode="after")

@@ -50,9 +50,16 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
             )
         missing = [name for name in wanted if name not in counts]
         if missing:
+            # The DLQ takes any message an input topic took, plus the dead-letter headers.
+            dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
             await admin.create_topics(
                 [
-                    NewTopic(name, settings.partitions, settings.replication_factor)
+                    NewTopic(
+                        name,
+                        settings.partitions,
+                        settings.replication_factor,
+                        topic_configs=dlq if name == settings.dlq_topic else None,
+                    )
                     for name in missing
                 ]
             )
