@@ -72,7 +72,13 @@ CLICK_ACTIONS = (
 TIERS = ("bronze", "silver", "gold", "platinum")
 #: Event types in the order of the SPEC §1 table: this order breaks ties between events due at
 #: the same instant (SPEC §2), so it is part of the contract, not a style choice.
-EVENT_TYPES = ("click", "purchase", "review", "support_contact", "survey", "loyalty")
+EVENT_TYPES = ("click", "purchase", "review", "support_contact", "survey", "loyalty", "consent")
+#: Every type except `consent` is customer activity (SPEC §1): a consent event is a preference
+#: and changes no recency, score or inactivity timer.
+ACTIVITY_TYPES = EVENT_TYPES[:-1]
+CONSENT_SCOPES = ("marketing", "all")
+CONSENT_STATUSES = ("opted_in", "opted_out")
+CONSENT_SOURCES = ("preference_center", "unsubscribe_link", "support", "import")
 SURVEY_RANGES = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
 #: The largest integer every JSON implementation holds exactly (2**53 - 1): the upper bound of
 #: integer fields, so a huge number is a schema violation instead of an overflow downstream.
@@ -307,8 +313,26 @@ class Loyalty(EventBase):
         return self
 
 
+class Consent(EventBase):
+    """A preference, not activity: `all` sets every scope, `marketing` only marketing."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_schema_extra(
+            _example("consent", 1, scope="marketing", status="opted_out",
+                     source="unsubscribe_link"),
+            _example("consent", 2, scope="all", status="opted_in", source="preference_center",
+                     tz="America/New_York"),
+        )
+    )  # fmt: skip
+
+    type: Literal["consent"]
+    scope: Literal["marketing", "all"]
+    status: Literal["opted_in", "opted_out"]
+    source: Literal["preference_center", "unsubscribe_link", "support", "import"] | None = None
+
+
 Event = Annotated[
-    Click | Purchase | Review | SupportContact | Survey | Loyalty,
+    Click | Purchase | Review | SupportContact | Survey | Loyalty | Consent,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -319,6 +343,7 @@ MODELS: dict[str, type[EventBase]] = {
     "support_contact": SupportContact,
     "survey": Survey,
     "loyalty": Loyalty,
+    "consent": Consent,
 }
 #: Default topic suffix per type (SPEC §1): the full name is f"{namespace}.{suffix}".
 TOPIC_SUFFIX = {
@@ -328,4 +353,5 @@ TOPIC_SUFFIX = {
     "support_contact": "support",
     "survey": "surveys",
     "loyalty": "loyalty",
+    "consent": "consent",
 }

@@ -46,11 +46,10 @@ def examples(model: type[BaseModel]) -> list[dict]:
 
 def _extra_models() -> dict[str, type[BaseModel]]:
     """Records other than input events (decisions, nudges) register themselves here."""
-    try:
-        from schemas.nudges import RECORD_MODELS
-    except ImportError:
-        return {}
-    return RECORD_MODELS
+    from schemas.erasure import RECORD_MODELS as ERASURE_MODELS
+    from schemas.nudges import RECORD_MODELS
+
+    return {**RECORD_MODELS, **ERASURE_MODELS}
 
 
 def _dump(schema: dict, title: str, name: str) -> str:

@@ -78,7 +78,7 @@ class Decision(BaseModel):
     )
     status: Status
     reason: str = Field(
-        description="eligible, holdout, frequency_cap, once_per_window, lateness, "
+        description="eligible, holdout, frequency_cap, once_per_window, no_consent, lateness, "
         "review_of_order, support_contact_opened, activity_resumed or open_complaint."
     )
     audience: Literal["customer", "service_team"]

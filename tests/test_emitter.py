@@ -65,6 +65,7 @@ OWN_FIELDS = {
     },
     "survey": {"survey", "score", "order_id", "ticket_id"},
     "loyalty": {"action", "points", "tier"},
+    "consent": {"scope", "status", "source"},
 }  # fmt: skip
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -159,6 +160,14 @@ def violations(ev: Any) -> list[str]:
         need("points" not in ev or (is_int(ev["points"]) and ev["points"] >= 0), "points")
         need("tier" not in ev or ev["tier"] in TIERS, "tier")
         need(ev.get("action") != "tier_changed" or "tier" in ev, "tier_changed names a tier")
+    elif kind == "consent":
+        need(ev.get("scope") in {"marketing", "all"}, "consent scope")
+        need(ev.get("status") in {"opted_in", "opted_out"}, "consent status")
+        need(
+            ev.get("source")
+            in {None, "preference_center", "unsubscribe_link", "support", "import"},
+            "consent source",
+        )
     return errors
 
 
@@ -810,3 +819,15 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([*argv, "--out", "/dev/null"])
         assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_consent_changes_are_rare_and_mostly_unsubscribe_links(big: BigRun) -> None:
+    consent = [e for e in big.events if e["type"] == "consent"]
+    customers = {e["customer_id"] for e in big.events}
+    opt_outs = [e for e in consent if e["status"] == "opted_out"]
+    by_source = Counter(e["source"] for e in opt_outs)
+    assert opt_outs and len(opt_outs) < 0.3 * len(customers)  # a minority opts out
+    assert by_source.most_common(1)[0][0] == "unsubscribe_link"
+    assert by_source["unsubscribe_link"] > len(opt_outs) / 2
+    assert all(e["scope"] == "marketing" for e in opt_outs if e["source"] == "unsubscribe_link")
+    assert any(e["status"] == "opted_in" for e in consent)  # some come back

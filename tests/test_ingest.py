@@ -24,7 +24,7 @@ def reason(key: bytes | None, value: bytes | None) -> str | None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["click", "purchase", "review", "support_contact", "survey", "loyalty"]
+    "kind", ["click", "purchase", "review", "support_contact", "survey", "loyalty", "consent"]
 )
 def test_every_type_is_accepted(kind: str) -> None:
     out = accept(b"c1", raw(event(kind)), NOW, LIMITS)
@@ -59,6 +59,10 @@ def test_occurred_at_is_normalised_to_utc() -> None:
         (raw(event("click", customer_id="")), "schema_violation"),
         (raw(event("click", event_id="x" * 129)), "schema_violation"),
         (raw(event("click", dwell_ms=-5)), "schema_violation"),
+        (raw(event("consent", scope="everything")), "schema_violation"),
+        (raw(event("consent", status="maybe")), "schema_violation"),
+        (raw(event("consent", source="carrier_pigeon")), "schema_violation"),
+        (raw(event("consent", source=None)), None),
     ],
 )
 def test_reason_codes(value: bytes | None, expected: str | None) -> None:

@@ -150,3 +150,24 @@ def test_lift_intervals_in_the_summary() -> None:
     assert s["lift"]["we_noticed"]["purchased"]["verdict"] == "not yet: no difference observed"
     assert s["nudge_click_through"]["we_noticed"]["treated"]["rate"] == 0.2
     assert s["ritual_lift"]["we_noticed"]["came_back"] == round((56 / 70) / (48 / 80), 4)
+
+
+def test_consent_opt_outs_by_scope_and_source_and_suppressions_by_reason() -> None:
+    registry = CollectorRegistry()
+    k = Kpis(registry)
+    k.count(parse(event("consent", scope="marketing", status="opted_out")))  # unsubscribe link
+    k.count(parse(event("consent", scope="marketing", status="opted_out")))
+    k.count(parse(event("consent", scope="all", status="opted_out", source=None)))
+    k.count(parse(event("consent", scope="all", status="opted_in", source="preference_center")))
+    k.count_decisions(
+        [
+            {"status": "suppressed", "reason": "no_consent"},
+            {"status": "suppressed", "reason": "frequency_cap"},
+            {"status": "delivered", "reason": "eligible"},
+        ]
+    )
+    s = summary(registry)
+    assert s["consent_opt_outs"]["marketing"]["unsubscribe_link"] == 2.0
+    assert s["consent_opt_outs"]["all"]["unspecified"] == 1.0
+    assert s["consent_opt_outs"]["all"]["preference_center"] == 0.0
+    assert s["suppressions"] == {"no_consent": 1.0, "once_per_window": 0.0, "frequency_cap": 1.0}

@@ -37,13 +37,20 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.events import CLICK_ACTIONS, EVENT_TYPES
+from schemas.events import CLICK_ACTIONS, CONSENT_SCOPES, EVENT_TYPES
 from schemas.nudges import RITUALS, STATUSES
 from stream.core.ingest import REASONS
 from stream.core.profile import QUADRANTS, STAGES
 from stream.core.rituals import OUTCOMES, holdout_bucket, nudge_id
 from stream.core.rules import load_rules
-from stream.telemetry.kpis import ACTIVE_WINDOWS, CLV_BANDS, RETENTION_WINDOWS, SCORE_BANDS
+from stream.telemetry.kpis import (
+    ACTIVE_WINDOWS,
+    CLV_BANDS,
+    CONSENT_SOURCE_LABELS,
+    RETENTION_WINDOWS,
+    SCORE_BANDS,
+    SUPPRESSION_REASONS,
+)
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for
 
@@ -84,10 +91,12 @@ PENDING_METRICS = {
 # Every label the worker may use, with its closed set of values: no label may take a value
 # per customer, order, ticket or event (SPEC §5). A new label must be declared here.
 CLOSED_LABELS: dict[str, Any] = {
-    "topic": re.compile(r"^[A-Za-z0-9._-]+\.(clicks|purchases|reviews|support|surveys|loyalty)$"),
+    "topic": re.compile(
+        r"^[A-Za-z0-9._-]+\.(clicks|purchases|reviews|support|surveys|loyalty|consent|erasures)$"
+    ),
     "type": {*EVENT_TYPES, "unknown"},
     "outcome": {"folded", "duplicate", "dead_lettered", "failed", *OUTCOMES},
-    "reason": set(REASONS),
+    "reason": {*REASONS, "wrong_partition", *SUPPRESSION_REASONS},
     "partition": re.compile(r"^[0-9]{1,4}$"),
     "le": re.compile(r"^([0-9.e+-]+|\+Inf)$"),
     "category": {"promoter", "passive", "detractor"},
@@ -104,6 +113,9 @@ CLOSED_LABELS: dict[str, Any] = {
     "arm": {"treated", "held_out"},
     "table": {"customers", "control"},
     "operation": {"retrieved", "updated", "deleted"},
+    "scope": set(CONSENT_SCOPES),
+    "source": set(CONSENT_SOURCE_LABELS),
+    "found": {"true", "false"},
 }
 
 # Survey answers of the Prometheus load, one per customer.

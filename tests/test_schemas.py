@@ -33,7 +33,7 @@ def test_event_schema_names_every_type() -> None:
     schema = json.loads((JSON_DIR / "event.schema.json").read_text(encoding="utf-8"))
     mapping = schema["discriminator"]["mapping"]
     assert sorted(mapping) == sorted(
-        ["click", "purchase", "review", "support_contact", "survey", "loyalty"]
+        ["click", "purchase", "review", "support_contact", "survey", "loyalty", "consent"]
     )
 
 

@@ -17,9 +17,12 @@ def main(argv: list[str]) -> int:
         "serves /customers, /kpis, /metrics, /healthz and /readyz, and projects profiles "
         "into Redis.",
     ).parse_args(argv)
+    from aiokafka.errors import KafkaError
+
     from stream.adapter.app import create_app
     from stream.adapter.topics import TopicMismatch, ensure_topics
     from stream.core.rules import RulesError, load_rules
+    from stream.kafka_client import KafkaAccessError, describe_error
     from stream.settings import load_settings
 
     settings = load_settings()
@@ -32,6 +35,9 @@ def main(argv: list[str]) -> int:
         asyncio.run(ensure_topics(settings))
     except TopicMismatch as exc:
         print(f"engage worker: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaError, KafkaAccessError, OSError) as exc:
+        print(f"engage worker: {describe_error(exc, settings)}", file=sys.stderr)
         return 1
     engage = create_app(settings, rules)
     from faust import Worker

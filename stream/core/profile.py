@@ -110,6 +110,24 @@ def clv_estimate(state: CustomerState, clock: int, rules: ProfileRules) -> Decim
     return (aov * per_year * rules.clv_years).quantize(_CENT, ROUND_HALF_EVEN)
 
 
+def consent_view(state: CustomerState, rules: ProfileRules) -> dict[str, Any]:
+    """The consent that applies now, per scope, and where it comes from (SPEC §4 Consent).
+
+    `marketing` is what marketing rituals check: opted out when either scope says so. Without
+    any consent event a customer is opted in to `all`, and to `marketing` as the rules say.
+    """
+    out: dict[str, Any] = {}
+    for scope in ("all", "marketing"):
+        choice = state.consent.get(scope)
+        default = rules.marketing_default if scope == "marketing" else "opted_in"
+        out[scope] = choice.status if choice else default
+        out[f"{scope}_source"] = (choice.source or "unspecified") if choice else "default"
+        out[f"{scope}_updated_at"] = _iso(choice.at) if choice else None
+    if out["all"] == "opted_out":
+        out["marketing"] = "opted_out"
+    return out
+
+
 def _iso(ms: int) -> str | None:
     return from_ms(ms).isoformat().replace("+00:00", "Z") if ms else None
 
@@ -168,6 +186,7 @@ def view(state: CustomerState, clock: int, rules: ProfileRules = DEFAULT_RULES) 
             }
             for ritual, (at, status), delivered in _rituals(state, clock)
         },
+        "consent": consent_view(state, rules),
     }
 
 

@@ -24,6 +24,7 @@ from schemas.events import (
     EVENT_TYPES,
     TIERS,
     Click,
+    Consent,
     EventBase,
     Loyalty,
     Purchase,
@@ -32,6 +33,7 @@ from schemas.events import (
     Survey,
 )
 from schemas.nudges import RITUALS
+from stream.core.consent import Choice, apply_consent, refusal
 from stream.core.rules import Rules
 
 RITUAL_RANK = {name: i for i, name in enumerate(RITUALS)}
@@ -106,6 +108,7 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     tz: str | None = None
     last: dict[str, tuple[int, str]] = {}  # ritual -> (decided_at, status) of its last decision
     delivered: list[tuple[int, str]] = []  # (decided_at, ritual) delivered within the last 7 days
+    consent: dict[str, Choice] = {}  # consent as of `at` (ritual time), scope -> choice
 
 
 class Step(NamedTuple):
@@ -276,6 +279,13 @@ class _Run:
         marketing = META[ritual][1] == "marketing"
         facts = dict(facts)
         status, reason = "delivered", "eligible"
+        audience = META[ritual][0]
+        default = rules.consent.marketing_default
+        refused = (
+            refusal(r.consent, marketing=marketing, marketing_default=default)
+            if audience == "customer"
+            else None
+        )
         if cancelled:
             status, reason = "cancelled", cancelled
         elif (
@@ -285,6 +295,13 @@ class _Run:
         ):
             status, reason = "suppressed", "once_per_window"
             facts["previous_invite_at"] = _iso(r.referral_at)
+        elif refused is not None:  # consent, before any guardrail (SPEC §4 Consent)
+            status, reason = "suppressed", "no_consent"
+            facts["consent_scope"] = refused.scope
+            if refused.event_id is not None:
+                facts["consent_event_id"] = refused.event_id
+            else:
+                facts["consent_default"] = default
         elif (bucket := holdout_bucket(self.customer_id, ritual)) < getattr(
             rules.rituals, ritual
         ).holdout_percent:
@@ -388,6 +405,15 @@ class _Run:
     def apply(self, ev: Pending) -> None:
         """An event's effect on rituals, at its instant in ritual time."""
         r = self.r
+        if ev.kind == "consent":  # a preference, not activity: no outcome, no timer moves
+            if ev.tz is not None and ev.tz != r.tz:
+                r.tz = ev.tz
+                self._rearm_anniversary()
+            r.consent = apply_consent(
+                r.consent, scope=ev.key or "", status=ev.status or "", at=ev.at,
+                event_id=ev.event_id,
+            )  # fmt: skip
+            return
         self._outcomes(ev)
         if r.clickable:
             self._click_through(ev)
@@ -604,6 +630,8 @@ def pending_of(event: EventBase, at: int) -> Pending:
         p.key, p.score = event.survey, event.score
     elif isinstance(event, Loyalty):
         p.key, p.status = event.action, event.tier
+    elif isinstance(event, Consent):
+        p.key, p.status = event.scope, event.status
     return p
 
 

@@ -32,7 +32,10 @@ from prometheus_client.registry import Collector
 
 from schemas.events import (
     CLICK_ACTIONS,
+    CONSENT_SCOPES,
+    CONSENT_SOURCES,
     Click,
+    Consent,
     EventBase,
     Loyalty,
     Purchase,
@@ -57,6 +60,11 @@ from stream.core.rituals import OUTCOME_BITS
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
 
+#: Consent events without a `source` are counted under this label.
+NO_SOURCE = "unspecified"
+CONSENT_SOURCE_LABELS = (*CONSENT_SOURCES, NO_SOURCE)
+#: Reasons a decision is `suppressed` (SPEC §4), the label values of the suppression counter.
+SUPPRESSION_REASONS = ("no_consent", "once_per_window", "frequency_cap")
 SCORE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80-100")
 ACTIVE_WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
 #: Retention windows: customers known at the window's start, and how many of them were active
@@ -241,6 +249,24 @@ class Kpis:
             registry=r,
         )  # fmt: skip
         self.orders = Counter("engage_orders_total", "Purchases.", registry=r)
+        self.opt_outs = Counter(
+            "engage_consent_opt_outs_total",
+            "Consent events opting out, by scope (marketing, all) and source.",
+            ["scope", "source"],
+            registry=r,
+        )
+        self.opt_ins = Counter(
+            "engage_consent_opt_ins_total",
+            "Consent events opting (back) in, by scope and source.",
+            ["scope", "source"],
+            registry=r,
+        )
+        self.suppressions = Counter(
+            "engage_ritual_suppressions_total",
+            "Decisions suppressed, by reason (no_consent, once_per_window, frequency_cap).",
+            ["reason"],
+            registry=r,
+        )
         self.customers = Gauge(
             "engage_table_customers", "Customers held in this worker's table partitions.",
             registry=r,
@@ -265,7 +291,28 @@ class Kpis:
             self.nps.labels(category)
         for rating in range(1, 6):
             self.reviews.labels(str(rating))
+        for scope in CONSENT_SCOPES:
+            for source in CONSENT_SOURCE_LABELS:
+                self.opt_outs.labels(scope, source)
+                self.opt_ins.labels(scope, source)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressions.labels(reason)
         self.publish(Snapshot())
+
+    @cache  # noqa: B019
+    def _consent(self, status: str, scope: str, source: str) -> Counter:
+        family = self.opt_outs if status == "opted_out" else self.opt_ins
+        return family.labels(scope, source)
+
+    @cache  # noqa: B019
+    def _suppression(self, reason: str) -> Counter:
+        return self.suppressions.labels(reason)
+
+    def count_decisions(self, decisions: Iterable[dict[str, object]]) -> None:
+        """Suppressions by reason, for a batch of decision records."""
+        for record in decisions:
+            if record["status"] == "suppressed":
+                self._suppression(str(record["reason"])).inc()
 
     @cache  # noqa: B019 - closed label sets
     def _nps(self, category: str) -> Counter:
@@ -311,6 +358,8 @@ class Kpis:
                 self.complaints_resolved.inc()
                 if first_contact_resolution:
                     self.fcr.inc()
+        elif isinstance(event, Consent):
+            self._consent(event.status, event.scope, event.source or NO_SOURCE).inc()
         elif isinstance(event, Loyalty):
             if event.action == "referral_sent":
                 self.referrals_sent.inc()
@@ -483,6 +532,13 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     }
     lag_buckets = m.by("engage_end_to_end_lag_seconds_bucket", "le")
     watermark = [v for _, v in m.values.get("engage_watermark_lag_seconds", [])]
+    opt_outs = {
+        scope: {
+            src: get("engage_consent_opt_outs_total", scope=scope, source=src)
+            for src in CONSENT_SOURCE_LABELS
+        }
+        for scope in CONSENT_SCOPES
+    }
     return {
         "scope": scope,
         "nps": round(100 * (promoters - detractors) / nps_n, 2) if nps_n else None,
@@ -539,5 +595,10 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
             },
             "watermark_lag_seconds_max": max(watermark) if watermark else None,
             "rebalances": get("engage_rebalances_total"),
+        },
+        "consent_opt_outs": opt_outs,
+        "suppressions": {
+            reason: get("engage_ritual_suppressions_total", reason=reason)
+            for reason in SUPPRESSION_REASONS
         },
     }

@@ -117,6 +117,12 @@ class PipelineMetrics:
             ["partition"],
             registry=r,
         )
+        self.erasures = Counter(
+            "engage_erasures_total",
+            "Erasure requests honoured, by whether the customer was known (found: true/false).",
+            ["found"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "engage_rebalances_total", "Partition revocations seen by this worker.", registry=r
         )
@@ -157,6 +163,10 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def outcome_child(self, ritual: str, arm: str, outcome: str) -> Counter:
         return self.outcomes.labels(ritual, arm, outcome)
+
+    @cache  # noqa: B019
+    def erasures_child(self, found: bool) -> Counter:
+        return self.erasures.labels("true" if found else "false")
 
     @cache  # noqa: B019
     def watermark_lag_child(self, partition: int) -> Gauge:

@@ -138,12 +138,18 @@ class View:
         return Group(Table.grid(padding=2), pipeline, kpis, rituals, latest)
 
 
-async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Event) -> None:
-    from aiokafka import AIOKafkaConsumer
+def _consumer(bootstrap: str, *topics: str, **options: Any) -> Any:
+    """A consumer of the demo's broker with the ENGAGE_ security settings (one home)."""
+    from stream.kafka_client import consumer
+    from stream.settings import Settings
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, metadata_max_age_ms=2000,
+    return consumer(Settings(broker=f"kafka://{bootstrap}"), *topics, **options)
+
+
+async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Event) -> None:
+    consumer = _consumer(
+        bootstrap, topic, auto_offset_reset="earliest", enable_auto_commit=False,
+        metadata_max_age_ms=2000,
     )  # fmt: skip
     await consumer.start()
     try:
@@ -158,9 +164,9 @@ async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Ev
 
 
 async def _end_offsets(bootstrap: str, topics: list[str], partitions: int) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = _consumer(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]

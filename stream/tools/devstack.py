@@ -113,6 +113,11 @@ class DevstackSettings(BaseSettings):
     )
     kafka_port: Port = 9092
     kafka_controller_port: Port = 9093
+    kafka_sasl_port: Port = Field(
+        default=9094,
+        description="A second Kafka listener, SASL_PLAINTEXT with the PLAIN mechanism; its "
+        "credentials are generated into the devstack dir at set-up.",
+    )
     redis_port: Port = 6379
     prometheus_port: Port = 9090
     prometheus_targets: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -146,6 +151,7 @@ class DevstackSettings(BaseSettings):
         ports = {
             "ENGAGE_KAFKA_PORT": self.kafka_port,
             "ENGAGE_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "ENGAGE_KAFKA_SASL_PORT": self.kafka_sasl_port,
             "ENGAGE_REDIS_PORT": self.redis_port,
             "ENGAGE_PROMETHEUS_PORT": self.prometheus_port,
         }
@@ -343,6 +349,12 @@ class Service:
         """An argv element that shows which port(s) the running instance was started with."""
         raise NotImplementedError
 
+    def config_token(self) -> str | None:
+        """An argv element fingerprinting the generated configuration, or None. A running
+        instance without it was started with another configuration (an older devstack): `up`
+        restarts it, so a new listener or setting takes effect without a manual `down`."""
+        return None
+
     def is_ours(self, argv: list[str] | None) -> bool:
         """Whether a process's argv is this devstack's instance of the service."""
         return bool(argv) and Path(argv[0]).name == self.program and self.identity() in argv
@@ -432,13 +444,51 @@ class Kafka(Service):
     program = "java"
     binaries: ClassVar[dict[str, str]] = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
 
+    #: The SASL listener's mechanism (PLAIN: the broker holds the users in its JAAS line, so
+    #: no credential store has to be seeded before the first start).
+    SASL_MECHANISM: ClassVar[str] = "PLAIN"
+    SASL_USER: ClassVar[str] = "engage"
+
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.settings.kafka_port, self.settings.kafka_controller_port)
+        s = self.settings
+        return (s.kafka_port, s.kafka_controller_port, s.kafka_sasl_port)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.settings.kafka_port}"
+
+    @property
+    def sasl_address(self) -> str:
+        return f"127.0.0.1:{self.settings.kafka_sasl_port}"
+
+    @property
+    def sasl_secret_file(self) -> Path:
+        return self.layout.conf / "kafka-sasl-password"
+
+    def sasl_password(self) -> str:
+        """The SASL user's password: generated once at set-up into the devstack dir (mode 0600,
+        never in the repository), the same on every later start."""
+        path = self.sasl_secret_file
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip()
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(password + "\n")
+        return password
+
+    def client_info(self) -> dict[str, str]:
+        """What a SASL client needs (ensure_up returns it next to the addresses)."""
+        return {
+            "kafka_sasl": self.sasl_address,
+            "kafka_sasl_mechanism": self.SASL_MECHANISM,
+            "kafka_sasl_username": self.SASL_USER,
+            "kafka_sasl_password": self.sasl_password(),
+        }
 
     @property
     def server_properties(self) -> Path:
@@ -448,8 +498,14 @@ class Kafka(Service):
         return str(self.server_properties)
 
     def port_token(self) -> str:
-        ports = ",".join(str(port) for port in self.ports)
+        # The plaintext and controller ports only: older devstacks recognise the broker by
+        # this token, so it must not change when a listener is added (see config_token).
+        ports = f"{self.settings.kafka_port},{self.settings.kafka_controller_port}"
         return f"-Dengage.devstack.ports={ports}"
+
+    def config_token(self) -> str:
+        digest = hashlib.sha256(self.render_properties().encode()).hexdigest()[:16]
+        return f"-Dengage.devstack.config={digest}"
 
     @property
     def stdout_file(self) -> Path:
@@ -457,15 +513,32 @@ class Kafka(Service):
 
     def render_properties(self) -> str:
         port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
+        sport = self.settings.kafka_sasl_port
+        user, password = self.SASL_USER, self.sasl_password()
+        jaas = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{user}" password="{password}" user_{user}="{password}";'
+        )
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},"
+                f"SASL_PLAINTEXT://127.0.0.1:{sport}"
+            ),
+            "advertised.listeners": (
+                f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sport}"
+            ),
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            ),
             "inter.broker.listener.name": "PLAINTEXT",
+            # SPEC §7: a SASL listener to prove every client honours the security settings.
+            "sasl.enabled.mechanisms": self.SASL_MECHANISM,
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": self.SASL_MECHANISM,
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
             "log.dirs": str(self.layout.data("kafka")),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -528,6 +601,7 @@ class Kafka(Service):
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             self.port_token(),
+            self.config_token(),
             *rest,
             "kafka.Kafka",
             str(self.server_properties),
@@ -984,6 +1058,12 @@ def ensure_up(
                         f"ports than the settings ask for; run `python -m stream devstack down` "
                         "first"
                     )
+                token = service.config_token()
+                if token is not None and token not in argv:
+                    say(f"{service.name:<11} configuration changed: restarting (pid {pid})")
+                    _stop_pid(pid)
+                    service.layout.pid_file(service.name).unlink(missing_ok=True)
+                    continue
                 running[service.name] = pid
         to_start = [s for s in selected if s.name not in running]
         if to_start:
@@ -996,7 +1076,11 @@ def ensure_up(
             running[service.name] = service.spawn()
         _wait_ready(selected, running, started_at, settings.devstack_timeout_s, say)
     say(f"stack ready in {time.monotonic() - total:.1f}s")
-    return {service.name: service.address for service in selected}
+    out = {service.name: service.address for service in selected}
+    for service in selected:
+        if isinstance(service, Kafka):
+            out.update(service.client_info())
+    return out
 
 
 def _wait_ready(
@@ -1133,6 +1217,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="engage devstack",
         description="Kafka (KRaft), Redis and Prometheus as local processes, no Docker needed. "
         "Settings: ENGAGE_DEVSTACK_DIR, ENGAGE_KAFKA_PORT, ENGAGE_KAFKA_CONTROLLER_PORT, "
+        "ENGAGE_KAFKA_SASL_PORT, "
         "ENGAGE_REDIS_PORT, ENGAGE_PROMETHEUS_PORT, ENGAGE_PROMETHEUS_TARGETS, "
         "ENGAGE_DEVSTACK_TIMEOUT_S.",
     )

@@ -255,6 +255,8 @@ async def _kafka(
     """Kafka mode; SIGTERM (docker stop) ends the run as cleanly as Ctrl-C does."""
     from aiokafka.errors import KafkaError
 
+    from stream.kafka_client import KafkaAccessError, describe_error
+
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if task is not None:
@@ -278,8 +280,8 @@ async def _kafka(
     except MissingTopics as exc:
         print(f"engage emit: {exc}", file=sys.stderr)
         return 2
-    except KafkaError as exc:
-        print(f"engage emit: Kafka error: {exc!r}", file=sys.stderr)
+    except (KafkaError, KafkaAccessError) as exc:
+        print(f"engage emit: {describe_error(exc, options)}", file=sys.stderr)
         return 1
     except asyncio.CancelledError:
         interrupted = True

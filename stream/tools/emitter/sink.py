@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -18,12 +17,13 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from stream.core.partitioning import expected_partition
+from stream.kafka_client import SASL_MECHANISMS, SECURITY_PROTOCOLS
 from stream.tools.emitter.reactions import Nudge
 from stream.tools.emitter.wire import Message, namespace, topic
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
-_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_PROTOCOLS = SECURITY_PROTOCOLS
+_MECHANISMS = SASL_MECHANISMS
 
 
 class FileSink:
@@ -100,21 +100,11 @@ class KafkaOptions:
         )
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments shared by aiokafka's producer and consumer."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol.endswith("SSL"):
-            context = ssl.create_default_context(cafile=self.ssl_cafile)
-            if self.ssl_certfile:
-                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
-            kwargs["ssl_context"] = context
-        if self.security_protocol.startswith("SASL"):
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password
-        return kwargs
+        """Keyword arguments shared by aiokafka's producer and consumer (`stream.kafka_client`
+        is the one place that maps the security settings)."""
+        from stream.kafka_client import client_kwargs
+
+        return client_kwargs(self)
 
 
 async def _start_with_retry(client: Any, timeout_s: float) -> None:
@@ -199,6 +189,9 @@ class KafkaSink:
         return AIOKafkaProducer(**self._producer_kwargs)
 
     async def start(self, timeout_s: float = 60.0) -> None:
+        from stream.kafka_client import check_access
+
+        await check_access(self.options)  # wrong credentials: say so, do not retry for a minute
         await _start_with_retry(self._producer, timeout_s)
 
     async def _reset_producer(self) -> None:
