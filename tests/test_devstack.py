@@ -20,7 +20,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream import devstack
+from stream.tools import devstack
 from stream.tools.devstack import ConfigError, load_settings
 
 # --------------------------------------------------------------------------------------------
