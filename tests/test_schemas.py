@@ -163,8 +163,8 @@ def test_the_emitters_good_events_are_schema_valid() -> None:
 
     check = validator("event")
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    events = [item.event for item in Simulation(SimConfig(40, 60, start, 5))]
-    assert len(events) > 1000
+    events = [item.event for item in Simulation(SimConfig(15, 60, start, 5))]
+    assert len(events) > 500
     for event in events:
         errors = [e.message for e in check.iter_errors(event)]
         assert not errors, (event, errors)

@@ -79,6 +79,9 @@ class Forwarder:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=100,
+            # A receiver outage blocks a partition on purpose (nothing is skipped): that must
+            # not count as a dead consumer and cost the group its assignment.
+            max_poll_interval_ms=24 * 3600 * 1000,
             **kwargs,
         )
         self._producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **kwargs)
@@ -127,11 +130,18 @@ class Forwarder:
                 )
 
     async def _partition(self, tp: Any, records: list[Any]) -> None:
+        from aiokafka.errors import CommitFailedError, IllegalStateError
         from aiokafka.structs import OffsetAndMetadata
 
         for record in records:
+            if tp not in self._consumer.assignment():
+                return  # revoked meanwhile: its new owner re-sends from the committed offset
             await self._one(record)
-            await self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+            try:
+                await self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+            except (CommitFailedError, IllegalStateError):
+                log.warning("partition %s moved to another forwarder; it re-sends from there", tp)
+                return
 
     async def _one(self, record: Any) -> None:
         """Deliver or dead-letter one record; returns only when one of them happened."""
