@@ -103,6 +103,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         web_port=settings.web_port,
         web_in_thread=False,
         table_standby_replicas=0,
+        producer_max_request_size=settings.dlq_max_bytes,  # a 1 MB message is dead-lettered
     )
     stream_topics = app.topic(
         *settings.input_topics.values(),

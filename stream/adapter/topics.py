@@ -50,9 +50,16 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
             )
         missing = [name for name in wanted if name not in counts]
         if missing:
+            # The DLQ takes any message an input topic took, plus the dead-letter headers.
+            dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
             await admin.create_topics(
                 [
-                    NewTopic(name, settings.partitions, settings.replication_factor)
+                    NewTopic(
+                        name,
+                        settings.partitions,
+                        settings.replication_factor,
+                        topic_configs=dlq if name == settings.dlq_topic else None,
+                    )
                     for name in missing
                 ]
             )
@@ -63,6 +70,14 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
 
 def main(argv: list[str]) -> int:
     """`engage topics`: create what is missing and say what was done."""
+    from stream.cli import command_parser
+
+    command_parser(
+        "topics",
+        "Create the input, output, control and dead-letter topics that are missing, with "
+        "ENGAGE_PARTITIONS partitions; fail (exit 1) if an existing input topic has another "
+        "partition count (co-partitioning).",
+    ).parse_args(argv)
     settings = load_settings()
     try:
         created = asyncio.run(ensure_topics(settings))

@@ -173,9 +173,13 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from stream.settings import Settings
     from stream.tools.devstack import ensure_up
 
-    with console.status("starting Kafka, Redis and Prometheus"):
-        addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))
-    console.print(f"[green]stack up[/]: {addresses}")
+    if args.external:  # docker compose: the stack is already there, say where, start nothing
+        addresses = {"kafka": Settings().bootstrap_servers}
+        console.print(f"[green]using the running stack[/]: Kafka at {addresses['kafka']}")
+    else:
+        with console.status("starting Kafka, Redis and Prometheus"):
+            addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))
+        console.print(f"[green]stack up[/]: {addresses}")
     run = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     env = {
         **os.environ,
@@ -388,7 +392,8 @@ def _summary(view: View) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options (also read by tests/test_compose.py for the compose demo service)."""
     parser = argparse.ArgumentParser(prog="engage demo", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--days", type=float, default=400.0, help="simulated days")
@@ -406,9 +411,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--summary-json", help="also write the final figures here")
     parser.add_argument("--keep", action="store_true", help="leave the worker running at the end")
     parser.add_argument(
+        "--external",
+        action="store_true",
+        help="use the Kafka and Redis given by ENGAGE_BROKER and ENGAGE_REDIS_URL instead of "
+        "starting the local stack (docker compose --profile demo)",
+    )
+    parser.add_argument(
         "--report", help="write the HTML report here (default: next to the logs, named by run)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run the demo; 0 at the end, 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
     console = Console()
     if not console.is_terminal:  # piped or captured: wide enough for the lift table, unwrapped
         console = Console(width=max(console.width, 200))
