@@ -7,6 +7,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.events import EVENT_ADAPTER
+from stream.core.profile import clv_estimate
 from stream.core.rules import DEFAULT_RULES
 from stream.core.state import MS_PER_DAY, fold, new_state, to_ms
 from stream.telemetry.kpis import Kpis, snapshot, summary
@@ -116,7 +117,9 @@ def test_clv_sum_and_bands_by_currency() -> None:
         fold(new_state("d"), parse(event("click", "d"))),  # no purchase: no CLV
     ]
     snap = snapshot(states, clock, DEFAULT_RULES)
-    assert snap.clv == {"EUR": Decimal("630.00"), "USD": Decimal("6000.00")}
+    assert snap.clv == {"EUR": 630.0, "USD": 6000.0}
+    # The same as the profiles' own clv_estimate.
+    assert sum(clv_estimate(s, clock, DEFAULT_RULES) for s in states[:2]) == Decimal("630.00")
     assert dict(snap.clv_bands) == {
         ("EUR", "500-1000"): 1,
         ("EUR", "0-100"): 1,
