@@ -1,11 +1,12 @@
 """The Faust application: a thin shell around the pure core.
 
-One agent (concurrency 1) reads all six co-partitioned input topics as raw bytes, hands each
-message to `Processor.handle`, which validates it (`stream.core.ingest`), dead-letters what
-cannot be accepted, and folds the rest into the `customers` table (`stream.core.state`). Table
-writes happen
-only here, inside stream iteration, for the key of the event being processed: Faust sends a
-write to the changelog partition of the current event.
+One agent (concurrency 1) reads all seven co-partitioned input topics (plus the clock and
+erasures topics) as raw bytes, hands each message to `Processor.handle`, which validates it
+(`stream.core.ingest`), dead-letters what cannot be accepted, and folds the rest into the
+`customers` table (`stream.core.state`). Table writes (and erasure tombstones) happen only
+here, inside stream iteration, for the key of the message being processed: Faust sends a write
+to the changelog partition of the current event. `/customers/...` and `/kpis` need the bearer
+token when `ENGAGE_API_TOKEN` is set (`stream.adapter.access`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What the agent does with each message: the shell around ingest, fold, clocks and rituals.
 
-Three kinds of message arrive on one co-partitioned stream: input events, clock ticks (sent by
-each worker's timer, live mode) and replay declarations (sent by `engage replay`). Every one of
+Four kinds of message arrive on one co-partitioned stream: input events, clock ticks (sent by
+each worker's timer, live mode), replay declarations (sent by `engage replay`) and erasure
+requests (sent by `engage forget`; see `on_erasure`, which does not move any clock). Every one of
 them may move its partition's clock, and every clock move runs the partition's due items, so
 timers fire inside stream iteration, where table writes are allowed and go to the changelog
 partition of the message at hand, which is the partition of every customer touched.
