@@ -387,8 +387,8 @@ def _summary(view: View) -> dict[str, Any]:
         decisions[f"{labels['ritual']}/{labels['status']}"] += int(value)
     return {
         "consumed": view.consumed,
-        "dead_letters": {
-            labels["reason"]: v for labels, v in s.get("engage_dlq_messages_total", [])
+        "dead_letters": {  # the reasons seen (every reason is exported, most at 0)
+            labels["reason"]: v for labels, v in s.get("engage_dlq_messages_total", []) if v
         },
         "decisions": {k: v for k, v in decisions.items() if v},
         "nudges_seen": view.nudge_count,
