@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     grace_ms: int = Field(default=1000, ge=0, description="Live clock = wall clock - grace.")
 
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    dlq_max_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest dead-letter record: at least the largest message the broker takes "
+        "on an input topic (message.max.bytes, 1 MiB by default) plus headers, so even a 1 MB "
+        "message is dead-lettered unchanged. The DLQ topic is created with it as its "
+        "max.message.bytes, and it is the producer's max request size.",
+    )
     max_future_skew_s: float = Field(
         default=300.0, ge=0, description="Events further ahead of the wall clock go to the DLQ."
     )

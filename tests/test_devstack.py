@@ -213,3 +213,10 @@ def test_prometheus_ready_and_config_valid(stack: dict[str, str]) -> None:
     while not (seen := engage_targets()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert seen == set(settings.prometheus_targets)
+
+
+def test_tools_are_a_closed_list() -> None:
+    """`devstack tools` installs only the packages it knows (chromium for the report test)."""
+    assert devstack.TOOLS == {"chromium": {"chromium": "chromium"}}
+    with pytest.raises(devstack.ConfigError, match="unknown tools"):
+        devstack.ensure_tools(("firefox",))

@@ -9,6 +9,7 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -510,6 +511,8 @@ def classify(msg: Message, wall_now: datetime) -> str | None:
     assert moment is not None
     if moment - wall_now > timedelta(minutes=5):
         return "future_timestamp"
+    if msg.reason == "wrong_partition":  # a valid value: the Kafka sink picks the wrong partition
+        return "wrong_partition"
     return None
 
 
@@ -547,8 +550,14 @@ def test_bad_messages_agree_with_the_processor_ingest() -> None:
     """Cross-check with the worker's own acceptance rules, where that module exists."""
     ingest = pytest.importorskip("stream.core.ingest")
     wall = START + timedelta(days=40)
+    from stream.core.partitioning import expected_partition
+
     for m in mixed_messages(0.1, file_mode=False, wall=wall):
-        out = ingest.accept(m.key, m.value, wall, ingest.Limits())
+        home = expected_partition(m.key, 8)
+        partition = (home + 1) % 8 if m.reason == "wrong_partition" else home  # as KafkaSink
+        out = ingest.accept(
+            m.key, m.value, wall, ingest.Limits(), partition=partition, partitions=8
+        )
         got = out.reason if isinstance(out, ingest.Rejection) else None
         assert got == m.reason, (m.reason, got, m.value[:200])
 
@@ -719,8 +728,10 @@ def test_kafka_loop_reacts_to_delivered_nudges() -> None:
         def __init__(self) -> None:
             self.sent: list[Message] = []
 
-        async def send(self, msg: Message) -> None:
+        async def send(self, msg: Message, on_ack: Callable[[], None] | None = None) -> None:
             self.sent.append(msg)
+            if on_ack is not None:
+                on_ack()
 
         async def drain(self) -> None:
             return None

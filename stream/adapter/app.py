@@ -85,6 +85,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         canonical_url=settings.advertised_url,  # what other workers route requests to
         web_in_thread=False,
         table_standby_replicas=0,
+        producer_max_request_size=settings.dlq_max_bytes,  # a 1 MB message is dead-lettered
     )
     stream_topics = app.topic(
         *settings.input_topics.values(),

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from stream.core.clock import Progress, Replay, partition_clock, wall_now
+from stream.core.cloudevents import kafka_headers
 from stream.core.due import DueIndex
 from stream.core.erasure import encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
@@ -102,7 +103,14 @@ class Processor:
         seen = pt.progress.setdefault(message.topic, Progress())
         seen.next_offset = message.offset + 1
         now = wall_now()
-        outcome = accept(message.key, message.value, now, self.limits)
+        outcome = accept(
+            message.key,
+            message.value,
+            now,
+            self.limits,
+            partition=message.partition,
+            partitions=self.settings.partitions,
+        )
         if isinstance(outcome, Rejection):
             await self.dead_letter(message, outcome)
             await self.tick(p)
@@ -336,9 +344,18 @@ class Processor:
         for record in decisions:
             key = record["customer_id"].encode()
             value = encode_decision(record)
-            await self.topics["decisions"].send(key=key, value=value)
+            ns = self.settings.topic_namespace
+            await self.topics["decisions"].send(
+                key=key,
+                value=value,
+                headers=kafka_headers(record, namespace=ns, topic_kind="decision"),
+            )
             if record["status"] == "delivered":
-                await self.topics["nudges"].send(key=key, value=value)
+                await self.topics["nudges"].send(
+                    key=key,
+                    value=value,
+                    headers=kafka_headers(record, namespace=ns, topic_kind="nudge"),
+                )
             self.metrics.decision_child(record["ritual"], record["status"]).inc()
         self.kpis.count_decisions(decisions)
 

@@ -62,6 +62,14 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
             )
         missing = [name for name in wanted if name not in counts]
         retention = settings.retention_ms()
+        # The DLQ takes any message an input topic took, plus the dead-letter headers.
+        dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
+
+        def extra(name: str) -> dict[str, str]:
+            if name in compacted:  # the tables' changelogs, as Faust would create them
+                return {"cleanup.policy": "compact"}
+            return dlq if name == settings.dlq_topic else {}
+
         if missing:
             await admin.create_topics(
                 [
@@ -69,11 +77,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                         name,
                         settings.partitions,
                         settings.replication_factor,
-                        topic_configs=(
-                            {"cleanup.policy": "compact"}
-                            if name in compacted
-                            else _configs(retention.get(name))
-                        ),
+                        topic_configs=_configs(retention.get(name), extra(name)),
                     )
                     for name in missing
                 ]
@@ -82,7 +86,12 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
         if existing_with_retention:
             await admin.alter_configs(
                 [
-                    ConfigResource(ConfigResourceType.TOPIC, name, _configs(retention[name]))
+                    # AlterConfigs replaces a topic's whole set: restate the DLQ's size too.
+                    ConfigResource(
+                        ConfigResourceType.TOPIC,
+                        name,
+                        _configs(retention[name], dlq if name == settings.dlq_topic else {}),
+                    )
                     for name in existing_with_retention
                 ]
             )
@@ -91,12 +100,21 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
         await admin.close()
 
 
-def _configs(retention_ms: int | None) -> dict[str, str]:
-    return {} if retention_ms is None else {"retention.ms": str(retention_ms)}
+def _configs(retention_ms: int | None, extra: dict[str, str]) -> dict[str, str]:
+    """A new topic's configs: its retention setting, if any, and the extra ones it needs."""
+    return {**extra, **({} if retention_ms is None else {"retention.ms": str(retention_ms)})}
 
 
 def main(argv: list[str]) -> int:
     """`engage topics`: create what is missing, apply retention, and say what was done."""
+    from stream.cli import command_parser
+
+    command_parser(
+        "topics",
+        "Create the input, output, control and dead-letter topics that are missing, with "
+        "ENGAGE_PARTITIONS partitions; fail (exit 1) if an existing input topic has another "
+        "partition count (co-partitioning).",
+    ).parse_args(argv)
     settings = load_settings()
     try:
         created = asyncio.run(ensure_topics(settings))

@@ -5,16 +5,26 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from aiokafka.errors import KafkaError
-
-from stream.adapter.app import create_app
-from stream.adapter.topics import TopicMismatch, ensure_topics
-from stream.core.rules import RulesError, load_rules
-from stream.kafka_client import KafkaAccessError, describe_error
-from stream.settings import load_settings
+from stream.cli import command_parser
 
 
 def main(argv: list[str]) -> int:
+    """Run one worker until SIGTERM/SIGINT; `--help` prints usage and starts nothing."""
+    command_parser(
+        "worker",
+        "Create the topics if missing, then run the stream-processing worker until stopped "
+        "(SIGTERM or Ctrl-C). It folds events into per-customer state, decides rituals, "
+        "serves /customers, /kpis, /metrics, /healthz and /readyz, and projects profiles "
+        "into Redis.",
+    ).parse_args(argv)
+    from aiokafka.errors import KafkaError
+
+    from stream.adapter.app import create_app
+    from stream.adapter.topics import TopicMismatch, ensure_topics
+    from stream.core.rules import RulesError, load_rules
+    from stream.kafka_client import KafkaAccessError, describe_error
+    from stream.settings import load_settings
+
     settings = load_settings()
     try:
         rules = load_rules(settings.rules_file)  # before any I/O: a bad file fails fast

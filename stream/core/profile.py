@@ -11,6 +11,7 @@ import math
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
+from stream.core.rituals import DELIVERED_WINDOW_MS
 from stream.core.rules import DEFAULT_RULES, ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState, from_ms
 
@@ -176,5 +177,23 @@ def view(state: CustomerState, clock: int, rules: ProfileRules = DEFAULT_RULES) 
         "sentiment": feeling,
         "quadrant": quadrant(score, feeling, rules),
         "lifecycle_stage": lifecycle_stage(state, clock, rules),
+        "nudges_delivered_7d": sum(n for _, _, n in _rituals(state, clock)),
+        "rituals": {
+            ritual: {
+                "last_decision": status,
+                "last_decided_at": _iso(at),
+                "delivered_7d": delivered,
+            }
+            for ritual, (at, status), delivered in _rituals(state, clock)
+        },
         "consent": consent_view(state, rules),
     }
+
+
+def _rituals(state: CustomerState, clock: int) -> list[tuple[str, tuple[int, str], int]]:
+    """Per ritual with a decision: its last decision and nudges delivered in the last 7 days
+    as of the clock (a decision stamped after the clock, in a replay read early, counts too)."""
+    recent = [name for t, name in state.r.delivered if clock - t < DELIVERED_WINDOW_MS]
+    return [
+        (ritual, last, recent.count(ritual)) for ritual, last in sorted(state.r.last.items())
+    ]

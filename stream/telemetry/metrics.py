@@ -106,7 +106,8 @@ class PipelineMetrics:
         self.outcomes = Counter(
             "engage_ritual_outcomes_total",
             "Per ritual and arm (treated = delivered, held_out): decisions, and customers who "
-            "within the outcome window came back, reviewed or purchased. Lift is a ratio of these.",
+            "within the outcome window came back, reviewed, purchased or clicked the nudge itself "
+            "(clicked: click-through). Lift is a ratio of these.",
             ["ritual", "arm", "outcome"],
             registry=r,
         )

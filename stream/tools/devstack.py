@@ -64,6 +64,9 @@ KAFKA_LOG4J = OPS_DIR / "kafka" / "log4j2.properties"
 PROMETHEUS_TEMPLATE = OPS_DIR / "prometheus" / "prometheus.yml"
 
 SERVICES: tuple[str, ...] = ("kafka", "redis", "prometheus")
+#: Programs some tests and commands need besides the services: name -> {binary: Debian package}.
+#: `chromium` renders the `engage report` page headless (tests/test_report.py).
+TOOLS: dict[str, dict[str, str]] = {"chromium": {"chromium": "chromium"}}
 JARS_MARKER = ".engage-jars"
 
 # How long one readiness probe may take, and the pause between two probes.
@@ -289,12 +292,12 @@ def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 @contextlib.contextmanager
-def _lock(layout: Layout) -> Iterator[None]:
+def _lock(layout: Layout, name: str = ".lock") -> Iterator[None]:
     """Serialise `up`/`down` on one devstack dir (e.g. `make -j test demo`)."""
     layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.root / ".lock", "w") as handle:
+    with open(layout.root / name, "w") as handle:
         if not _wait_until(lambda: _try_flock(handle.fileno()), LOCK_TIMEOUT_S, 0.2):
-            raise DevstackError(f"another devstack command holds {layout.root / '.lock'}")
+            raise DevstackError(f"another devstack command holds {layout.root / name}")
         try:
             yield
         finally:
@@ -974,6 +977,31 @@ def install(services: Sequence[Service], report: Report) -> None:
         download.finish(report)
 
 
+def ensure_tools(
+    names: Iterable[str],
+    *,
+    settings: DevstackSettings | None = None,
+    report: Report | None = None,
+) -> dict[str, str]:
+    """Install the Debian packages of the named tools (TOOLS) when their program is missing
+    (`apt-get update` first), and return each program's path. A no-op when all are there."""
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        raise ConfigError(f"unknown tools {unknown}; expected some of {sorted(TOOLS)}")
+    binaries = {b: p for n in names for b, p in TOOLS[n].items()}
+    missing = {b: p for b, p in binaries.items() if shutil.which(b) is None}
+    if missing:
+        layout = Layout((settings or load_settings()).root)
+        with _lock(layout, ".tools.lock"):  # not the services' lock: `up` need not wait for apt
+            missing = {b: p for b, p in missing.items() if shutil.which(b) is None}
+            if missing:
+                _apt_install(sorted(set(missing.values())), layout, report or _null_report)
+        still = [b for b in missing if shutil.which(b) is None]
+        if still:
+            raise DevstackError(f"still missing after apt-get install: {', '.join(still)}")
+    return {b: str(shutil.which(b)) for b in binaries}
+
+
 # --------------------------------------------------------------------------------------------
 # Up / down / status
 # --------------------------------------------------------------------------------------------
@@ -1207,6 +1235,13 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--wipe", action="store_true", help="also delete data, logs and config")
     st = sub.add_parser("status", help="show each service; exit 0 only if all are up")
     st.add_argument("--only", **only)
+    tools = sub.add_parser(
+        "tools", help="install programs the tests need besides the services, when missing"
+    )
+    tools.add_argument(
+        "names", nargs="*", default=sorted(TOOLS), metavar="TOOL",
+        help=f"some of {', '.join(sorted(TOOLS))} (default: all)",
+    )  # fmt: skip
     return parser
 
 
@@ -1224,6 +1259,10 @@ def main(argv: list[str]) -> int:
             return 0
         if args.action == "down":
             stop(args.only, wipe=args.wipe, settings=settings, report=say)
+            return 0
+        if args.action == "tools":
+            for binary, path in ensure_tools(args.names, settings=settings, report=say).items():
+                say(f"{binary:<11} {path}")
             return 0
         states = status(args.only, settings=settings)
         for state in states.values():

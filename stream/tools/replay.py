@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -85,18 +86,22 @@ class ReplayRun:
     def start_workers(self, timeout: float = 120.0) -> None:
         for i in range(self.workers):
             port = _free_port()
-            log = (self.log_dir / f"worker-{i}.log").open("ab")
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "stream", "worker"],
-                    cwd=ROOT,
-                    env=self.env(port),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+            self.procs.append(self._spawn(i, port))
             self.ports.append(port)
+        self._wait_ready(timeout)
+
+    def _spawn(self, i: int, port: int) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"worker-{i}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker"],
+            cwd=ROOT,
+            env=self.env(port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not all(self._ready(port) for port in self.ports):
             for i, proc in enumerate(self.procs):
@@ -107,6 +112,22 @@ class ReplayRun:
                     f"replay workers not ready after {timeout} s; see {self.log_dir}"
                 )
             time.sleep(0.2)
+
+    def restart_worker(self, i: int, *, kill: bool = False, timeout: float = 300.0) -> float:
+        """Stop worker i (SIGKILL when `kill`: no shutdown code runs) and start it again with
+        the same settings, as an orchestrator would after a crash; returns the seconds until
+        it is ready. The chaos suite uses it to prove a replay survives a crash."""
+        proc = self.procs[i]
+        if proc.poll() is None:
+            if kill:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.terminate()
+            proc.wait(timeout=30)
+        started = time.monotonic()
+        self.procs[i] = self._spawn(i, self.ports[i])
+        self._wait_ready(timeout)
+        return time.monotonic() - started
 
     @staticmethod
     def _ready(port: int) -> bool:
@@ -272,8 +293,12 @@ def run_replay(
     rules_file: str | None = None,
     timeout: float = 600.0,
     console: Console | None = None,
+    on_declared: Callable[[ReplayRun], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Replay events (JSON lines) on the broker; returns the decisions. Used by tests too."""
+    """Replay events (JSON lines) on the broker; returns the decisions. Used by tests too.
+
+    `on_declared` runs once the declarations are out (the chaos suite kills and restarts a
+    worker there); the replay then waits for completion as usual."""
     run = ReplayRun(settings, workers=workers, until=until, rules_file=rules_file)
     asyncio.run(ensure_topics(settings))
     run.start_workers()
@@ -281,6 +306,8 @@ def run_replay(
         data = list(lines)
         ends = asyncio.run(run.produce(data))
         asyncio.run(run.declare(ends))
+        if on_declared is not None:
+            on_declared(run)
         if console is not None:
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("replaying partitions", total=settings.partitions)
