@@ -24,7 +24,7 @@ def reason(key: bytes | None, value: bytes | None) -> str | None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["click", "purchase", "review", "support_contact", "survey", "loyalty"]
+    "kind", ["click", "purchase", "review", "support_contact", "survey", "loyalty", "consent"]
 )
 def test_every_type_is_accepted(kind: str) -> None:
     out = accept(b"c1", raw(event(kind)), NOW, LIMITS)
@@ -59,6 +59,10 @@ def test_occurred_at_is_normalised_to_utc() -> None:
         (raw(event("click", customer_id="")), "schema_violation"),
         (raw(event("click", event_id="x" * 129)), "schema_violation"),
         (raw(event("click", dwell_ms=-5)), "schema_violation"),
+        (raw(event("consent", scope="everything")), "schema_violation"),
+        (raw(event("consent", status="maybe")), "schema_violation"),
+        (raw(event("consent", source="carrier_pigeon")), "schema_violation"),
+        (raw(event("consent", source=None)), None),
     ],
 )
 def test_reason_codes(value: bytes | None, expected: str | None) -> None:
@@ -94,6 +98,26 @@ def test_messages_never_quote_the_payload() -> None:
     out = accept(b"c1", raw(event("purchase", currency=secret)), NOW, LIMITS)
     assert isinstance(out, Rejection)
     assert secret not in out.message
+
+
+def test_wrong_partition_when_the_key_hashes_elsewhere() -> None:
+    from stream.core.partitioning import expected_partition
+
+    value = raw(event("click"))  # customer c1
+    home = expected_partition(b"c1", 8)
+    ok = accept(b"c1", value, NOW, LIMITS, partition=home, partitions=8)
+    assert not isinstance(ok, Rejection)
+    for p in set(range(8)) - {home}:
+        out = accept(b"c1", value, NOW, LIMITS, partition=p, partitions=8)
+        assert isinstance(out, Rejection) and out.reason == "wrong_partition"
+        assert f"partition {home} of 8" in out.message and "c1" not in out.message
+    # the key is checked against customer_id first: a null or other key is key_mismatch
+    elsewhere = (home + 1) % 8
+    for key in (None, b"someone-else"):
+        out = accept(key, value, NOW, LIMITS, partition=elsewhere, partitions=8)
+        assert isinstance(out, Rejection) and out.reason == "key_mismatch"
+    # without the partition (files, replays of files) nothing is checked
+    assert not isinstance(accept(b"c1", value, NOW, LIMITS), Rejection)
 
 
 # --- hostile input: exact reasons, and accept() is total ------------------------------------

@@ -1,11 +1,12 @@
 """The Faust application: a thin shell around the pure core.
 
-One agent (concurrency 1) reads all six co-partitioned input topics as raw bytes, hands each
-message to `Processor.handle`, which validates it (`stream.core.ingest`), dead-letters what
-cannot be accepted, and folds the rest into the `customers` table (`stream.core.state`). Table
-writes happen
-only here, inside stream iteration, for the key of the event being processed: Faust sends a
-write to the changelog partition of the current event.
+One agent (concurrency 1) reads all seven co-partitioned input topics (plus the clock and
+erasures topics) as raw bytes, hands each message to `Processor.handle`, which validates it
+(`stream.core.ingest`), dead-letters what cannot be accepted, and folds the rest into the
+`customers` table (`stream.core.state`). Table writes (and erasure tombstones) happen only
+here, inside stream iteration, for the key of the message being processed: Faust sends a write
+to the changelog partition of the current event. `/customers/...` and `/kpis` need the bearer
+token when `ENGAGE_API_TOKEN` is set (`stream.adapter.access`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from stream.adapter.access import guarded
 from stream.adapter.faust_sensor import FaustSensor
 from stream.adapter.processor import Processor
 from stream.core.clock import wall_now
 from stream.core.profile import view
 from stream.core.rules import Rules, load_rules
 from stream.core.state import decode, to_ms
+from stream.kafka_client import faust_credentials
 from stream.serving.projection import RedisProjector
 from stream.settings import Settings
 from stream.telemetry.kpis import Snapshot, add_to_snapshot
@@ -36,28 +39,6 @@ log = logging.getLogger("engage")
 # aiohttp refuses a charset inside content_type; Prometheus needs only the version.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-
-
-def _credentials(settings: Settings) -> Any:
-    """Faust credentials for SASL/SSL brokers (SPEC §7), or None for plaintext."""
-    if settings.security_protocol == "PLAINTEXT":
-        return None
-    import ssl
-
-    context = None
-    if settings.security_protocol.endswith("SSL"):
-        context = ssl.create_default_context(cafile=settings.ssl_cafile)
-        if settings.ssl_certfile:
-            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
-    if settings.security_protocol.startswith("SASL"):
-        assert settings.sasl_password is not None  # validated in Settings
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value(),
-            mechanism=settings.sasl_mechanism,
-            ssl_context=context,
-        )
-    return faust.SSLCredentials(context)
 
 
 @dataclass
@@ -91,7 +72,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
-        broker_credentials=_credentials(settings),
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
@@ -101,6 +82,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        canonical_url=settings.advertised_url,  # what other workers route requests to
         web_in_thread=False,
         table_standby_replicas=0,
         producer_max_request_size=settings.dlq_max_bytes,  # a 1 MB message is dead-lettered
@@ -108,6 +90,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     stream_topics = app.topic(
         *settings.input_topics.values(),
         settings.clock_topic,
+        settings.erasures_topic,  # co-partitioned: the owner of a customer forgets it
         partitions=settings.partitions,
         **RAW,
     )
@@ -119,6 +102,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             "decisions": settings.decisions_topic,
             "nudges": settings.nudges_topic,
             "replay_status": settings.replay_status_topic,
+            "erasure_receipts": settings.erasure_receipts_topic,
         }.items()
     }
     # bytes key and value types make Faust use the raw codec: we encode values ourselves.
@@ -149,6 +133,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             await projector.run()
 
     table = tables["customers"]
+    token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, processor, metrics)
 
     @app.agent(stream_topics, name="ingest", concurrency=1)
@@ -192,6 +177,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/kpis")
+    @guarded(token)
     async def kpis_page(web: Any, request: Any) -> Any:
         return web.json(kpi_summary(metrics.registry))
 
@@ -205,6 +191,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     @app.page("/customers/{customer_id}")
+    @guarded(token)  # before routing: an unauthorised request never reaches another worker
     @app.table_route(table=table, match_info="customer_id")
     async def customer(web: Any, request: Any, customer_id: str) -> Any:
         raw = table.get(customer_id.encode("utf-8"))

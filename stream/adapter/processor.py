@@ -1,7 +1,8 @@
 """What the agent does with each message: the shell around ingest, fold, clocks and rituals.
 
-Three kinds of message arrive on one co-partitioned stream: input events, clock ticks (sent by
-each worker's timer, live mode) and replay declarations (sent by `engage replay`). Every one of
+Four kinds of message arrive on one co-partitioned stream: input events, clock ticks (sent by
+each worker's timer, live mode), replay declarations (sent by `engage replay`) and erasure
+requests (sent by `engage forget`; see `on_erasure`, which does not move any clock). Every one of
 them may move its partition's clock, and every clock move runs the partition's due items, so
 timers fire inside stream iteration, where table writes are allowed and go to the changelog
 partition of the message at hand, which is the partition of every customer touched.
@@ -20,7 +21,9 @@ from datetime import timedelta
 from typing import Any
 
 from stream.core.clock import Progress, Replay, partition_clock, wall_now
+from stream.core.cloudevents import kafka_headers
 from stream.core.due import DueIndex
+from stream.core.erasure import encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
 from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
 from stream.core.rules import Rules
@@ -87,6 +90,8 @@ class Processor:
         message = event.message
         if message.topic == self.settings.clock_topic:
             await self.on_control(message)
+        elif message.topic == self.settings.erasures_topic:
+            await self.on_erasure(message)
         else:
             await self.on_input(message)
 
@@ -98,7 +103,14 @@ class Processor:
         seen = pt.progress.setdefault(message.topic, Progress())
         seen.next_offset = message.offset + 1
         now = wall_now()
-        outcome = accept(message.key, message.value, now, self.limits)
+        outcome = accept(
+            message.key,
+            message.value,
+            now,
+            self.limits,
+            partition=message.partition,
+            partitions=self.settings.partitions,
+        )
         if isinstance(outcome, Rejection):
             await self.dead_letter(message, outcome)
             await self.tick(p)
@@ -135,6 +147,40 @@ class Processor:
             pt = self._partition(p)
             pt.replay, pt.replay_done = decl, False
         await self.tick(p)
+
+    async def on_erasure(self, message: Any) -> None:
+        """SPEC §4 Erasure: forget one customer, then say so on the receipts topic.
+
+        Self-contained on purpose (a port to another engine moves this method as is). It runs
+        inside stream iteration, on the partition that owns the customer (the erasures topic is
+        co-partitioned with the inputs), so `del` on the table writes the changelog tombstone
+        to the customer's own changelog partition. The customer's pending timers and queued
+        events live in its state, so they go with it; its due-index wake-up and its Redis keys
+        are removed here; a later event starts a new profile.
+        """
+        request = parse_request(message.key, message.value)
+        if isinstance(request, Rejection):
+            await self.dead_letter(message, request)
+            return
+        expected = _partition_of(message.key, self.settings.partitions)
+        if message.partition != expected:  # deleting here would miss the customer's state
+            await self.dead_letter(
+                message,
+                Rejection("wrong_partition", f"key belongs to partition {expected}"),  # type: ignore[arg-type]
+            )
+            return
+        key = message.key
+        raw = self.customers.get(key)
+        state = decode(raw) if raw is not None else None
+        deleted = plan(state, projection=self.projector is not None)
+        if raw is not None:
+            del self.customers[key]  # the changelog tombstone
+        self._index(message.partition).discard(request.customer_id)
+        if self.projector is not None:
+            self.projector.enqueue(request.customer_id, None, 0)  # profile and segments
+        record = receipt(request, erased_at=wall_now(), deleted=deleted)
+        await self.topics["erasure_receipts"].send(key=key, value=encode_receipt(record))
+        self.metrics.erasures_child(deleted.state).inc()
 
     async def tick(self, p: int) -> None:
         clock = self._advance_clock(p)
@@ -298,10 +344,20 @@ class Processor:
         for record in decisions:
             key = record["customer_id"].encode()
             value = encode_decision(record)
-            await self.topics["decisions"].send(key=key, value=value)
+            ns = self.settings.topic_namespace
+            await self.topics["decisions"].send(
+                key=key,
+                value=value,
+                headers=kafka_headers(record, namespace=ns, topic_kind="decision"),
+            )
             if record["status"] == "delivered":
-                await self.topics["nudges"].send(key=key, value=value)
+                await self.topics["nudges"].send(
+                    key=key,
+                    value=value,
+                    headers=kafka_headers(record, namespace=ns, topic_kind="nudge"),
+                )
             self.metrics.decision_child(record["ritual"], record["status"]).inc()
+        self.kpis.count_decisions(decisions)
 
     async def dead_letter(self, message: Any, rejection: Rejection) -> None:
         await self.topics["dlq"].send(
@@ -331,6 +387,13 @@ class Processor:
             ).encode(),
             partition=p,
         )
+
+
+def _partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's default key partitioner (murmur2), the one SPEC §1 asks producers to use."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _tp(topic: str, partition: int) -> Any:

@@ -1,7 +1,8 @@
 """Turning one raw Kafka message into an event or a dead-letter reason (SPEC §1).
 
-A pure function of (key bytes, value bytes, wall clock, limits): the worker hands in the wall
-clock it read, so the rules are testable without Kafka and without sleeping.
+A pure function of (key bytes, value bytes, wall clock, limits, and where the message was read):
+the worker hands in the wall clock it read and the message's partition, so the rules are
+testable without Kafka and without sleeping.
 
 `accept` is total: for any key and value bytes it returns an event or a `Rejection`, never
 raises, so no message can stop a partition. The checks, in order:
@@ -15,7 +16,9 @@ raises, so no message can stop a partition. The checks, in order:
    (`schema_violation`, including numbers beyond a field's range and timestamps that cannot be
    represented in UTC);
 4. the message key must be the `customer_id` (`key_mismatch`; a missing key says so);
-5. `occurred_at` no more than the allowed skew ahead of the wall clock (`future_timestamp`).
+5. when the worker says where the message was read, the key must hash (murmur2) to that
+   partition (`wrong_partition`);
+6. `occurred_at` no more than the allowed skew ahead of the wall clock (`future_timestamp`).
 
 Anything unforeseen is `processing_error`, naming the exception class, never the payload.
 """
@@ -30,6 +33,7 @@ from typing import Any, Literal, get_args
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, EventBase
+from stream.core.partitioning import expected_partition
 
 Reason = Literal[
     "malformed_json",
@@ -38,6 +42,7 @@ Reason = Literal[
     "key_mismatch",
     "future_timestamp",
     "oversized",
+    "wrong_partition",
     "processing_error",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
@@ -69,17 +74,35 @@ class _Malformed(ValueError):
 
 
 def accept(
-    key: bytes | None, value: bytes | None, wall_now: datetime, limits: Limits
+    key: bytes | None,
+    value: bytes | None,
+    wall_now: datetime,
+    limits: Limits,
+    *,
+    partition: int | None = None,
+    partitions: int | None = None,
 ) -> EventBase | Rejection:
-    """Validate one message; returns the event or the reason it goes to the DLQ. Never raises."""
+    """Validate one message; returns the event or the reason it goes to the DLQ. Never raises.
+
+    With `partition` (where the message was read) and `partitions` (the co-partitioned input
+    topics' count), a message whose key hashes (murmur2) to another partition is rejected as
+    `wrong_partition`: folding it here would split the customer's state across workers. The
+    key is checked against `customer_id` first, so a null or different key is `key_mismatch`.
+    """
     try:
-        return _accept(key, value, wall_now, limits)
+        return _accept(key, value, wall_now, limits, partition=partition, partitions=partitions)
     except Exception as exc:  # last resort: a message must never stop the partition
         return Rejection("processing_error", f"{type(exc).__name__} while validating the message")
 
 
 def _accept(
-    key: bytes | None, value: bytes | None, wall_now: datetime, limits: Limits
+    key: bytes | None,
+    value: bytes | None,
+    wall_now: datetime,
+    limits: Limits,
+    *,
+    partition: int | None,
+    partitions: int | None,
 ) -> EventBase | Rejection:
     if value is None:
         return Rejection("malformed_json", "empty message value (no value at all)")
@@ -100,6 +123,14 @@ def _accept(
         return Rejection("key_mismatch", "message key is missing (it must be the customer_id)")
     if key != event.customer_id.encode("utf-8"):
         return Rejection("key_mismatch", "message key differs from customer_id")
+    if partition is not None and partitions is not None:
+        expected = expected_partition(key, partitions)
+        if expected != partition:
+            return Rejection(
+                "wrong_partition",
+                f"key hashes (murmur2) to partition {expected} of {partitions}, read from "
+                f"{partition}: produce with the murmur2 partitioner",
+            )
     if event.occurred_at - wall_now > limits.max_future_skew:
         ahead = (event.occurred_at - wall_now).total_seconds()
         return Rejection("future_timestamp", f"occurred_at is {ahead:.0f} s ahead of the clock")

@@ -106,7 +106,8 @@ class PipelineMetrics:
         self.outcomes = Counter(
             "engage_ritual_outcomes_total",
             "Per ritual and arm (treated = delivered, held_out): decisions, and customers who "
-            "within the outcome window came back, reviewed or purchased. Lift is a ratio of these.",
+            "within the outcome window came back, reviewed, purchased or clicked the nudge itself "
+            "(clicked: click-through). Lift is a ratio of these.",
             ["ritual", "arm", "outcome"],
             registry=r,
         )
@@ -114,6 +115,12 @@ class PipelineMetrics:
             "engage_watermark_lag_seconds",
             "Live mode: wall clock minus each partition's clock.",
             ["partition"],
+            registry=r,
+        )
+        self.erasures = Counter(
+            "engage_erasures_total",
+            "Erasure requests honoured, by whether the customer was known (found: true/false).",
+            ["found"],
             registry=r,
         )
         self.rebalances = Counter(
@@ -156,6 +163,10 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def outcome_child(self, ritual: str, arm: str, outcome: str) -> Counter:
         return self.outcomes.labels(ritual, arm, outcome)
+
+    @cache  # noqa: B019
+    def erasures_child(self, found: bool) -> Counter:
+        return self.erasures.labels("true" if found else "false")
 
     @cache  # noqa: B019
     def watermark_lag_child(self, partition: int) -> Gauge:
