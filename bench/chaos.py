@@ -228,10 +228,13 @@ def ensure_topics(lab: Lab, namespace: str, bootstrap: str | None = None) -> Non
     from stream.adapter.topics import ensure_topics as ensure
     from stream.settings import Settings
 
-    broker = f"kafka://{bootstrap or lab.bootstrap}"
-    asyncio.run(
-        ensure(Settings(broker=broker, topic_namespace=namespace, partitions=lab.partitions))
+    settings = Settings(
+        broker=f"kafka://{bootstrap or lab.bootstrap}",
+        app_id=namespace,  # every experiment's app id is its namespace
+        topic_namespace=namespace,
+        partitions=lab.partitions,
     )
+    asyncio.run(ensure(settings))
 
 
 async def _offsets(bootstrap: str, group: str | None, topics: list[str]) -> tuple[dict, dict]:
@@ -705,8 +708,11 @@ def _join(lab: Lab, *, under_load: bool, watch: float) -> tuple[float | None, fl
 
 def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
     """`engage replay`, worker killed after the declarations and restarted, vs uninterrupted."""
+    import stream.tools.replay as replay_tool
     from stream.settings import Settings
     from stream.tools.replay import ReplayRun, canonical_lines, run_replay
+
+    replay_tool.ROOT = lab.worker_root  # its workers run from --worker-root too
 
     out = Outcome("d", "replay: worker kill -9 after the declarations, restarted")
     lines = lab.lines()
@@ -720,24 +726,38 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
             partitions=lab.partitions,
         )
 
+    first_done: list[float] = []
+
+    def watch(run: ReplayRun) -> None:
+        # How long after its declarations an uninterrupted replay reports a first partition.
+        declared = time.monotonic()
+        while time.monotonic() - declared < 60 and not _replay_done(lab.bootstrap, run):
+            time.sleep(0.02)
+        first_done.append(time.monotonic() - declared)
+
     t0 = time.monotonic()
-    reference = list(canonical_lines(run_replay(lines, settings=settings(), timeout=lab.timeout)))
+    reference = list(
+        canonical_lines(
+            run_replay(lines, settings=settings(), timeout=lab.timeout, on_declared=watch)
+        )
+    )
     out.figures["uninterrupted replay s"] = time.monotonic() - t0
+    out.figures["first partition done, s after the declarations"] = first_done[0]
     out.figures["decisions (uninterrupted)"] = len(reference)
     restarts: list[float] = []
-
     at_kill: list[int] = []
 
     def crash(run: ReplayRun) -> None:
-        # Kill once the declarations are being handled: the first partition reports its end
-        # (the others are mid-way), or after 6 s, as in the failure this experiment reproduces.
-        deadline = time.monotonic() + 6.0
+        # Kill while the declarations are being handled: at half the time the uninterrupted
+        # replay took to finish a first partition, or when one reports its end, whichever is
+        # first (the others are mid-way), as in the failure this experiment reproduces.
+        deadline = time.monotonic() + min(first_done[0] / 2, 6.0)
         done = 0
         while time.monotonic() < deadline:
             done = _replay_done(lab.bootstrap, run)
             if done:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         restarts.append(run.restart_worker(0, kill=True))
         at_kill.append(done)
 
