@@ -275,6 +275,17 @@ def backlog(lab: Lab, app_id: str, namespace: str) -> int:
     return sum(max(end - committed.get(tp, 0), 0) for tp, end in ends.items())
 
 
+def _backlog_detail(lab: Lab, app_id: str, namespace: str) -> dict[str, int]:
+    """Uncommitted input messages per topic-partition, where there are any."""
+    topics = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    ends, committed = offsets(lab.bootstrap, app_id, topics)
+    return {
+        f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": end - committed.get(tp, 0)
+        for tp, end in sorted(ends.items())
+        if end > committed.get(tp, 0)
+    }
+
+
 def wait_settled(
     lab: Lab,
     app_id: str,
@@ -529,7 +540,13 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
         out.figures["kills under load"] = done
         out.figures["restart-to-ready s (first start, then each restart)"] = ready_times
         out.figures["max restart-to-ready s"] = max(ready_times[1:] or [0.0])
-        out.figures["seconds to settle after the last restart"] = took
+        out.figures["seconds to settle after the last restart"] = (
+            "did not settle" if took is None else took
+        )
+        if took is None:
+            out.figures["backlog left (topic[partition]: messages)"] = _backlog_detail(
+                lab, app_id, namespace
+            )
         out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
         out.check(done == kills, f"only {done} kills happened under load")
         judge_run(out, clean, lab, app_id, namespace)
@@ -606,7 +623,7 @@ def experiment_b(lab: Lab) -> Outcome:
         out.figures["third worker ready, s after the kill"] = third_ready or "not started"
         alive = [w for w in workers if w.alive()]
         took = wait_settled(lab, app_id, namespace, alive=lambda: bool(alive), timeout=lab.timeout)
-        out.figures["seconds to settle"] = took
+        out.figures["seconds to settle"] = "did not settle" if took is None else took
         out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
         out.check(
             all(v is not None for v in waits.values()) and recovery <= 15.0,
