@@ -793,6 +793,9 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
         out.figures["killed replay s"] = time.monotonic() - t0
     except TimeoutError as exc:
         out.figures["killed replay s"] = f"did not finish in {replay_timeout:.0f} s"
+        out.figures["restart-to-ready s"] = restarts
+        if at_kill:
+            out.figures["partitions done before the kill"] = f"{at_kill[0]} of {lab.partitions}"
         out.failures.append(f"the killed replay hung: {exc}")
         return out.finish()
     out.figures["restart-to-ready s"] = restarts
