@@ -21,6 +21,7 @@ Reason = Literal[
     "key_mismatch",
     "future_timestamp",
     "oversized",
+    "processing_error",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 _MESSAGE_LIMIT = 200

@@ -62,6 +62,14 @@ class Money(msgspec.Struct, array_like=True):
     revenue: str  # Decimal as text: exact, and JSON has no decimal type
 
 
+class Sent(msgspec.Struct, array_like=True):
+    """A decision recorded in the state until its send is acknowledged (the outbox)."""
+
+    nudge_id: str
+    delivered: bool  # also goes to the nudges topic
+    record: msgspec.Raw  # the canonical decision bytes, embedded verbatim
+
+
 class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     """What the table holds per customer. Field names are the serialised keys."""
 
@@ -107,6 +115,10 @@ class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     recent_ids: bytes = b""  # 8-byte digests of the latest event ids, oldest first
     r: RitualState = msgspec.field(default_factory=RitualState)  # rituals, in ritual time
     partition: int = -1  # the input partition it lives on: rebuilds the due index
+    # Input topic suffix -> the highest offset folded from it (on `partition`): a re-read
+    # message at or below it was folded already, whatever the consumer's commit lag.
+    offsets: dict[str, int] = {}
+    outbox: list[Sent] = []  # decisions taken whose sends are not acknowledged yet
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stream.core.ingest import REASONS
+from stream.core.ingest import REASONS as INGEST_REASONS
 from stream.tools.emitter.simulation import rfc3339_ms, to_ms, uuid_from_bits
 from stream.tools.emitter.wire import Message, encode
 
+#: What a producer can get wrong (a `processing_error` is the worker's own failure, not sent).
+REASONS: tuple[str, ...] = tuple(r for r in INGEST_REASONS if r != "processing_error")
 FILE_REASONS: tuple[str, ...] = ("malformed_json", "schema_violation", "unknown_type", "oversized")
 #: SPEC §1 limit on a message value; oversized ones exceed it by a margin.
 MAX_MESSAGE_BYTES = 64 * 1024
