@@ -10,6 +10,7 @@ observed, so these rules are tested without Kafka.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,6 +18,11 @@ from datetime import UTC, datetime
 def wall_now() -> datetime:
     """The wall clock: read by the shell only, and passed into the core as data."""
     return datetime.now(UTC)
+
+
+def wall_ms() -> int:
+    """The wall clock in epoch milliseconds (the shell reads it once per batch)."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
