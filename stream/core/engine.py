@@ -375,8 +375,10 @@ class PartitionEngine:
         if state is None:
             return
         r, decisions, outcomes = advance(state.r, cid, clock, self._ctx)
-        if r is state.r:  # a segment change falls due: refresh the projection only
-            self._touched.add(key)
+        if r is state.r:  # nothing of its own due (a segment change): re-register only
+            self._register(state)
+            if self.projection is not None:
+                self._touched.add(key)
             return
         new = msgspec.structs.replace(state, r=r)
         self._decided(key, new, decisions, outcomes)
@@ -470,7 +472,6 @@ class PartitionEngine:
             for key in self._touched - self._dirty:
                 state = self._cache[key]
                 self.projection.enqueue(state.customer_id, self.store.get(key), clock)
-                self._register(state)
         after = self.time.to_json()
         if after != before:
             result.time = json.dumps(after, separators=(",", ":")).encode()
