@@ -76,8 +76,7 @@ class Settings(BaseSettings):
     producer_buffer_messages: int = Field(
         default=20_000,
         ge=100,
-        description="Queued sends (changelog, decisions) before the stream waits for the "
-        "producer.",
+        description="Queued sends (changelog, decisions) before the stream waits for the producer.",
     )
     consumer_max_poll_records: int = Field(
         default=2000, ge=1, description="Most records one consumer fetch returns."

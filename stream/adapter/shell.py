@@ -283,4 +283,3 @@ class BatchShell:
         if self.config.clock.name == "live":
             wall = wall_ms()
             m.watermark_lag_child(result.partition).set(max(wall - result.clock, 0) / 1000)
-
