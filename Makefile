@@ -2,8 +2,11 @@
 #
 #   make venv    .venv with the pinned dependencies (requirements.lock) and the project, editable
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
+#   make tools   programs tests need besides the stack, when missing (chromium, for the report)
 #   make test    ruff, then pytest (unit + integration tests against the stack)
-#   make demo    the end-to-end demo            make bench   the ingest benchmark
+#   make demo    the end-to-end demo, ending with an HTML report   make bench   the benchmark
+#   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
+#                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make status  state of the stack             make down    stop the stack (data kept)
 #   make lint    ruff only                      make clean   stop the stack, delete .venv/.devstack
 #
@@ -22,7 +25,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv stack status test demo bench down lint clean
+.PHONY: venv stack tools status test demo bench chaos down lint clean
 
 venv: $(STAMP)
 
@@ -36,10 +39,13 @@ $(STAMP): pyproject.toml requirements.lock
 stack: venv
 	$(PY) -m stream devstack up
 
+tools: venv
+	$(PY) -m stream devstack tools
+
 status: venv
 	$(PY) -m stream devstack status
 
-test: venv stack
+test: venv stack tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -48,6 +54,10 @@ demo: venv stack
 
 bench: venv stack
 	$(PY) bench/ingest.py
+
+CHAOS_ARGS ?=
+chaos: venv stack
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 down: venv
 	$(PY) -m stream devstack down

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
-from stream.adapter.kafka import faust_options  # noqa: E402
+from stream.kafka_client import faust_options  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}

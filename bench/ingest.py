@@ -20,12 +20,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
+from stream.kafka_client import consumer as kafka_consumer  # noqa: E402
+from stream.settings import Settings  # noqa: E402
 from tests.harness import Worker, produce, unique, wait_for  # noqa: E402
 
 
@@ -52,9 +52,9 @@ def persona_traffic(n: int, customers: int, seed: int) -> list[tuple[str, bytes,
 
 async def baseline(bootstrap: str, topics: list[str], n: int) -> float:
     """Seconds for a bare aiokafka loop to consume and JSON-decode all n messages."""
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_consumer(
+        Settings(broker=f"kafka://{bootstrap}"),  # security settings from ENGAGE_* (one home)
         *topics,
-        bootstrap_servers=bootstrap,
         group_id=unique("bench-baseline"),
         auto_offset_reset="earliest",
         enable_auto_commit=False,

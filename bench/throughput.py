@@ -241,7 +241,7 @@ def main() -> int:
                 secs, app_ids[guarantee] = run_engage(bootstrap, namespace, n, guarantee, tmp)
                 rows.append((f"engage worker {guarantee}", n / secs))
         bare = dict(rows).get("bare Faust agent, no-op")
-        print(f"\n| loop | events/s | ratio to bare no-op agent |\n|---|---:|---:|")
+        print("\n| loop | events/s | ratio to bare no-op agent |\n|---|---:|---:|")
         for label, rate in rows:
             ratio = f"{rate / bare:.2f}" if bare else "n/a"
             print(f"| {label} | {rate:,.0f} | {ratio} |")

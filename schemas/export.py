@@ -17,29 +17,48 @@ from schemas.events import EVENT_ADAPTER, MODELS
 JSON_DIR = Path(__file__).parent / "json"
 
 
+#: Prefix of every schema's `$id` (a URN: stable, and no network fetch is implied).
+ID_PREFIX = "urn:engage:schema:"
+
+
 def rendered() -> dict[str, str]:
-    """File name -> exact file text for every schema this package publishes."""
+    """File name -> exact file text for every schema this package publishes.
+
+    Generic over the models: an event type added to `MODELS` (or a record to
+    `RECORD_MODELS`) gets its file, `$id` and examples without a change here.
+    """
     files = {
-        f"{name}.schema.json": _dump(model.model_json_schema(), f"engage {name} event")
+        f"{name}.schema.json": _dump(model.model_json_schema(), f"engage {name} event", name)
         for name, model in MODELS.items()
     }
-    files["event.schema.json"] = _dump(EVENT_ADAPTER.json_schema(), "engage event (any type)")
+    union = EVENT_ADAPTER.json_schema()
+    union["examples"] = [ex for model in MODELS.values() for ex in examples(model)]
+    files["event.schema.json"] = _dump(union, "engage event (any type)", "event")
     for name, model in _extra_models().items():
-        files[f"{name}.schema.json"] = _dump(model.model_json_schema(), f"engage {name}")
+        files[f"{name}.schema.json"] = _dump(model.model_json_schema(), f"engage {name}", name)
     return files
+
+
+def examples(model: type[BaseModel]) -> list[dict]:
+    """The valid examples a model publishes in its JSON Schema (empty if it has none)."""
+    return list(model.model_json_schema().get("examples", []))
 
 
 def _extra_models() -> dict[str, type[BaseModel]]:
     """Records other than input events (decisions, nudges) register themselves here."""
-    try:
-        from schemas.nudges import RECORD_MODELS
-    except ImportError:
-        return {}
-    return RECORD_MODELS
+    from schemas.erasure import RECORD_MODELS as ERASURE_MODELS
+    from schemas.nudges import RECORD_MODELS
+
+    return {**RECORD_MODELS, **ERASURE_MODELS}
 
 
-def _dump(schema: dict, title: str) -> str:
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title, **schema}
+def _dump(schema: dict, title: str, name: str) -> str:
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"{ID_PREFIX}{name}",
+        "title": title,
+        **schema,
+    }
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 

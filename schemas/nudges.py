@@ -22,11 +22,49 @@ RITUALS: tuple[str, ...] = get_args(Ritual)
 STATUSES: tuple[str, ...] = get_args(Status)
 
 
+_EXAMPLE: dict[str, Any] = {
+    "nudge_id": "17727e58e37cff78d375d9899cd078c0753ce7986cc469e5c3fc60ddb0363cd3",
+    "ritual": "post_purchase_welcome",
+    "rules_version": "2026.11-1",
+    "customer_id": "cust-000042",
+    "anchor": "ord-1001",
+    "due_at": "2026-03-02T09:15:00Z",
+    "decided_at": "2026-03-02T09:15:00Z",
+    "status": "delivered",
+    "reason": "eligible",
+    "audience": "customer",
+    "category": "care",
+    "promotional": False,
+    "tz": "Europe/Berlin",
+    "explanation": {"order_id": "ord-1001", "source_event_id": "ex-purchase-1"},
+}
+
+
 class Decision(BaseModel):
     """One ritual decision. `nudge_id` is lowercase hex SHA-256 of `ritual|customer_id|anchor`:
     the same nudge is the same id everywhere, so a consumer can drop a re-send."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                _EXAMPLE,
+                _EXAMPLE
+                | {  # cust-000064's bucket for this ritual is 3, below the 10 % holdout
+                    "nudge_id": "3c1942b0e5994531cdaa63eba3cfd927580d6bf35ba4a82b8dcb68720d7efb82",
+                    "customer_id": "cust-000064",
+                    "anchor": "ord-2001",
+                    "status": "held_out",
+                    "reason": "holdout",
+                    "explanation": {
+                        "order_id": "ord-2001",
+                        "source_event_id": "ex-purchase-9",
+                        "holdout_bucket": 3,
+                    },
+                },
+            ]
+        },
+    )
 
     nudge_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     ritual: Ritual
@@ -40,7 +78,7 @@ class Decision(BaseModel):
     )
     status: Status
     reason: str = Field(
-        description="eligible, holdout, frequency_cap, once_per_window, lateness, "
+        description="eligible, holdout, frequency_cap, once_per_window, no_consent, lateness, "
         "review_of_order, support_contact_opened, activity_resumed or open_complaint."
     )
     audience: Literal["customer", "service_team"]
@@ -54,6 +92,8 @@ class Decision(BaseModel):
 
 class Nudge(Decision):
     """A delivered decision, as messaging systems receive it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
 
     status: Literal["delivered"]
 

@@ -2,12 +2,19 @@
 
 Each sub-command lives in its own module exposing ``main(argv) -> int``; this file only
 dispatches, so importing it stays cheap (Faust is imported only by the commands that run it).
+
+Every sub-command parses its arguments with `command_parser` before doing anything, so
+`engage COMMAND --help` (or `-h`) prints its usage and exits 0 without touching Kafka, Redis or
+the disk. Exit codes are the same everywhere: 0 success, 1 failure, 2 usage or configuration
+error.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("stream.adapter.worker", "run the stream-processing worker"),
@@ -15,28 +22,84 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devstack": ("stream.tools.devstack", "install and run Kafka, Redis and Prometheus locally"),
     "emit": ("stream.tools.emitter.cli", "produce synthetic customer traffic"),
     "replay": ("stream.tools.replay", "decide rituals over a JSONL file of events, in event time"),
+    "forget": ("stream.tools.forget", "erase customers (right to erasure); --wait: receipts"),
     "project": ("stream.serving.projection", "the Redis profile projection: `project rebuild`"),
     "demo": ("stream.tools.demo", "run the end-to-end demo"),
+    "forward": ("stream.tools.forward", "POST delivered nudges to a webhook, with retries"),
+    "probe": ("stream.tools.probe", "exit 0 if this machine's worker is ready (healthchecks)"),
+    "report": ("stream.tools.report", "write the KPI report as one self-contained HTML file"),
 }
+
+#: Exit codes shared by every sub-command.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+SETTINGS_EPILOG = (
+    "Settings come from ENGAGE_ environment variables (ENGAGE_BROKER, ENGAGE_TOPIC_NAMESPACE, "
+    "ENGAGE_REDIS_URL, ...). Exit codes: 0 success, 1 failure, 2 usage or configuration error."
+)
+
+
+def package_version() -> str:
+    """The installed distribution's version, so `--version` never disagrees with pip."""
+    try:
+        return version("engage")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser every sub-command starts from: same prog name, epilog and exit codes
+    (argparse already exits 0 on --help and 2 on a usage error)."""
+    return argparse.ArgumentParser(
+        prog=f"engage {name}",
+        description=description,
+        epilog=SETTINGS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def usage() -> str:
-    lines = ["usage: engage COMMAND [ARGS...]", "", "commands:"]
+    """The top-level help: every registered command with its one-line summary."""
+    lines = [
+        "usage: engage [-h] [--version] COMMAND [ARGS...]",
+        "",
+        "Real-time customer-engagement stream processor.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `engage COMMAND --help` for a command's options.", SETTINGS_EPILOG]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command's `main`; a SystemExit from argparse becomes the return code
+    so that `main` keeps its `-> int` contract for callers that are not a shell."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help"}:
+    if not args:
+        print(usage(), file=sys.stderr)
+        return EXIT_USAGE
+    if args[0] in {"-h", "--help", "help"}:
         print(usage())
-        return 0 if args else 2
+        return EXIT_OK
+    if args[0] in {"-V", "--version"}:
+        print(f"engage {package_version()}")
+        return EXIT_OK
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"engage: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return EXIT_OK
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

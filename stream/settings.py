@@ -40,8 +40,28 @@ class Settings(BaseSettings):
     store: str = Field(default="memory://", description="`memory://` or `rocksdb://`.")
     data_dir: str = Field(default=".engage-data", description="Faust data dir (rocksdb files).")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    web_host: str = "127.0.0.1"
+    web_host: str = Field(
+        default="127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in containers)."
+    )
     web_port: int = Field(default=6066, ge=1, le=65535)
+    web_advertised_url: str | None = Field(
+        default=None,
+        description="The URL other workers reach this one at (`http://worker-1:6066`); "
+        "default http://{web_host}:{web_port}, or this host's name when web_host is 0.0.0.0.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, /customers/... and /kpis need `Authorization: Bearer <token>`.",
+    )
+    audit_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="retention.ms of the nudge-decisions and nudges topics, set by "
+        "`engage topics` and the worker (unset: the broker's default).",
+    )
+    dlq_retention_days: float | None = Field(
+        default=None, gt=0, description="retention.ms of the DLQ (it holds raw payloads)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     mode: Literal["live", "replay", "follow"] = Field(
@@ -56,6 +76,14 @@ class Settings(BaseSettings):
     grace_ms: int = Field(default=1000, ge=0, description="Live clock = wall clock - grace.")
 
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    dlq_max_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest dead-letter record: at least the largest message the broker takes "
+        "on an input topic (message.max.bytes, 1 MiB by default) plus headers, so even a 1 MB "
+        "message is dead-lettered unchanged. The DLQ topic is created with it as its "
+        "max.message.bytes, and it is the producer's max request size.",
+    )
     max_future_skew_s: float = Field(
         default=300.0, ge=0, description="Events further ahead of the wall clock go to the DLQ."
     )
@@ -137,6 +165,33 @@ class Settings(BaseSettings):
             raise ValueError("must be memory:// or rocksdb:// (install the `rocksdb` extra)")
         return value
 
+    @field_validator("web_advertised_url")
+    @classmethod
+    def _advertised(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or not parts.port:
+            raise ValueError("must look like http://host:port")
+        if parts.hostname in {"0.0.0.0", "::"}:
+            raise ValueError("must be an address other workers can reach, not 0.0.0.0")
+        return value.rstrip("/")
+
+    @property
+    def advertised_url(self) -> str:
+        """The URL other workers route requests to (Faust's canonical_url): the setting, else
+        the bound address, else (bound to every address) this host's name, never 0.0.0.0."""
+        if self.web_advertised_url:
+            return self.web_advertised_url
+        host = self.web_host
+        if host in {"0.0.0.0", "::", ""}:
+            import socket
+
+            host = socket.gethostname()
+        return f"http://{host}:{self.web_port}"
+
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> Settings:
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
@@ -185,6 +240,27 @@ class Settings(BaseSettings):
     def replay_status_topic(self) -> str:
         return self.topic("replay-status")
 
+    @property
+    def erasures_topic(self) -> str:
+        """Erasure requests, keyed by customer_id, co-partitioned with the inputs."""
+        return self.topic("erasures")
+
+    @property
+    def erasure_receipts_topic(self) -> str:
+        return self.topic("erasure-receipts")
+
+    def retention_ms(self) -> dict[str, int]:
+        """Topic -> retention.ms the operator asked for (SPEC §4 Erasure: the audit trail
+        keeps what its retention allows)."""
+        out: dict[str, int] = {}
+        if self.audit_retention_days is not None:
+            ms = int(self.audit_retention_days * 86_400_000)
+            out[self.decisions_topic] = ms
+            out[self.nudges_topic] = ms
+        if self.dlq_retention_days is not None:
+            out[self.dlq_topic] = int(self.dlq_retention_days * 86_400_000)
+        return out
+
     def all_topics(self) -> list[str]:
         """Every topic the worker reads or writes, apart from Faust's own internal ones."""
         return [
@@ -194,6 +270,8 @@ class Settings(BaseSettings):
             self.nudges_topic,
             self.decisions_topic,
             self.replay_status_topic,
+            self.erasures_topic,
+            self.erasure_receipts_topic,
         ]
 
 

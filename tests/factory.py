@@ -40,6 +40,7 @@ def event(kind: str, customer: str = "c1", days: float = 0.0, **fields: Any) -> 
         },
         "survey": {"survey": "nps", "score": 10},
         "loyalty": {"action": "joined"},
+        "consent": {"scope": "marketing", "status": "opted_out", "source": "unsubscribe_link"},
     }
     return {**base, **defaults.get(kind, {}), **fields}
 

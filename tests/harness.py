@@ -101,10 +101,11 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         url = f"http://127.0.0.1:{self.web_port}{path}"
+        req = urllib.request.Request(url, headers=headers or {})
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=5) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -117,8 +118,10 @@ class Worker:
         except OSError:
             return False
 
-    def profile(self, customer_id: str) -> dict[str, Any] | None:
-        status, body = self.get(f"/customers/{customer_id}")
+    def profile(
+        self, customer_id: str, headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | None:
+        status, body = self.get(f"/customers/{customer_id}", headers)
         return json.loads(body) if status == 200 else None
 
     def metric(self, name: str, **labels: str) -> float:

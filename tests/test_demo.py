@@ -40,4 +40,16 @@ def test_demo_decides_every_ritual_and_measures_a_lift(stack: dict, tmp_path: Pa
     assert treated["decided"] >= 5 and held["decided"] >= 5, noticed
     assert treated["came_back"] > held["came_back"], noticed  # a positive measured lift
     assert "outcomes within 7 days" in proc.stdout
+    # Lift with its uncertainty: intervals and a verdict, in the output and the summary.
+    lift = summary["lift"]["we_noticed"]["came_back"]
+    assert (lift["treated"], lift["held_out"]) == (treated["decided"], held["decided"])
+    lower, upper = lift["difference"]["lower"], lift["difference"]["upper"]
+    assert lower <= lift["difference"]["estimate"] <= upper
+    assert lift["verdict"] == "significant" or lift["verdict"].startswith("not yet: ")
+    assert "95 % CI" in proc.stdout and lift["verdict"][:12] in proc.stdout
+    # The HTML report of the run, its path printed.
+    report = Path(summary["report"])
+    assert f"report      {report}" in proc.stdout
+    page = report.read_text()
+    assert 'data-chart="lift-came_back"' in page and 'data-chart="quadrants"' in page
     assert "http://127.0.0.1:" in proc.stdout and "/metrics" in proc.stdout

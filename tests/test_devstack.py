@@ -20,7 +20,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream import devstack
+from stream.tools import devstack
 from stream.tools.devstack import ConfigError, load_settings
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +75,25 @@ def test_settings_defaults_and_target_list(monkeypatch: pytest.MonkeyPatch) -> N
     assert "worker-1" not in config  # the docker-compose targets are replaced
 
 
+def test_kafka_has_a_sasl_listener_with_generated_credentials(tmp_path: object) -> None:
+    settings = load_settings(devstack_dir=tmp_path, kafka_sasl_port=29094)
+    kafka = devstack.Kafka(settings)
+    props = kafka.render_properties()
+    password = kafka.sasl_password()
+    assert "SASL_PLAINTEXT://127.0.0.1:29094" in props
+    assert f'user_engage="{password}"' in props and len(password) >= 24
+    assert kafka.sasl_password() == password  # generated once, kept in the devstack dir
+    assert oct(kafka.sasl_secret_file.stat().st_mode & 0o777) == "0o600"
+    assert kafka.client_info()["kafka_sasl"] == "127.0.0.1:29094"
+    # The port token older devstacks look for is unchanged; the config token tells `up` that a
+    # broker started with another configuration must be restarted.
+    ports = f"{settings.kafka_port},{settings.kafka_controller_port}"
+    assert kafka.port_token() == f"-Dengage.devstack.ports={ports}"
+    other = devstack.Kafka(load_settings(devstack_dir=tmp_path, kafka_sasl_port=29095))
+    assert other.config_token() != kafka.config_token()
+    assert kafka.config_token() in kafka.command()
+
+
 # --------------------------------------------------------------------------------------------
 # Against the running stack
 # --------------------------------------------------------------------------------------------
@@ -95,7 +114,10 @@ def test_ensure_up_is_idempotent(stack: dict[str, str]) -> None:
     pids_after = {name: state.pid for name, state in devstack.status().items()}
 
     assert again == stack
-    assert set(stack) == {"kafka", "redis", "prometheus"}
+    assert {"kafka", "redis", "prometheus"} <= set(stack)
+    assert {k for k in stack if k.startswith("kafka_sasl")} == {
+        "kafka_sasl", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"
+    }  # fmt: skip
     assert elapsed < 3.0, f"a second ensure_up took {elapsed:.1f}s"
     assert None not in pids_before.values()
     assert pids_after == pids_before  # nothing was started a second time
@@ -191,3 +213,10 @@ def test_prometheus_ready_and_config_valid(stack: dict[str, str]) -> None:
     while not (seen := engage_targets()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert seen == set(settings.prometheus_targets)
+
+
+def test_tools_are_a_closed_list() -> None:
+    """`devstack tools` installs only the packages it knows (chromium for the report test)."""
+    assert devstack.TOOLS == {"chromium": {"chromium": "chromium"}}
+    with pytest.raises(devstack.ConfigError, match="unknown tools"):
+        devstack.ensure_tools(("firefox",))

@@ -9,6 +9,7 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -64,6 +65,7 @@ OWN_FIELDS = {
     },
     "survey": {"survey", "score", "order_id", "ticket_id"},
     "loyalty": {"action", "points", "tier"},
+    "consent": {"scope", "status", "source"},
 }  # fmt: skip
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -158,6 +160,14 @@ def violations(ev: Any) -> list[str]:
         need("points" not in ev or (is_int(ev["points"]) and ev["points"] >= 0), "points")
         need("tier" not in ev or ev["tier"] in TIERS, "tier")
         need(ev.get("action") != "tier_changed" or "tier" in ev, "tier_changed names a tier")
+    elif kind == "consent":
+        need(ev.get("scope") in {"marketing", "all"}, "consent scope")
+        need(ev.get("status") in {"opted_in", "opted_out"}, "consent status")
+        need(
+            ev.get("source")
+            in {None, "preference_center", "unsubscribe_link", "support", "import"},
+            "consent source",
+        )
     return errors
 
 
@@ -501,6 +511,8 @@ def classify(msg: Message, wall_now: datetime) -> str | None:
     assert moment is not None
     if moment - wall_now > timedelta(minutes=5):
         return "future_timestamp"
+    if msg.reason == "wrong_partition":  # a valid value: the Kafka sink picks the wrong partition
+        return "wrong_partition"
     return None
 
 
@@ -538,8 +550,14 @@ def test_bad_messages_agree_with_the_processor_ingest() -> None:
     """Cross-check with the worker's own acceptance rules, where that module exists."""
     ingest = pytest.importorskip("stream.core.ingest")
     wall = START + timedelta(days=40)
+    from stream.core.partitioning import expected_partition
+
     for m in mixed_messages(0.1, file_mode=False, wall=wall):
-        out = ingest.accept(m.key, m.value, wall, ingest.Limits())
+        home = expected_partition(m.key, 8)
+        partition = (home + 1) % 8 if m.reason == "wrong_partition" else home  # as KafkaSink
+        out = ingest.accept(
+            m.key, m.value, wall, ingest.Limits(), partition=partition, partitions=8
+        )
         got = out.reason if isinstance(out, ingest.Rejection) else None
         assert got == m.reason, (m.reason, got, m.value[:200])
 
@@ -710,8 +728,10 @@ def test_kafka_loop_reacts_to_delivered_nudges() -> None:
         def __init__(self) -> None:
             self.sent: list[Message] = []
 
-        async def send(self, msg: Message) -> None:
+        async def send(self, msg: Message, on_ack: Callable[[], None] | None = None) -> None:
             self.sent.append(msg)
+            if on_ack is not None:
+                on_ack()
 
         async def drain(self) -> None:
             return None
@@ -799,3 +819,15 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([*argv, "--out", "/dev/null"])
         assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_consent_changes_are_rare_and_mostly_unsubscribe_links(big: BigRun) -> None:
+    consent = [e for e in big.events if e["type"] == "consent"]
+    customers = {e["customer_id"] for e in big.events}
+    opt_outs = [e for e in consent if e["status"] == "opted_out"]
+    by_source = Counter(e["source"] for e in opt_outs)
+    assert opt_outs and len(opt_outs) < 0.3 * len(customers)  # a minority opts out
+    assert by_source.most_common(1)[0][0] == "unsubscribe_link"
+    assert by_source["unsubscribe_link"] > len(opt_outs) / 2
+    assert all(e["scope"] == "marketing" for e in opt_outs if e["source"] == "unsubscribe_link")
+    assert any(e["status"] == "opted_in" for e in consent)  # some come back

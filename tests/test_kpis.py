@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.events import EVENT_ADAPTER
+from stream.core.profile import clv_estimate
 from stream.core.rules import DEFAULT_RULES
 from stream.core.state import MS_PER_DAY, fold, new_state, to_ms
 from stream.telemetry.kpis import Kpis, snapshot, summary
+from stream.telemetry.metrics import PipelineMetrics
 from tests.factory import T0, event
 
 
@@ -49,3 +53,124 @@ def test_segment_snapshot() -> None:
     assert dict(snap.stages) == {"new": 1, "dormant": 1}
     assert sum(snap.bands.values()) == 2
     assert sum(snap.quadrants.values()) == 2
+
+
+def test_click_components_prompted_share_social_and_dwell() -> None:
+    registry = CollectorRegistry()
+    k = Kpis(registry)
+    k.count(parse(event("click", action="page_view", dwell_ms=4000)))
+    k.count(parse(event("click", action="share", dwell_ms=1500)))
+    k.count(parse(event("click", action="comment")))
+    k.count(parse(event("click", action="email_click", nudge_id="n-1", dwell_ms=500)))
+    s = summary(registry)
+    assert s["interactions"]["clicks"] == 4
+    assert (s["interactions"]["prompted"], s["interactions"]["unprompted"]) == (1, 3)
+    assert s["interactions"]["prompted_share"] == 0.25
+    assert s["social_engagement"] == {"share": 1, "comment": 1}
+    assert s["dwell_seconds_mean"] == 2.0  # (4 + 1.5 + 0.5) / 3
+    body = generate_latest(registry).decode()
+    assert 'engage_clicks_total{action="share",prompted="false"} 1.0' in body
+    assert "engage_click_dwell_seconds_sum 6.0" in body
+    assert "engage_click_dwell_seconds_count 3.0" in body
+
+
+def test_retention_cohorts_at_the_clock() -> None:
+    """Customers at the window's end minus those acquired in it, over those at its start."""
+    clock = to_ms(T0) + 100 * MS_PER_DAY
+
+    def customer(cid: str, first: float, last: float) -> object:
+        state = fold(new_state(cid), parse(event("click", cid, first)))
+        return fold(state, parse(event("click", cid, last)))
+
+    states = [
+        customer("a", 0, 99),  # known for 100 days, active yesterday: retained in every window
+        customer("b", 0, 80),  # active 20 days ago: retained over 30 and 90 days, not 7
+        customer("c", 0, 5),  # gone 95 days ago: churned in every window
+        customer("d", 85, 95),  # first seen 15 days ago: in the 7-day cohort only
+        customer("e", 97, 98),  # acquired within the last 7 days
+    ]
+    snap = snapshot(states, clock, DEFAULT_RULES)
+    assert dict(snap.cohort) == {"7d": 4, "30d": 3, "90d": 3}
+    assert dict(snap.retained) == {"7d": 2, "30d": 2, "90d": 2}
+    assert dict(snap.acquired) == {"7d": 1, "30d": 2, "90d": 2}
+    registry = CollectorRegistry()
+    Kpis(registry).publish(snap)
+    retention = summary(registry)["retention"]
+    assert retention["7d"]["retention_rate"] == 0.5 and retention["7d"]["churn_rate"] == 0.5
+    assert retention["90d"]["retention_rate"] == round(2 / 3, 4)
+
+
+def test_clv_sum_and_bands_by_currency() -> None:
+    clock = to_ms(T0) + 365 * MS_PER_DAY
+
+    def buyer(cid: str, *amounts: str, currency: str = "EUR") -> object:
+        state = new_state(cid)
+        for i, amount in enumerate(amounts):
+            evt = event("purchase", cid, i * 30, amount=amount, currency=currency)
+            state = fold(state, parse(evt))
+        return state
+
+    states = [
+        buyer("a", "100.00", "100.00"),  # 2 orders in a year of 100: 100 x 2/yr x 3 = 600
+        buyer("b", "10.00"),  # 1 order a year ago: 10 x 1 x 3 = 30
+        buyer("c", "2000.00", currency="USD"),  # 6000
+        fold(new_state("d"), parse(event("click", "d"))),  # no purchase: no CLV
+    ]
+    snap = snapshot(states, clock, DEFAULT_RULES)
+    assert snap.clv == {"EUR": 630.0, "USD": 6000.0}
+    # The same as the profiles' own clv_estimate.
+    assert sum(clv_estimate(s, clock, DEFAULT_RULES) for s in states[:2]) == Decimal("630.00")
+    assert dict(snap.clv_bands) == {
+        ("EUR", "500-1000"): 1,
+        ("EUR", "0-100"): 1,
+        ("USD", "5000+"): 1,
+    }
+    registry = CollectorRegistry()
+    k = Kpis(registry)
+    k.publish(snap)
+    clv = summary(registry)["clv"]
+    assert clv["EUR"]["sum"] == 630.0 and clv["EUR"]["mean"] == 315.0
+    assert clv["USD"]["bands"]["5000+"] == 1
+    # A currency stays exported (at 0) when its customers are gone: series never vanish.
+    k.publish(snapshot([], clock, DEFAULT_RULES))
+    body = generate_latest(registry).decode()
+    assert 'engage_clv_estimate{currency="USD"} 0.0' in body
+
+
+def test_lift_intervals_in_the_summary() -> None:
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    Kpis(registry)
+    for arm, decided, came_back in (("treated", 70, 56), ("held_out", 80, 48)):
+        metrics.outcome_child("we_noticed", arm, "decided").inc(decided)
+        metrics.outcome_child("we_noticed", arm, "came_back").inc(came_back)
+    metrics.outcome_child("we_noticed", "treated", "clicked").inc(14)
+    s = summary(registry)
+    came_back = s["lift"]["we_noticed"]["came_back"]
+    assert came_back["difference"] == {"estimate": 0.2, "lower": 0.0524, "upper": 0.3339}
+    assert came_back["verdict"] == "significant"
+    assert came_back["treated"] == 70 and came_back["held_out_successes"] == 48
+    assert s["lift"]["we_noticed"]["purchased"]["verdict"] == "not yet: no difference observed"
+    assert s["nudge_click_through"]["we_noticed"]["treated"]["rate"] == 0.2
+    assert s["ritual_lift"]["we_noticed"]["came_back"] == round((56 / 70) / (48 / 80), 4)
+
+
+def test_consent_opt_outs_by_scope_and_source_and_suppressions_by_reason() -> None:
+    registry = CollectorRegistry()
+    k = Kpis(registry)
+    k.count(parse(event("consent", scope="marketing", status="opted_out")))  # unsubscribe link
+    k.count(parse(event("consent", scope="marketing", status="opted_out")))
+    k.count(parse(event("consent", scope="all", status="opted_out", source=None)))
+    k.count(parse(event("consent", scope="all", status="opted_in", source="preference_center")))
+    k.count_decisions(
+        [
+            {"status": "suppressed", "reason": "no_consent"},
+            {"status": "suppressed", "reason": "frequency_cap"},
+            {"status": "delivered", "reason": "eligible"},
+        ]
+    )
+    s = summary(registry)
+    assert s["consent_opt_outs"]["marketing"]["unsubscribe_link"] == 2.0
+    assert s["consent_opt_outs"]["all"]["unspecified"] == 1.0
+    assert s["consent_opt_outs"]["all"]["preference_center"] == 0.0
+    assert s["suppressions"] == {"no_consent": 1.0, "once_per_window": 0.0, "frequency_cap": 1.0}

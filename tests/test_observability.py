@@ -37,13 +37,20 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.events import EVENT_TYPES
+from schemas.events import CLICK_ACTIONS, CONSENT_SCOPES, EVENT_TYPES
 from schemas.nudges import RITUALS, STATUSES
 from stream.core.ingest import REASONS
 from stream.core.profile import QUADRANTS, STAGES
-from stream.core.rituals import OUTCOMES, holdout_bucket
+from stream.core.rituals import OUTCOMES, holdout_bucket, nudge_id
 from stream.core.rules import load_rules
-from stream.telemetry.kpis import ACTIVE_WINDOWS, SCORE_BANDS
+from stream.telemetry.kpis import (
+    ACTIVE_WINDOWS,
+    CLV_BANDS,
+    CONSENT_SOURCE_LABELS,
+    RETENTION_WINDOWS,
+    SCORE_BANDS,
+    SUPPRESSION_REASONS,
+)
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for
 
@@ -84,24 +91,31 @@ PENDING_METRICS = {
 # Every label the worker may use, with its closed set of values: no label may take a value
 # per customer, order, ticket or event (SPEC §5). A new label must be declared here.
 CLOSED_LABELS: dict[str, Any] = {
-    "topic": re.compile(r"^[A-Za-z0-9._-]+\.(clicks|purchases|reviews|support|surveys|loyalty)$"),
+    "topic": re.compile(
+        r"^[A-Za-z0-9._-]+\.(clicks|purchases|reviews|support|surveys|loyalty|consent|erasures)$"
+    ),
     "type": {*EVENT_TYPES, "unknown"},
     "outcome": {"folded", "duplicate", "dead_lettered", "failed", *OUTCOMES},
-    "reason": set(REASONS),
+    "reason": {*REASONS, "wrong_partition", *SUPPRESSION_REASONS},
     "partition": re.compile(r"^[0-9]{1,4}$"),
     "le": re.compile(r"^([0-9.e+-]+|\+Inf)$"),
     "category": {"promoter", "passive", "detractor"},
     "rating": {"1", "2", "3", "4", "5"},
     "currency": re.compile(r"^[A-Z]{3}$"),
-    "window": set(ACTIVE_WINDOWS),
+    "window": set(ACTIVE_WINDOWS) | set(RETENTION_WINDOWS),
     "stage": set(STAGES),
     "quadrant": set(QUADRANTS),
-    "band": set(SCORE_BANDS),
+    "band": set(SCORE_BANDS) | {band for band, _ in CLV_BANDS},
+    "action": set(CLICK_ACTIONS),
+    "prompted": {"true", "false"},
     "ritual": set(RITUALS),
     "status": set(STATUSES),
     "arm": {"treated", "held_out"},
     "table": {"customers", "control"},
     "operation": {"retrieved", "updated", "deleted"},
+    "scope": set(CONSENT_SCOPES),
+    "source": set(CONSENT_SOURCE_LABELS),
+    "found": {"true", "false"},
 }
 
 # Survey answers of the Prometheus load, one per customer.
@@ -110,6 +124,13 @@ CSAT_SCORES = (5, 4, 2, 3, 5, 1, 4, 4, 5)
 CES_SCORES = (7, 6, 5, 4, 3, 2, 1, 6, 5)
 RATINGS = (5, 4, 3, 2, 1, 5, 4, 5, 3)
 HELD_OUT_CUSTOMERS = 3  # of len(NPS_SCORES), in post_purchase_welcome's holdout
+# Customers with only past activity, for retention: (days ago first seen, days ago last seen).
+HISTORY = {"active": (100, 3), "lapsed": (100, 60), "gone": (120, 95), "recent": (15, 10)}
+# Of the post_purchase_welcome nudges, how many customers click theirs (the first treated
+# customer twice) and how many held-out customers do (a holdout leak, counted in its own arm).
+CLICKING_TREATED = 4
+CLICKING_HELD_OUT = 1
+SHARE_DWELL_S, COMMENT_DWELL_S, NUDGE_DWELL_S = 2, 5, 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +255,40 @@ def coming_back(cid: str, t: datetime, tz: str) -> list[dict[str, Any]]:
     ]
 
 
+def engaging(cid: str, k: int, t: datetime, tz: str, *, clicks_nudge: int) -> list[dict[str, Any]]:
+    """Shares by everyone, comments by every other customer, and `clicks_nudge` clicks on the
+    customer's post_purchase_welcome nudge; all with a dwell time."""
+
+    def ev(seconds: int, **fields: Any) -> dict[str, Any]:
+        return event("click", cid, occurred_at=iso(t + timedelta(seconds=seconds)), tz=tz, **fields)
+
+    out = [ev(330, action="share", dwell_ms=SHARE_DWELL_S * 1000)]
+    if k % 2 == 0:
+        out.append(ev(340, action="comment", dwell_ms=COMMENT_DWELL_S * 1000))
+    nid = nudge_id("post_purchase_welcome", cid, "first_purchase")
+    for i in range(clicks_nudge):
+        out.append(ev(350 + i, action="email_click", nudge_id=nid, dwell_ms=NUDGE_DWELL_S * 1000))
+    return out
+
+
+def history(cid: str, now: datetime) -> list[dict[str, Any]]:
+    """Customers seen long ago (retention cohorts): page views on their first and last day."""
+    out = []
+    for name, (first, last) in HISTORY.items():
+        for days in (first, last):
+            occurred = iso(now - timedelta(days=days))
+            out.append(event("click", f"{cid}-{name}", occurred_at=occurred, action="page_view"))
+    return out
+
+
+def nudge_clicks(k: int) -> int:
+    """Clicks on the post_purchase_welcome nudge by the k-th customer of `customer_ids`."""
+    if k < HELD_OUT_CUSTOMERS:
+        return 1 if k < CLICKING_HELD_OUT else 0
+    treated = k - HELD_OUT_CUSTOMERS
+    return 2 if treated == 0 else 1 if treated < CLICKING_TREATED else 0
+
+
 def bad_messages(namespace: str, cid: str, duplicate: dict[str, Any]) -> list[tuple]:
     """One malformed message (DLQ) and one repeated event_id (duplicate)."""
     return [
@@ -260,13 +315,27 @@ def load(worker: Worker, customers: list[str], t: datetime) -> set[str]:
     sent = before + len(first) + 2
     wait_for(processed(worker, sent), timeout=60, what="first visits processed")
     returns = [e for c in customers for e in coming_back(c, t, tz)]
+    returns += [
+        e
+        for k, c in enumerate(customers)
+        for e in engaging(c, k, t, tz, clicks_nudge=nudge_clicks(k))
+    ]
+    returns += history(customers[0], t)
     produce_events(worker.bootstrap, worker.namespace, returns)
     wait_for(processed(worker, sent + len(returns)), timeout=60, what="returns processed")
     ids = set(customers)
     for e in first + returns:
         ids.update(
             str(e[k])
-            for k in ("event_id", "order_id", "ticket_id", "review_id", "contact_id")
+            for k in (
+                "event_id",
+                "customer_id",
+                "order_id",
+                "ticket_id",
+                "review_id",
+                "contact_id",
+                "nudge_id",
+            )
             if k in e
         )
     return ids
@@ -381,6 +450,15 @@ def test_recording_rules_sum_over_workers_before_dividing(tmp_path: Path) -> Non
         *ritual("treated", "came_back", 9, 3),
         *ritual("held_out", "decided", 4, 0),
         *ritual("held_out", "came_back", 1, 0),
+        *ritual("treated", "clicked", 1, 5),
+        *pair("engage_retention_cohort_customers", 'window="30d"', 4, 16),
+        *pair("engage_retention_retained_customers", 'window="30d"', 1, 15),
+        *pair("engage_click_dwell_seconds_sum", "", 30, 2),
+        *pair("engage_click_dwell_seconds_count", "", 3, 1),
+        *pair("engage_clicks_total", 'action="share",prompted="true"', 1, 0),
+        *pair("engage_clicks_total", 'action="share",prompted="false"', 0, 9),
+        *pair("engage_clv_estimate", 'currency="EUR"', 900, 100),
+        *pair("engage_customers_by_clv_band", 'currency="EUR",band="100-500"', 1, 3),
     ]
 
     def expect(expr: str, value: float, **labels: str) -> dict[str, Any]:
@@ -415,6 +493,19 @@ def test_recording_rules_sum_over_workers_before_dividing(tmp_path: Path) -> Non
                     expect("engage:stickiness:ratio", 0.125),  # 10 / 80
                     expect("engage:reviews:positive_ratio", 11 / 20),
                     expect("engage:reviews:mean_rating", (55 + 15) / 20),
+                    # 16 of 20, not the mean of 1/4 and 15/16
+                    expect("engage:retention:ratio", 0.8, window="30d"),
+                    expect("engage:churn:ratio", 0.2, window="30d"),
+                    expect("engage:dwell_seconds:mean", 8),  # 32 s / 4 clicks
+                    expect("engage:prompted_interactions:ratio", 0.1),  # 1 of 10
+                    expect("engage:social_interactions:sum", 10, action="share"),
+                    expect("engage:clv:mean", 250, currency="EUR"),  # 1000 / 4
+                    expect(
+                        "engage:nudge_click_through:ratio",
+                        0.3,  # 6 of 20
+                        ritual="post_purchase_welcome",
+                        arm="treated",
+                    ),
                     {
                         "expr": f'{lift}{{ritual="post_purchase_welcome"}}',
                         "eval_time": "30s",
@@ -442,6 +533,23 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())["services"]
     assert datasource[0]["url"] == "http://prometheus:9090" and "prometheus" in compose
 
+    # The datasource is selectable: at import (Grafana's __inputs, which replaces
+    # ${DS_PROMETHEUS} by the datasource chosen), and on the dashboard (a datasource variable of
+    # the same name, which is what provisioning from files resolves, defaulting to ours).
+    selected = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    [ds_input] = board["__inputs"]
+    assert ds_input["name"] == "DS_PROMETHEUS"
+    assert (ds_input["type"], ds_input["pluginId"]) == ("datasource", "prometheus")
+    variables = board["templating"]["list"]
+    ds_var = variables[0]
+    assert (ds_var["name"], ds_var["type"], ds_var["query"]) == (
+        "DS_PROMETHEUS",
+        "datasource",
+        "prometheus",
+    )
+    assert ds_var["current"]["value"] == uid
+    assert "engage-prometheus" not in json.dumps([board["panels"], variables[1:]])
+
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     cells: dict[tuple[int, int], str] = {}
@@ -454,16 +562,22 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
                 cells[(x, y)] = panel["title"]
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["datasource"] == selected, panel["title"]
         assert panel.get("targets"), f"{panel['title']} has no query"
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid, panel["title"]
+            assert target["datasource"] == selected, panel["title"]
             assert target["expr"].strip(), panel["title"]
-    for variable in board["templating"]["list"]:
-        assert variable["datasource"]["uid"] == uid
+    for variable in variables[1:]:
+        assert variable["datasource"] == selected, variable["name"]
 
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Pipeline health", "CX KPIs", "Engagement", "Rituals"]
+    assert rows == [
+        "Pipeline health",
+        "CX KPIs",
+        "Engagement",
+        "Rituals",
+        "Retention, value and interactions",
+    ]
     known = set(rule_names())
     for title, expr in dashboard_queries():
         for name in re.findall(r"engage:[a-z0-9_]+:[a-z0-9_]+", expr):
@@ -500,7 +614,7 @@ def scraped(stack: dict[str, str], bootstrap: str, tmp_path_factory) -> Iterator
     has scraped all of them and evaluated the rules on them."""
     if "prometheus" not in stack:
         pytest.skip("ENGAGE_TEST_BOOTSTRAP points at another broker: no local Prometheus")
-    from stream import devstack
+    from stream.tools import devstack
 
     settings = devstack.load_settings()
     reconfigured = None
@@ -538,6 +652,7 @@ def scraped(stack: dict[str, str], bootstrap: str, tmp_path_factory) -> Iterator
         )
         n = len(NPS_SCORES)
         customers = customer_ids(unique("obs"), n - HELD_OUT_CUSTOMERS, HELD_OUT_CUSTOMERS)
+        everyone = len(customers) + len(HISTORY)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
         ids = load(worker, customers, start)
         consumed = worker.metric("engage_events_consumed_total")
@@ -548,7 +663,7 @@ def scraped(stack: dict[str, str], bootstrap: str, tmp_path_factory) -> Iterator
                 return False  # a reload applies new targets asynchronously
             return (
                 prometheus.value(f"sum(engage_events_consumed_total{{{sel}}})") == consumed
-                and prometheus.value(f"sum(engage_table_customers{{{sel}}})") == len(customers)
+                and prometheus.value(f"sum(engage_table_customers{{{sel}}})") == everyone
                 and prometheus.value(f'sum(engage_active_customers{{{sel},window="1d"}})')
                 == len(customers)
             )
@@ -638,6 +753,79 @@ def test_nps_and_csat_rules_equal_the_answers_sent(scraped: Scraped) -> None:
     assert got["csat"] == pytest.approx(100 * 6 / 9)
     # The `_1h` variants are not compared: increase() over the hour also counts the answers of
     # earlier workers on the same target, and extrapolates. Their panels are checked below.
+
+
+def test_customer_value_and_interaction_rules_equal_the_events_sent(scraped: Scraped) -> None:
+    """Retention and churn, CLV, prompted share, social engagement, dwell time and nudge
+    click-through, each evaluated by Prometheus from the worker's components, against the
+    values computed here from the events `load` sent."""
+    prometheus = scraped.prometheus
+    n = len(scraped.customers)
+    # Retention cohorts (HISTORY; the load's own customers were all first seen 10 minutes ago):
+    # 7d: active, lapsed, gone, recent known at the start, only `active` seen since;
+    # 30d and 90d: active, lapsed, gone known at the start; `active` seen within 30 days,
+    # `active` and `lapsed` (60 days ago) within 90.
+    retention = {"7d": 1 / 4, "30d": 1 / 3, "90d": 2 / 3}
+    # CLV = AOV x orders per year (at least one year) x 3, in the first purchase's currency:
+    # customers k % 3 == 0 first paid 25.00 USD (then 12.50 EUR): 25 x 1 x 3 = 75 USD;
+    # the others 25.00 + 12.50 EUR: 18.75 x 2 x 3 = 112.50 EUR.
+    usd = sum(1 for k in range(n) if k % 3 == 0)
+    eur = n - usd
+    # Clicks: a page view and an email open per customer, a share each, a comment every other
+    # one, the nudge clicks; two page views per history customer.
+    nudge = sum(nudge_clicks(k) for k in range(n))
+    comments = sum(1 for k in range(n) if k % 2 == 0)
+    clicks = 2 * n + n + comments + nudge + 2 * len(HISTORY)
+    dwell = n * SHARE_DWELL_S + comments * COMMENT_DWELL_S + nudge * NUDGE_DWELL_S
+    dwell_count = n + comments + nudge
+    sel = f'job="{JOB}"'
+    ctr = f'engage:nudge_click_through:ratio{{{sel},ritual="post_purchase_welcome"'
+    want = {
+        **{f'engage:retention:ratio{{{sel},window="{w}"}}': v for w, v in retention.items()},
+        **{f'engage:churn:ratio{{{sel},window="{w}"}}': 1 - v for w, v in retention.items()},
+        f'engage:clv:sum{{{sel},currency="USD"}}': 75.0 * usd,
+        f'engage:clv:sum{{{sel},currency="EUR"}}': 112.5 * eur,
+        f'engage:clv:mean{{{sel},currency="EUR"}}': 112.5,
+        f'engage:customers_by_clv_band:sum{{{sel},currency="USD",band="0-100"}}': usd,
+        f'engage:customers_by_clv_band:sum{{{sel},currency="EUR",band="100-500"}}': eur,
+        f'engage:customers_by_clv_band:sum{{{sel},currency="EUR",band="5000+"}}': 0,
+        f"engage:prompted_interactions:ratio{{{sel}}}": nudge / clicks,
+        f'engage:social_interactions:sum{{{sel},action="share"}}': n,
+        f'engage:social_interactions:sum{{{sel},action="comment"}}': comments,
+        f"engage:dwell_seconds:mean{{{sel}}}": dwell / dwell_count,
+        f'{ctr},arm="treated"}}': CLICKING_TREATED / (n - HELD_OUT_CUSTOMERS),
+        f'{ctr},arm="held_out"}}': CLICKING_HELD_OUT / HELD_OUT_CUSTOMERS,
+    }
+    # The same numbers, spelled out for the reader.
+    assert (usd, eur, comments, nudge, clicks) == (3, 6, 5, 6, 46)
+    assert dwell / dwell_count == 49 / 20
+    delivered = sum(
+        v
+        for labels, v in _samples(scraped.body, "engage_ritual_decisions_total")
+        if labels["status"] == "delivered"
+    )
+    assert delivered > 0
+    want[f"engage:prompted_clicks_per_nudge:ratio{{{sel}}}"] = nudge / delivered
+    got: dict[str, float | None] = {}
+
+    def rules_caught_up() -> bool:
+        got.update({expr: prometheus.value(expr) for expr in want})
+        return all(got[k] is not None and math.isclose(got[k], v) for k, v in want.items())
+
+    try:
+        wait_for(rules_caught_up, timeout=60, interval=0.5, what="customer value rules")
+    except Exception:
+        wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        raise AssertionError(f"rules (got, want): {wrong}") from None
+
+
+def _samples(body: bytes, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 @pytest.mark.parametrize(

@@ -372,3 +372,73 @@ def test_outcomes_within_seven_days_by_arm() -> None:
         ("we_noticed", "held_out", "decided"),
         ("we_noticed", "held_out", "came_back"),
     ]
+
+
+def test_click_through_is_attributed_to_the_nudge_ritual_and_arm_once() -> None:
+    """A click carries only the nudge_id: the ritual and arm come from the customer's recent
+    decisions; the first click counts, later ones and unknown or expired ids do not."""
+    s = Sim().send("click", "2026-03-02T12:00:00Z", event_id="last")
+    s.until("2026-04-01T12:00:00Z")  # we_noticed delivered
+    [noticed] = s.of("we_noticed")
+    nid = noticed["nudge_id"]
+    assert s.r.clickable == [(ms(noticed["decided_at"]), "we_noticed", "treated", nid[:16])]
+    s.send("click", "2026-04-01T13:00:00Z", action="email_click", nudge_id="someone-else")
+    s.send("click", "2026-04-01T14:00:00Z", action="email_click", nudge_id=nid)
+    s.send("click", "2026-04-01T15:00:00Z", action="email_click", nudge_id=nid)  # once only
+    clicked = [o for o in s.outcomes if o[2] == "clicked"]
+    assert clicked == [("we_noticed", "treated", "clicked")]
+    assert s.r.clickable == []  # clicked: forgotten
+
+    # A click after the outcome window is not the nudge's click-through any more.
+    late = Sim(treated(start=100)).send("click", "2026-03-02T12:00:00Z", event_id="last")
+    late.until("2026-04-01T12:00:00Z")
+    [d] = late.of("we_noticed")
+    late.send("click", "2026-04-09T12:00:01Z", nudge_id=d["nudge_id"])
+    assert [o for o in late.outcomes if o[2] == "clicked"] == []
+    assert late.r.clickable == []
+
+    # A held-out decision was never sent: a click on it is counted in the held-out arm (a leak).
+    cid = held_out("we_noticed")
+    h = Sim(cid).send("click", "2026-03-02T12:00:00Z").until("2026-04-01T12:00:00Z")
+    [d] = h.of("we_noticed")
+    h.send("click", "2026-04-02T12:00:00Z", nudge_id=d["nudge_id"])
+    assert ("we_noticed", "held_out", "clicked") in h.outcomes
+
+
+def test_clickable_nudges_stay_bounded() -> None:
+    s = Sim()
+    for day in range(20):
+        s.send("review", f"2026-03-{day + 1:02d}T12:00:00Z", rating=1)  # service_recovery
+    assert len(s.of("service_recovery")) == 20
+    assert len(s.r.clickable) == 8
+    assert s.r.clickable[-1][1] == "service_recovery"
+
+
+def test_profile_shows_each_rituals_last_decision_and_recent_deliveries() -> None:
+    """SPEC §3: per ritual, the last decision and its time; nudges delivered in 7 days."""
+    from stream.core.profile import view
+    from stream.core.state import new_state
+
+    sim = Sim(treated("post_purchase_welcome", "three_days_later"))
+    sim.send("purchase", "2026-03-02T12:00:00Z", order_id="o-1").until("2026-03-06T12:00:00Z")
+    assert [d["status"] for d in sim.out] == ["delivered", "delivered"]
+    state = new_state(sim.cid)
+    state.r = sim.r
+    profile = view(state, ms("2026-03-06T12:00:00Z"))
+    assert profile["rituals"] == {
+        "post_purchase_welcome": {
+            "last_decision": "delivered",
+            "last_decided_at": "2026-03-02T12:00:00Z",
+            "delivered_7d": 1,
+        },
+        "three_days_later": {
+            "last_decision": "delivered",
+            "last_decided_at": "2026-03-05T12:00:00Z",
+            "delivered_7d": 1,
+        },
+    }
+    assert profile["nudges_delivered_7d"] == 2
+    later = view(state, ms("2026-03-11T12:00:00Z"))  # the welcome is 9 days old by then
+    assert later["nudges_delivered_7d"] == 1
+    assert later["rituals"]["post_purchase_welcome"]["delivered_7d"] == 0
+    assert later["rituals"]["post_purchase_welcome"]["last_decision"] == "delivered"

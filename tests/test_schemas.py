@@ -1,10 +1,22 @@
-"""The published JSON Schemas are exactly what the models generate."""
+"""The published JSON Schemas: exactly what the models generate, and exactly what the worker
+accepts (a schema-valid payload is never dead-lettered for a schema reason)."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
 
-from schemas.export import JSON_DIR, rendered
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from schemas.events import MODELS
+from schemas.export import ID_PREFIX, JSON_DIR, examples, rendered
+from schemas.nudges import RECORD_MODELS
+from stream.core.ingest import Limits, Rejection, accept
 
 
 def test_json_schemas_match_the_models() -> None:
@@ -21,5 +33,138 @@ def test_event_schema_names_every_type() -> None:
     schema = json.loads((JSON_DIR / "event.schema.json").read_text(encoding="utf-8"))
     mapping = schema["discriminator"]["mapping"]
     assert sorted(mapping) == sorted(
-        ["click", "purchase", "review", "support_contact", "survey", "loyalty"]
+        ["click", "purchase", "review", "support_contact", "survey", "loyalty", "consent"]
     )
+
+
+# ------------------------------------------------------------- the schemas match the worker
+
+
+#: Reasons that are about the payload itself; the others (key, partition, wall clock, size)
+#: depend on how and when it is produced, which no JSON Schema can express.
+SCHEMA_REASONS = {"malformed_json", "schema_violation", "unknown_type"}
+WALL = datetime(3000, 1, 1, tzinfo=UTC)  # nothing is in the future of it
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    schema = json.loads((JSON_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def worker_verdict(payload: dict[str, Any]) -> str | None:
+    """None when the worker accepts it, else its DLQ reason."""
+    key = str(payload.get("customer_id", "k")).encode()
+    out = accept(key, json.dumps(payload).encode(), WALL, Limits())
+    return out.reason if isinstance(out, Rejection) else None
+
+
+@pytest.mark.parametrize("name", [*MODELS, "event", *RECORD_MODELS])
+def test_every_schema_has_an_id_and_valid_examples(name: str) -> None:
+    schema = json.loads((JSON_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+    assert schema["$id"] == f"{ID_PREFIX}{name}"
+    assert schema["examples"], f"{name}: publish at least one example"
+    check = validator(name)
+    for example in schema["examples"]:
+        errors = [e.message for e in check.iter_errors(example)]
+        assert not errors, (name, example, errors)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_event_example_is_accepted_by_the_worker(name: str) -> None:
+    for example in examples(MODELS[name]):
+        assert worker_verdict(example) is None, example
+
+
+def test_record_examples_are_valid_records() -> None:
+    for model in RECORD_MODELS.values():
+        for example in examples(model):
+            model.model_validate(example)
+
+
+def base(kind: str) -> dict[str, Any]:
+    return dict(examples(MODELS[kind])[0])
+
+
+REJECTED_BY_BOTH = [
+    base("survey") | {"survey": "nps", "score": 11},
+    base("survey") | {"survey": "csat", "score": 0},
+    base("survey") | {"survey": "csat", "score": 6},
+    base("survey") | {"survey": "ces", "score": 8},
+    base("loyalty") | {"action": "tier_changed"},
+    base("loyalty") | {"action": "tier_changed", "tier": None},
+    base("purchase") | {"amount": "-1"},
+    base("purchase") | {"amount": "12.34567"},
+    base("purchase") | {"amount": "abc"},
+    base("click") | {"tz": "Mars/Olympus_Mons"},
+    base("click") | {"occurred_at": "2026-03-02T10:15:00"},
+    base("click") | {"occurred_at": "2026-02-30T10:15:00Z"},
+    base("click") | {"action": "hover"},
+    base("review") | {"rating": 6},
+    {k: v for k, v in base("purchase").items() if k != "order_id"},
+]
+
+
+@pytest.mark.parametrize("payload", REJECTED_BY_BOTH, ids=range(len(REJECTED_BY_BOTH)))
+def test_what_the_worker_rejects_the_schema_rejects(payload: dict[str, Any]) -> None:
+    assert worker_verdict(payload) in SCHEMA_REASONS
+    assert not validator(payload["type"]).is_valid(payload)
+    assert not validator("event").is_valid(payload)
+
+
+EDGE_VALUES: dict[str, list[Any]] = {
+    "score": [-1, 0, 1, 5, 6, 7, 8, 10, 11, 5.0, "5", None],
+    "amount": ["0", "49.90", "1.2345", "1.23456", "-1", "1e3", " 1", "007", 12.5, 10, None],
+    "tz": ["UTC", "Europe/Berlin", "US/Eastern", "Mars/Base", "", "utc", None],
+    "occurred_at": [
+        "2026-03-02T10:15:00Z",
+        "2026-03-02T10:15:00.123456+05:30",
+        "2026-03-02T10:15:00.1234567Z",
+        "2026-03-02 10:15:00Z",
+        "2026-03-02T10:15:00",
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-12:00",
+        "2026-02-29T00:00:00Z",
+        "2028-02-29T00:00:00Z",
+    ],
+    "tier": ["bronze", "platinum", "diamond", None],
+    "action": ["tier_changed", "joined", "page_view", "share", "dance"],
+    "survey": ["nps", "csat", "ces", "sus"],
+    "rating": [0, 1, 5, 6],
+    "items": [0, 1, 3, -2],
+    "points": [0, 10, -5, None],
+    "currency": ["EUR", "eur", "EURO"],
+    "dwell_ms": [0, 5, -1],
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(MODELS)),
+    changes=st.dictionaries(
+        st.sampled_from(sorted(EDGE_VALUES)), st.integers(min_value=0, max_value=99), max_size=4
+    ),
+)
+def test_a_schema_valid_payload_is_never_a_schema_violation(
+    kind: str, changes: dict[str, int]
+) -> None:
+    payload = base(kind)
+    for field, pick in changes.items():
+        values = EDGE_VALUES[field]
+        payload[field] = values[pick % len(values)]
+    if validator(kind).is_valid(payload):
+        assert worker_verdict(payload) not in SCHEMA_REASONS, payload
+        assert validator("event").is_valid(payload)
+
+
+def test_the_emitters_good_events_are_schema_valid() -> None:
+    from stream.tools.emitter.simulation import SimConfig, Simulation
+
+    check = validator("event")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [item.event for item in Simulation(SimConfig(15, 60, start, 5))]
+    assert len(events) > 500
+    for event in events:
+        errors = [e.message for e in check.iter_errors(event)]
+        assert not errors, (event, errors)

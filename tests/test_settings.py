@@ -29,6 +29,7 @@ def test_defaults_name_the_spec_topics() -> None:
         "engage.support",
         "engage.surveys",
         "engage.loyalty",
+        "engage.consent",
     ]
     assert (s.dlq_topic, s.nudges_topic, s.decisions_topic) == (
         "engage.dlq",

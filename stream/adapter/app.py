@@ -1,11 +1,12 @@
 """The Faust application: a thin shell around the pure core's partition engines.
 
-One agent (concurrency 1) reads all six co-partitioned input topics and the clock/control topic
-as raw bytes, in batches (`take_events`), and hands each batch to `BatchShell.handle`
+One agent (concurrency 1) reads all co-partitioned input topics, the clock/control topic and the
+erasures topic as raw bytes, in batches (`take_events`), and hands each batch to `BatchShell.handle`
 (`stream/adapter/shell.py`), which runs one `PartitionEngine` (`stream/core/engine.py`) per
 partition and writes each changed customer once per batch to the changelog partition of the
 input partition it came from. Timers only send (clock ticks to the co-partitioned clock topic);
-they never change state.
+they never change state. `/customers/...` and `/kpis` need the bearer token when
+`ENGAGE_API_TOKEN` is set (`stream.adapter.access`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from stream.adapter.access import guarded
 from stream.adapter.faust_sensor import FaustSensor
-from stream.adapter.kafka import faust_options
 from stream.adapter.shell import BatchShell
 from stream.adapter.tables import PartitionedTable
 from stream.core.clock import clock_for, wall_now
@@ -31,6 +32,7 @@ from stream.core.ingest import Limits
 from stream.core.profile import view
 from stream.core.rules import Rules, load_rules
 from stream.core.state import CustomerState, decode, to_ms
+from stream.kafka_client import faust_options
 from stream.serving.projection import RedisProjector, next_segment_change
 from stream.settings import Settings
 from stream.telemetry.kpis import Kpis, Snapshot, add_to_snapshot
@@ -126,12 +128,14 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        canonical_url=settings.advertised_url,  # what other workers route requests to
         web_in_thread=False,
         **faust_options(settings),
     )
     stream_topics = app.topic(
         *settings.input_topics.values(),
         settings.clock_topic,
+        settings.erasures_topic,  # co-partitioned: the owner of a customer forgets it
         partitions=settings.partitions,
         **RAW,
     )
@@ -143,6 +147,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             "decisions": settings.decisions_topic,
             "nudges": settings.nudges_topic,
             "replay_status": settings.replay_status_topic,
+            "erasure_receipts": settings.erasure_receipts_topic,
         }.items()
     }
     # bytes key and value types make Faust use the raw codec: we encode values ourselves.
@@ -171,6 +176,9 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         clock=clock_for(settings.mode, grace_ms=settings.grace_ms),
         inputs={topic: topic.rsplit(".", 1)[-1] for topic in settings.input_topics.values()},
         control_topic=settings.clock_topic,
+        erasures_topic=settings.erasures_topic,
+        namespace=settings.topic_namespace,
+        partitions=settings.partitions,
         limits=Limits(
             max_message_bytes=settings.max_message_bytes,
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
@@ -186,6 +194,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         kpis=kpis,
         projection=projection,
     )
+    token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, shell, metrics, kpis)
 
     @app.agent(stream_topics, name="ingest", concurrency=1)
@@ -256,6 +265,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/kpis")
+    @guarded(token)
     async def kpis_page(web: Any, request: Any) -> Any:
         return web.json(kpi_summary(metrics.registry))
 
@@ -270,6 +280,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     @app.page("/customers/{customer_id}")
+    @guarded(token)  # before routing: an unauthorised request never reaches another worker
     @app.table_route(table=table, match_info="customer_id")
     async def customer(web: Any, request: Any, customer_id: str) -> Any:
         raw = table.data.get(customer_id.encode("utf-8"))

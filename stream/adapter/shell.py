@@ -206,6 +206,8 @@ class BatchShell:
         """Queue the batch's writes and sends; returns the replay statuses (sent after a
         flush by the caller)."""
         p = result.partition
+        for key in result.erased:
+            self.customers.remove(key, p)  # the changelog tombstone
         put = self.customers.put
         for key, raw in result.states.items():
             put(key, raw, p)
@@ -274,8 +276,12 @@ class BatchShell:
                 m.late_events.inc(n)
             elif name == "wake_errors":
                 m.wake_errors.inc(n)
+            elif name == "erasure":
+                m.erasures_child(key[1] == "true").inc(n)
         for event, fcr in result.kpis:
             self.kpis.count(event, fcr)
+        if result.decided:
+            self.kpis.count_decisions(result.decided)
         observe = m.lag_seconds.observe
         for lag in result.lags_s:
             observe(lag)

@@ -4,6 +4,11 @@ Faust creates only its own internal topics; input topics must exist, co-partitio
 before the worker subscribes, or the consumer silently ignores them. So the worker runs this
 first, and `engage topics` runs it for operators. A topic that exists with another partition
 count is an error: co-partitioning is what keeps a customer on one worker.
+
+Retention: with `ENGAGE_AUDIT_RETENTION_DAYS` / `ENGAGE_DLQ_RETENTION_DAYS` set, the audit
+topics (nudge-decisions, nudges) and the DLQ get that `retention.ms`, at creation and, for
+topics that already exist, by altering their config (SPEC §4 Erasure: the audit trail keeps
+only what its retention allows).
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from stream.kafka_client import KafkaAccessError, check_access, describe_error, is_auth_error
+from stream.kafka_client import admin as admin_client
 from stream.settings import Settings, load_settings
 
 
@@ -22,16 +30,19 @@ class TopicMismatch(RuntimeError):
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[str]:
-    """Create the missing topics; returns the names created. Waits for the broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    """Create the missing topics and apply the configured retention; returns the names created.
+
+    Waits for the broker to come up, but not for credentials it refuses."""
+    await check_access(settings)  # a wrong password is an error now, not a minute of retries
+    admin = admin_client(settings)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         try:
             await admin.start()
             break
-        except KafkaConnectionError:
-            if loop.time() > deadline:
+        except KafkaConnectionError as exc:
+            if is_auth_error(exc) or loop.time() > deadline:
                 raise
             await asyncio.sleep(0.5)
     try:
@@ -49,11 +60,34 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                 f"topics exist with a partition count other than {settings.partitions}: {wrong}"
             )
         missing = [name for name in wanted if name not in counts]
+        retention = settings.retention_ms()
+        # The DLQ takes any message an input topic took, plus the dead-letter headers.
+        dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
         if missing:
             await admin.create_topics(
                 [
-                    NewTopic(name, settings.partitions, settings.replication_factor)
+                    NewTopic(
+                        name,
+                        settings.partitions,
+                        settings.replication_factor,
+                        topic_configs=_configs(
+                            retention.get(name), dlq if name == settings.dlq_topic else {}
+                        ),
+                    )
                     for name in missing
+                ]
+            )
+        existing_with_retention = [t for t in retention if t in counts]
+        if existing_with_retention:
+            await admin.alter_configs(
+                [
+                    # AlterConfigs replaces a topic's whole set: restate the DLQ's size too.
+                    ConfigResource(
+                        ConfigResourceType.TOPIC,
+                        name,
+                        _configs(retention[name], dlq if name == settings.dlq_topic else {}),
+                    )
+                    for name in existing_with_retention
                 ]
             )
         return missing
@@ -61,15 +95,33 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
         await admin.close()
 
 
+def _configs(retention_ms: int | None, extra: dict[str, str]) -> dict[str, str]:
+    """A new topic's configs: its retention setting, if any, and the extra ones it needs."""
+    return {**extra, **({} if retention_ms is None else {"retention.ms": str(retention_ms)})}
+
+
 def main(argv: list[str]) -> int:
-    """`engage topics`: create what is missing and say what was done."""
+    """`engage topics`: create what is missing, apply retention, and say what was done."""
+    from stream.cli import command_parser
+
+    command_parser(
+        "topics",
+        "Create the input, output, control and dead-letter topics that are missing, with "
+        "ENGAGE_PARTITIONS partitions; fail (exit 1) if an existing input topic has another "
+        "partition count (co-partitioning).",
+    ).parse_args(argv)
     settings = load_settings()
     try:
         created = asyncio.run(ensure_topics(settings))
     except TopicMismatch as exc:
         print(f"engage topics: {exc}", file=sys.stderr)
         return 1
+    except (KafkaError, KafkaAccessError, OSError) as exc:
+        print(f"engage topics: {describe_error(exc, settings)}", file=sys.stderr)
+        return 1
     for name in created:
         print(f"created {name} ({settings.partitions} partitions)")
+    for name, ms in settings.retention_ms().items():
+        print(f"retention of {name}: {ms / 86_400_000:g} days")
     print(f"{len(settings.all_topics())} topics ready on {settings.bootstrap_servers}")
     return 0

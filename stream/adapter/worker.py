@@ -5,13 +5,26 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from stream.adapter.app import create_app
-from stream.adapter.topics import TopicMismatch, ensure_topics
-from stream.core.rules import RulesError, load_rules
-from stream.settings import load_settings
+from stream.cli import command_parser
 
 
 def main(argv: list[str]) -> int:
+    """Run one worker until SIGTERM/SIGINT; `--help` prints usage and starts nothing."""
+    command_parser(
+        "worker",
+        "Create the topics if missing, then run the stream-processing worker until stopped "
+        "(SIGTERM or Ctrl-C). It folds events into per-customer state, decides rituals, "
+        "serves /customers, /kpis, /metrics, /healthz and /readyz, and projects profiles "
+        "into Redis.",
+    ).parse_args(argv)
+    from aiokafka.errors import KafkaError
+
+    from stream.adapter.app import create_app
+    from stream.adapter.topics import TopicMismatch, ensure_topics
+    from stream.core.rules import RulesError, load_rules
+    from stream.kafka_client import KafkaAccessError, describe_error
+    from stream.settings import load_settings
+
     settings = load_settings()
     try:
         rules = load_rules(settings.rules_file)  # before any I/O: a bad file fails fast
@@ -22,6 +35,9 @@ def main(argv: list[str]) -> int:
         asyncio.run(ensure_topics(settings))
     except TopicMismatch as exc:
         print(f"engage worker: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaError, KafkaAccessError, OSError) as exc:
+        print(f"engage worker: {describe_error(exc, settings)}", file=sys.stderr)
         return 1
     engage = create_app(settings, rules)
     from faust import Worker

@@ -112,6 +112,8 @@ class MemoryDriver:
             self.unacked.clear()
 
     def _apply(self, result: BatchResult) -> None:
+        for key in result.erased:
+            self.customers.pop(key, None)
         self.customers.update(result.states)
         if result.time is not None:
             self.control[time_key(result.partition)] = result.time

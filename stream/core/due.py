@@ -34,6 +34,11 @@ class DueIndex:
         self._wake[customer_id] = due
         heapq.heappush(self._heap, (due, customer_id))
 
+    def discard(self, customer_id: str) -> bool:
+        """Forget the customer's wake-up (an erased customer); True when it had one. Its heap
+        entry stays and is skipped when popped, like any superseded entry."""
+        return self._wake.pop(customer_id, None) is not None
+
     def pop_due(self, clock: int) -> list[str]:
         """Every customer whose wake-up is at or before `clock`, removed from the index."""
         out = []

@@ -40,8 +40,11 @@ import msgspec
 
 from schemas.events import EventBase
 from stream.core.clock import Clock, PartitionTime, Progress, Replay
+from stream.core.cloudevents import kafka_headers
 from stream.core.due import DueIndex
+from stream.core.erasure import encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
+from stream.core.partitioning import expected_partition
 from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
 from stream.core.rules import Rules
 from stream.core.state import (
@@ -59,6 +62,7 @@ log = logging.getLogger("engage")
 
 #: Logical output names; the shell maps them to topics.
 DECISIONS, NUDGES, DLQ, REPLAY_STATUS = "decisions", "nudges", "dlq", "replay_status"
+ERASURE_RECEIPTS = "erasure_receipts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ class Record:
 class Output:
     """A message to send. `customer`/`nudge_id` name the outbox entry an ack clears."""
 
-    name: str  # DECISIONS, NUDGES, DLQ or REPLAY_STATUS
+    name: str  # DECISIONS, NUDGES, DLQ, REPLAY_STATUS or ERASURE_RECEIPTS
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
@@ -94,10 +98,12 @@ class BatchResult:
 
     partition: int
     states: dict[bytes, bytes] = field(default_factory=dict)
+    erased: set[bytes] = field(default_factory=set)  # customers to delete (tombstones), first
     outputs: list[Output] = field(default_factory=list)
     time: bytes | None = None  # the partition's clock record (control table), when changed
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
     kpis: list[tuple[EventBase, bool]] = field(default_factory=list)  # (event, new FCR)
+    decided: list[dict[str, Any]] = field(default_factory=list)  # decision records taken
     lags_s: list[float] = field(default_factory=list)  # wall clock - occurred_at, per event
     clock: int = 0
 
@@ -131,6 +137,9 @@ class EngineConfig:
     inputs: Mapping[str, str]  # input topic -> short name (the key of `CustomerState.offsets`)
     control_topic: str
     limits: Limits = field(default_factory=Limits)
+    erasures_topic: str | None = None  # erasure requests, co-partitioned with the inputs
+    namespace: str = ""  # the topic namespace (CloudEvents source)
+    partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
 
 
 def time_key(partition: int) -> bytes:
@@ -181,6 +190,7 @@ class PartitionEngine:
         self._cache: dict[bytes, CustomerState] = {}
         self._dirty: set[bytes] = set()
         self._touched: set[bytes] = set()  # projection refresh only (a segment change)
+        self._erased: set[bytes] = set()  # deleted in this batch (unless re-created after)
         self._result = BatchResult(partition)
         self._highwaters: dict[str, int | None] = {}
         self._wall_ms: int | None = None
@@ -239,12 +249,15 @@ class PartitionEngine:
         self._cache.clear()
         self._dirty.clear()
         self._touched.clear()
-        control = self.config.control_topic
+        self._erased.clear()
+        control, erasures = self.config.control_topic, self.config.erasures_topic
         before = self.time.to_json()
         for record in records:
             try:
                 if record.topic == control:
                     self._on_control(record)
+                elif record.topic == erasures:
+                    self._on_erasure(record)
                 else:
                     self._on_input(record)
             except Exception as exc:  # a bug must not stop the stream: DLQ, go on
@@ -277,7 +290,14 @@ class PartitionEngine:
             counts[("redelivered", topic)] += 1  # folded before a restart: nothing to do
             self._tick()
             return
-        outcome = accept(key, record.value, self._wall, self.config.limits)
+        outcome = accept(
+            key,
+            record.value,
+            self._wall,
+            self.config.limits,
+            partition=record.partition,
+            partitions=self.config.partitions,
+        )
         if isinstance(outcome, Rejection):
             self._dead_letter(record, outcome)
             self._tick()
@@ -330,6 +350,36 @@ class PartitionEngine:
         ):
             self.time.replay, self.time.replay_done = decl, False
         self._tick()
+
+    def _on_erasure(self, record: Record) -> None:
+        """Forget one customer (its state, with the timers and queued events it holds, its
+        wake-up and its projection), then say so on the receipts topic. Moves no clock."""
+        request = parse_request(record.key, record.value)
+        if isinstance(request, Rejection):
+            self._dead_letter(record, request)
+            return
+        key = record.key
+        assert key is not None  # parse_request checks the key equals customer_id
+        partitions = self.config.partitions
+        if partitions is not None and expected_partition(key, partitions) != record.partition:
+            expected = expected_partition(key, partitions)
+            self._dead_letter(
+                record, Rejection("wrong_partition", f"key belongs to partition {expected}")
+            )
+            return
+        state = self._state(key)
+        deleted = plan(state, projection=self.projection is not None)
+        self._cache.pop(key, None)
+        self._dirty.discard(key)
+        self._touched.discard(key)
+        self._erased.add(key)
+        self.index.discard(request.customer_id)
+        if self.projection is not None:
+            self.projection.enqueue(request.customer_id, None, 0)  # profile and segments
+        erased_at = datetime.fromtimestamp((self._wall_ms or 0) / 1000, UTC)
+        body = encode_receipt(receipt(request, erased_at=erased_at, deleted=deleted))
+        self._result.outputs.append(Output(ERASURE_RECEIPTS, key, body))
+        self._result.counts[("erasure", "true" if deleted.state else "false")] += 1
 
     def _failed(self, record: Record, exc: Exception) -> None:
         log.error(
@@ -405,6 +455,8 @@ class PartitionEngine:
     def _state(self, key: bytes) -> CustomerState | None:
         state = self._cache.get(key)
         if state is None:
+            if key in self._erased:
+                return None
             raw = self.store.get(key)
             if raw is None:
                 return None
@@ -446,21 +498,39 @@ class PartitionEngine:
                 msgspec.Raw(encode_decision(record)),
             )
             outbox.append(sent)
-            self._result.outputs.extend(self._sends(key, sent))
+            self._result.outputs.extend(self._sends(key, sent, record))
+            self._result.decided.append(record)
             counts[("decision", record["ritual"], record["status"])] += 1
         state.outbox = outbox
 
-    @staticmethod
-    def _sends(key: bytes, sent: Sent) -> list[Output]:
+    def _sends(
+        self, key: bytes, sent: Sent, record: dict[str, Any] | None = None
+    ) -> list[Output]:
+        """A decision's sends, with its CloudEvents headers: to the decisions topic, and to
+        the nudges topic when delivered."""
         value = bytes(sent.record)
-        out = [Output(DECISIONS, key, value, None, key, sent.nudge_id)]
+        if record is None:
+            record = json.loads(value)
+        ns = self.config.namespace
+        out = [
+            Output(
+                DECISIONS,
+                key,
+                value,
+                kafka_headers(record, namespace=ns, topic_kind="decision"),
+                key,
+                sent.nudge_id,
+            )
+        ]
         if sent.delivered:
-            out.append(Output(NUDGES, key, value, None, key, sent.nudge_id))
+            headers = kafka_headers(record, namespace=ns, topic_kind="nudge")
+            out.append(Output(NUDGES, key, value, headers, key, sent.nudge_id))
         return out
 
     def _flush(self, before: dict[str, object]) -> None:
         """Encode each changed customer once; the projection sees it once per batch."""
         result, clock = self._result, self.time.clock
+        result.erased = self._erased - self._dirty
         for key in self._dirty:
             state = self._cache[key]
             raw = encode(state)

@@ -11,6 +11,7 @@ import math
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
+from stream.core.rituals import DELIVERED_WINDOW_MS
 from stream.core.rules import DEFAULT_RULES, ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState, from_ms
 
@@ -109,6 +110,24 @@ def clv_estimate(state: CustomerState, clock: int, rules: ProfileRules) -> Decim
     return (aov * per_year * rules.clv_years).quantize(_CENT, ROUND_HALF_EVEN)
 
 
+def consent_view(state: CustomerState, rules: ProfileRules) -> dict[str, Any]:
+    """The consent that applies now, per scope, and where it comes from (SPEC §4 Consent).
+
+    `marketing` is what marketing rituals check: opted out when either scope says so. Without
+    any consent event a customer is opted in to `all`, and to `marketing` as the rules say.
+    """
+    out: dict[str, Any] = {}
+    for scope in ("all", "marketing"):
+        choice = state.consent.get(scope)
+        default = rules.marketing_default if scope == "marketing" else "opted_in"
+        out[scope] = choice.status if choice else default
+        out[f"{scope}_source"] = (choice.source or "unspecified") if choice else "default"
+        out[f"{scope}_updated_at"] = _iso(choice.at) if choice else None
+    if out["all"] == "opted_out":
+        out["marketing"] = "opted_out"
+    return out
+
+
 def _iso(ms: int) -> str | None:
     return from_ms(ms).isoformat().replace("+00:00", "Z") if ms else None
 
@@ -158,4 +177,23 @@ def view(state: CustomerState, clock: int, rules: ProfileRules = DEFAULT_RULES) 
         "sentiment": feeling,
         "quadrant": quadrant(score, feeling, rules),
         "lifecycle_stage": lifecycle_stage(state, clock, rules),
+        "nudges_delivered_7d": sum(n for _, _, n in _rituals(state, clock)),
+        "rituals": {
+            ritual: {
+                "last_decision": status,
+                "last_decided_at": _iso(at),
+                "delivered_7d": delivered,
+            }
+            for ritual, (at, status), delivered in _rituals(state, clock)
+        },
+        "consent": consent_view(state, rules),
     }
+
+
+def _rituals(state: CustomerState, clock: int) -> list[tuple[str, tuple[int, str], int]]:
+    """Per ritual with a decision: its last decision and nudges delivered in the last 7 days
+    as of the clock (a decision stamped after the clock, in a replay read early, counts too)."""
+    recent = [name for t, name in state.r.delivered if clock - t < DELIVERED_WINDOW_MS]
+    return [
+        (ritual, last, recent.count(ritual)) for ritual, last in sorted(state.r.last.items())
+    ]

@@ -23,6 +23,8 @@ import msgspec
 from schemas.events import (
     EVENT_TYPES,
     TIERS,
+    Click,
+    Consent,
     EventBase,
     Loyalty,
     Purchase,
@@ -31,6 +33,7 @@ from schemas.events import (
     Survey,
 )
 from schemas.nudges import RITUALS
+from stream.core.consent import Choice, apply_consent, refusal
 from stream.core.rules import Rules
 
 RITUAL_RANK = {name: i for i, name in enumerate(RITUALS)}
@@ -47,10 +50,16 @@ META = {
 }
 TIMED = frozenset({"three_days_later", "we_noticed", "anniversary"})
 OUTCOME_BITS = {"came_back": 1, "reviewed": 2, "purchased": 4}
-OUTCOMES = ("decided", *OUTCOME_BITS)
+#: "clicked": a click carrying the decision's nudge_id, within the outcome window, counted once
+#: per decision (unique click-through). Only delivered nudges reach customers, so a click on a
+#: held-out one means a messaging system sent what it should not have.
+OUTCOMES = ("decided", *OUTCOME_BITS, "clicked")
 _ANCHOR_DIGEST = 8
 _MAX_ANCHORS = 48
 _MAX_TICKETS = 8
+_MAX_CLICKABLE = 8  # recent nudges a click can be attributed to
+_NUDGE_DIGEST = 16  # hex characters of the nudge_id kept to recognise it (64 bits)
+DELIVERED_WINDOW_MS = 7 * 86_400_000  # the profile's "nudges delivered in the last 7 days"
 
 
 class Timer(msgspec.Struct, array_like=True):
@@ -71,7 +80,7 @@ class Pending(msgspec.Struct, array_like=True):
     at: int
     kind: str
     event_id: str
-    key: str | None = None  # order_id (purchase, review), ticket_id, survey kind, tier, action
+    key: str | None = None  # order_id (purchase, review), ticket_id, survey kind, action, nudge_id
     score: int | None = None  # rating, survey score
     status: str | None = None
     complaint: bool = False
@@ -93,7 +102,13 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     deliveries: list[tuple[int, bool]] = []  # (decided_at, marketing) in the cap window
     referral_at: int = 0  # the last delivered or held-out referral invite
     watch: list[tuple[int, str, str, int]] = []  # (decided_at, ritual, arm, outcome bits)
+    # (decided_at, ritual, arm, nudge_id prefix) of recent delivered or held-out decisions not
+    # clicked yet: a click carries only the nudge_id, this says whose ritual and arm it was.
+    clickable: list[tuple[int, str, str, str]] = []
     tz: str | None = None
+    last: dict[str, tuple[int, str]] = {}  # ritual -> (decided_at, status) of its last decision
+    delivered: list[tuple[int, str]] = []  # (decided_at, ritual) delivered within the last 7 days
+    consent: dict[str, Choice] = {}  # consent as of `at` (ritual time), scope -> choice
 
 
 class Step(NamedTuple):
@@ -273,6 +288,13 @@ class _Run:
         marketing = META[ritual][1] == "marketing"
         facts = dict(facts)
         status, reason = "delivered", "eligible"
+        audience = META[ritual][0]
+        default = rules.consent.marketing_default
+        refused = (
+            refusal(r.consent, marketing=marketing, marketing_default=default)
+            if audience == "customer"
+            else None
+        )
         if cancelled:
             status, reason = "cancelled", cancelled
         elif (
@@ -282,6 +304,13 @@ class _Run:
         ):
             status, reason = "suppressed", "once_per_window"
             facts["previous_invite_at"] = _iso(r.referral_at)
+        elif refused is not None:  # consent, before any guardrail (SPEC §4 Consent)
+            status, reason = "suppressed", "no_consent"
+            facts["consent_scope"] = refused.scope
+            if refused.event_id is not None:
+                facts["consent_event_id"] = refused.event_id
+            else:
+                facts["consent_default"] = default
         elif (bucket := holdout_bucket(self.customer_id, ritual)) < getattr(
             rules.rituals, ritual
         ).holdout_percent:
@@ -312,9 +341,12 @@ class _Run:
         if ritual == "referral_invite" and status in {"delivered", "held_out"}:
             r.referral_at = at
         facts["source_event_id"] = source
+        self._record(ritual, at, status)
         if status in {"delivered", "held_out"}:
             arm = "treated" if status == "delivered" else "held_out"
             r.watch = [*r.watch, (at, ritual, arm, 0)]
+            nid = nudge_id(ritual, self.customer_id, anchor)[:_NUDGE_DIGEST]
+            r.clickable = [*r.clickable, (at, ritual, arm, nid)][-_MAX_CLICKABLE:]
             self.outcomes.append((ritual, arm, "decided"))
         self.out.append(
             decision_record(
@@ -330,6 +362,15 @@ class _Run:
                 rules=rules,
             )
         )
+
+    def _record(self, ritual: str, at: int, status: str) -> None:
+        """The profile's per-ritual last decision and its recent deliveries (SPEC §3)."""
+        r = self.r
+        r.last = {**r.last, ritual: (at, status)}
+        if status == "delivered":
+            r.delivered = [(t, name) for t, name in r.delivered if at - t < DELIVERED_WINDOW_MS] + [
+                (at, ritual)
+            ]
 
     def trigger(
         self, ritual: str, anchor: str, at: int, facts: dict[str, Any], source: str
@@ -373,7 +414,18 @@ class _Run:
     def apply(self, ev: Pending) -> None:
         """An event's effect on rituals, at its instant in ritual time."""
         r = self.r
+        if ev.kind == "consent":  # a preference, not activity: no outcome, no timer moves
+            if ev.tz is not None and ev.tz != r.tz:
+                r.tz = ev.tz
+                self._rearm_anniversary()
+            r.consent = apply_consent(
+                r.consent, scope=ev.key or "", status=ev.status or "", at=ev.at,
+                event_id=ev.event_id,
+            )  # fmt: skip
+            return
         self._outcomes(ev)
+        if r.clickable:
+            self._click_through(ev)
         if ev.tz is not None and ev.tz != r.tz:
             r.tz = ev.tz
             self._rearm_anniversary()
@@ -428,6 +480,23 @@ class _Run:
                 seen |= bits
             kept.append((at, ritual, arm, seen))
         self.r.watch = kept
+
+    def _click_through(self, ev: Pending) -> None:
+        """A click carrying the nudge_id of a recent decision: that decision's click-through,
+        counted once. Decisions older than the outcome window are forgotten."""
+        window = self.rules.outcome_window
+        nid = ev.key[:_NUDGE_DIGEST] if ev.kind == "click" and ev.key else None
+        kept = []
+        for item in self.r.clickable:
+            at, ritual, arm, digest = item
+            if ev.at > at + window:
+                continue
+            if nid is not None and digest == nid and ev.at >= at:
+                self.outcomes.append((ritual, arm, "clicked"))
+                nid = None  # one decision per click
+                continue
+            kept.append(item)
+        self.r.clickable = kept
 
     def _activity(self, ev: Pending) -> None:
         r = self.r
@@ -558,7 +627,9 @@ class _Run:
 def pending_of(event: EventBase, at: int) -> Pending:
     """The ritual-relevant part of an event."""
     p = Pending(at=at, kind=event.type, event_id=event.event_id, tz=event.tz)  # type: ignore[attr-defined]
-    if isinstance(event, Purchase):
+    if isinstance(event, Click):
+        p.key = event.nudge_id
+    elif isinstance(event, Purchase):
         p.key = event.order_id
     elif isinstance(event, Review):
         p.key, p.score = event.order_id, event.rating
@@ -568,6 +639,8 @@ def pending_of(event: EventBase, at: int) -> Pending:
         p.key, p.score = event.survey, event.score
     elif isinstance(event, Loyalty):
         p.key, p.status = event.action, event.tier
+    elif isinstance(event, Consent):
+        p.key, p.status = event.scope, event.status
     return p
 
 

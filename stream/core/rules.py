@@ -7,10 +7,18 @@ so one versioned file decides both how state is read and what it triggers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from schemas.events import CLICK_ACTIONS, Click, EventBase, Loyalty
 
@@ -59,6 +67,14 @@ class ProfileRules(BaseModel):
     )
     max_tickets: int = Field(default=16, ge=1, le=256)
     dedup_window: int = Field(default=32, ge=32, le=256)
+    # Set from the rules file's `consent.marketing_default` (see `Rules`), so a profile shows
+    # the consent that applies to a customer who never sent a consent event.
+    _marketing_default: str = PrivateAttr(default="opted_in")
+
+    @property
+    def marketing_default(self) -> str:
+        """`opted_in` or `opted_out`: marketing consent of a customer without a consent event."""
+        return self._marketing_default
 
     def model_post_init(self, _context: object) -> None:
         missing = set(CLICK_ACTIONS) - set(self.click_weights)
@@ -181,6 +197,12 @@ class Guardrails(_Strict):
     lateness: Duration = parse_duration_ms("24h")
 
 
+class ConsentRules(_Strict):
+    """SPEC §4 Consent: `opted_out` for regions where marketing needs an explicit opt-in."""
+
+    marketing_default: Literal["opted_in", "opted_out"] = "opted_in"
+
+
 class Rules(_Strict):
     """The one versioned rules file: its version is stamped on every decision."""
 
@@ -188,10 +210,20 @@ class Rules(_Strict):
     profile: ProfileRules = ProfileRules()
     rituals: Rituals = Rituals()
     guardrails: Guardrails = Guardrails()
+    consent: ConsentRules = ConsentRules()
     outcome_window: Duration = Field(
         default=parse_duration_ms("7d"),
         description="How long after a decision the customer's activity counts as its outcome.",
     )
+
+    @model_validator(mode="after")
+    def _profile_knows_consent_default(self) -> Rules:
+        """The profile view reads only `ProfileRules`: hand it the consent default (a private
+        copy, so a shared default `ProfileRules` instance is never changed)."""
+        profile = self.profile.model_copy()
+        profile._marketing_default = self.consent.marketing_default
+        object.__setattr__(self, "profile", profile)
+        return self
 
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")

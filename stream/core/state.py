@@ -21,6 +21,7 @@ import msgspec
 from schemas.events import (
     TIERS,
     Click,
+    Consent,
     EventBase,
     Loyalty,
     Purchase,
@@ -28,6 +29,7 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
+from stream.core.consent import Choice, apply_consent
 from stream.core.rituals import RitualState
 from stream.core.rules import DEFAULT_RULES, ProfileRules
 
@@ -113,6 +115,7 @@ class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     eng_at: int = 0
     signals: list[tuple[int, int]] = []  # (time, -1|0|+1) sentiment signals, recent only
     recent_ids: bytes = b""  # 8-byte digests of the latest event ids, oldest first
+    consent: dict[str, Choice] = {}  # scope (marketing, all) -> latest choice, by event time
     r: RitualState = msgspec.field(default_factory=RitualState)  # rituals, in ritual time
     partition: int = -1  # the input partition it lives on: rebuilds the due index
     # Input topic suffix -> the highest offset folded from it (on `partition`): a re-read
@@ -172,6 +175,19 @@ def fold(
     t = to_ms(event.occurred_at)
     kind: str = event.type  # type: ignore[attr-defined]
     _remember_id(s, event.event_id, rules.dedup_window)
+    if isinstance(event, Consent):  # a preference, not activity: no recency, score or timer
+        s.counts[kind] = s.counts.get(kind, 0) + 1
+        if event.tz is not None and t >= s.tz_at:
+            s.tz, s.tz_at = event.tz, t
+        s.consent = apply_consent(
+            s.consent,
+            scope=event.scope,
+            status=event.status,
+            at=t,
+            event_id=event.event_id,
+            source=event.source,
+        )
+        return s
     _activity(s, t, rules)
     if event.tz is not None and t >= s.tz_at:
         s.tz, s.tz_at = event.tz, t

@@ -445,27 +445,47 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
+def describe_failure(exc: BaseException, settings: Any) -> str:
+    """One line for a failed rebuild: Redis refusing us, or Kafka (via `stream.kafka_client`)."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    from stream.kafka_client import KafkaAccessError, describe_error
+
+    url = settings.redis_url.get_secret_value() if hasattr(settings, "redis_url") else ""
+    has_password = bool(urlsplit(url).password)
+    auth_error = isinstance(exc, redis.AuthenticationError) or (
+        isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc)
+    )
+    if auth_error and not has_password:
+        return (
+            "Redis needs a password: put it in ENGAGE_REDIS_URL "
+            "(redis://:password@host:port/db or redis://user:password@..., rediss:// for TLS)"
+        )
+    if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
+        return (
+            "Redis refused the credentials: check the user and password in ENGAGE_REDIS_URL "
+            "(redis://user:password@host:port/db or redis://:password@host:port/db)"
+        )
+    if isinstance(exc, redis.ConnectionError):
+        return f"cannot reach Redis ({type(exc).__name__}); check ENGAGE_REDIS_URL"
+    from aiokafka.errors import KafkaError
+
+    if isinstance(exc, KafkaError | KafkaAccessError):
+        return describe_error(exc, settings)
+    return _describe(exc)
+
+
 # --- rebuild ------------------------------------------------------------------------------------
 
 
 def kafka_security(settings: Any) -> dict[str, Any]:
-    """aiokafka client arguments for the configured SASL/SSL (SPEC §7); empty for plaintext."""
-    if settings.security_protocol == "PLAINTEXT":
-        return {}
-    out: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    if settings.security_protocol.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
+    """aiokafka client arguments for the configured SASL/SSL (kept for callers; one home:
+    `stream.kafka_client`)."""
+    from stream.kafka_client import security_kwargs
 
-        out["ssl_context"] = create_ssl_context(
-            cafile=settings.ssl_cafile,
-            certfile=settings.ssl_certfile,
-            keyfile=settings.ssl_keyfile,
-        )
-    if settings.security_protocol.startswith("SASL"):
-        out["sasl_mechanism"] = settings.sasl_mechanism
-        out["sasl_plain_username"] = settings.sasl_username
-        out["sasl_plain_password"] = settings.sasl_password.get_secret_value()
-    return out
+    return security_kwargs(settings)
 
 
 def changelog_topic(settings: Any) -> str:
@@ -481,18 +501,21 @@ async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]
     offset, decide the end: an exactly-once changelog ends with transaction markers that are
     never delivered as messages.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
+
+    from stream.kafka_client import check_access
+    from stream.kafka_client import consumer as kafka_consumer
 
     topic = changelog_topic(settings)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    await check_access(settings)
+    consumer = kafka_consumer(
+        settings,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         # A bounded read of history: never let the broker hold a fetch open waiting for new
         # data (500 ms by default), which every move to the next partition would pay.
         fetch_max_wait_ms=20,
-        **kafka_security(settings),
     )
     await consumer.start()
     try:
@@ -638,7 +661,7 @@ def main(argv: list[str]) -> int:
     try:
         count = asyncio.run(rebuild(settings, settings.redis_url.get_secret_value(), args.clock_ms))
     except Exception as exc:
-        print(f"engage project rebuild: {_describe(exc)}", file=sys.stderr)
+        print(f"engage project rebuild: {describe_failure(exc, settings)}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
     print(f"rebuilt {count} profiles from {changelog_topic(settings)} in {elapsed:.2f} s")

@@ -1,23 +1,51 @@
 """CX and engagement KPIs (SPEC §5), exported as components that add up across workers.
 
 Event KPIs (NPS answers by category, CSAT satisfied and total, CES sum and count, complaints,
-reviews by rating, referrals, revenue and orders) are counters incremented as each event is
-folded. Segment KPIs (active customers, stages, quadrants, score bands) are gauges refreshed by a
-periodic read of the worker's own table partitions, so each worker reports only the customers it
-owns and `sum()` in PromQL gives the whole population. Ratios are Prometheus recording rules
-(`ops/prometheus/rules/engage.yml`), never computed here.
+reviews by rating, referrals, revenue and orders, clicks by action and prompted/unprompted, dwell
+time) are counters incremented as each event is folded; the click components, the most frequent,
+are plain integers added per event and read by a collector at scrape time (no metric-library
+call on the hot path). Segment KPIs (active customers, stages, quadrants, score bands, retention
+cohorts, CLV) are gauges refreshed by a periodic read of the worker's own table partitions, so
+each worker reports only the customers it owns and `sum()` in PromQL gives the whole
+population. Ratios are Prometheus recording rules (`ops/prometheus/rules/engage.yml`), never
+computed here; `summary` (GET /kpis) derives the same ratios for one worker, and the lift
+intervals of `stream.core.lift`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
 
-from schemas.events import EventBase, Loyalty, Purchase, Review, SupportContact, Survey
+from schemas.events import (
+    CLICK_ACTIONS,
+    CONSENT_SCOPES,
+    CONSENT_SOURCES,
+    Click,
+    Consent,
+    EventBase,
+    Loyalty,
+    Purchase,
+    Review,
+    SupportContact,
+    Survey,
+)
+from schemas.nudges import RITUALS, STATUSES
+from stream.core.ingest import REASONS
+from stream.core.lift import lift as lift_of
 from stream.core.profile import (
     QUADRANTS,
     STAGES,
@@ -26,11 +54,33 @@ from stream.core.profile import (
     quadrant,
     sentiment,
 )
+from stream.core.rituals import OUTCOME_BITS
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
 
+#: Consent events without a `source` are counted under this label.
+NO_SOURCE = "unspecified"
+CONSENT_SOURCE_LABELS = (*CONSENT_SOURCES, NO_SOURCE)
+#: Reasons a decision is `suppressed` (SPEC §4), the label values of the suppression counter.
+SUPPRESSION_REASONS = ("no_consent", "once_per_window", "frequency_cap")
 SCORE_BANDS = ("0-20", "20-40", "40-60", "60-80", "80-100")
 ACTIVE_WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
+#: Retention windows: customers known at the window's start, and how many of them were active
+#: within it (see `add_to_snapshot`).
+RETENTION_WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
+#: CLV bands, in units of the customer's own currency: (label, lower bound inclusive).
+CLV_BANDS = (
+    ("0-100", 0),
+    ("100-500", 100),
+    ("500-1000", 500),
+    ("1000-5000", 1000),
+    ("5000+", 5000),
+)
+SOCIAL_ACTIONS = ("share", "comment")
+_MS_PER_YEAR = 365.25 * MS_PER_DAY
+_CLV_LABELS = tuple(name for name, _ in CLV_BANDS)
+_CLV_BOUNDS = tuple(lower for _, lower in CLV_BANDS)
+_RETENTION_SPANS = tuple((name, days * MS_PER_DAY) for name, days in RETENTION_WINDOWS.items())
 
 
 @dataclass
@@ -42,15 +92,50 @@ class Snapshot:
     stages: Tally[str] = field(default_factory=Tally)
     quadrants: Tally[str] = field(default_factory=Tally)
     bands: Tally[str] = field(default_factory=Tally)
+    cohort: Tally[str] = field(default_factory=Tally)  # window -> known at the window's start
+    retained: Tally[str] = field(default_factory=Tally)  # window -> of those, active within it
+    acquired: Tally[str] = field(default_factory=Tally)  # window -> first seen within it
+    clv: dict[str, float] = field(default_factory=dict)  # currency -> sum of CLV estimates
+    clv_bands: Tally[tuple[str, str]] = field(default_factory=Tally)  # (currency, band)
+
+
+def clv_band(value: float) -> str:
+    """The CLV band of an estimate (bands are in the customer's own currency units)."""
+    return _CLV_LABELS[max(bisect_right(_CLV_BOUNDS, value) - 1, 0)]
 
 
 def add_to_snapshot(snap: Snapshot, state: CustomerState, clock: int, rules: ProfileRules) -> None:
-    """Count one customer into a snapshot (pure: the scan loop lives in the shell)."""
+    """Count one customer into a snapshot (pure: the scan loop lives in the shell).
+
+    Retention over a window W ending at `clock`: the cohort is every customer first seen at or
+    before clock - W (a customer at the window's start); retained are those of the cohort with
+    activity after clock - W (still a customer at its end); acquired are those first seen after
+    clock - W. So retention = retained / cohort = (customers at the end - acquired during the
+    window) / customers at the start, and churn = 1 - retention.
+    """
     snap.customers += 1
     idle = clock - state.last_seen
     for name, days in ACTIVE_WINDOWS.items():
         if 0 <= idle < days * MS_PER_DAY:
             snap.active[name] += 1
+    first, last = state.first_seen, state.last_seen
+    for name, span in _RETENTION_SPANS:
+        start = clock - span
+        if first > start:
+            snap.acquired[name] += 1
+        else:
+            snap.cohort[name] += 1
+            if last > start:
+                snap.retained[name] += 1
+    currency = state.currency
+    money = state.money.get(currency) if currency is not None else None
+    if currency is not None and money is not None and money.orders:
+        # The profile's clv_estimate (AOV x orders per year x years = revenue per year x
+        # years), in floats: a gauge is a float, and Decimal would make this loop 4x slower.
+        years = max((clock - state.first_purchase_at) / _MS_PER_YEAR, rules.clv_min_years)
+        value = round(float(money.revenue) / years * rules.clv_years, 2)
+        snap.clv[currency] = snap.clv.get(currency, 0.0) + value
+        snap.clv_bands[(currency, clv_band(value))] += 1
     score = engagement_score(state, clock, rules)
     snap.stages[lifecycle_stage(state, clock, rules)] += 1
     snap.quadrants[quadrant(score, sentiment(state, clock, rules), rules)] += 1
@@ -58,10 +143,78 @@ def add_to_snapshot(snap: Snapshot, state: CustomerState, clock: int, rules: Pro
 
 
 def snapshot(states: Iterable[CustomerState], clock: int, rules: ProfileRules) -> Snapshot:
+    """The snapshot of a set of customers (tests and tools; the worker scans incrementally)."""
     snap = Snapshot()
     for state in states:
         add_to_snapshot(snap, state, clock, rules)
     return snap
+
+
+class KpiCollector(Collector):
+    """Click components and the snapshot KPIs keyed by open-ended currencies, rendered at
+    scrape time from plain values (so counting a click is a dict increment, nothing more)."""
+
+    def __init__(self) -> None:
+        self.clicks: dict[tuple[str, str], int] = {
+            (action, prompted): 0 for action in CLICK_ACTIONS for prompted in ("true", "false")
+        }
+        self.dwell_count = 0
+        self.dwell_sum = 0.0
+        self.snapshot = Snapshot()
+        self.currencies: set[str] = set()  # every currency seen: its series never disappear
+
+    def publish(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.currencies.update(snap.clv)
+
+    def describe(self) -> list[Metric]:
+        return []  # rendered on demand; the names are unique to this collector
+
+    def collect(self) -> Iterator[Metric]:
+        clicks = CounterMetricFamily(
+            "engage_clicks",
+            "Clicks by action, and whether they carried a nudge_id (prompted) or not. Social "
+            "engagement is action share or comment.",
+            labels=["action", "prompted"],
+        )
+        for (action, prompted), n in self.clicks.items():
+            clicks.add_metric([action, prompted], n)
+        yield clicks
+        yield SummaryMetricFamily(
+            "engage_click_dwell_seconds",
+            "Time on page of the clicks that report dwell_ms.",
+            count_value=self.dwell_count,
+            sum_value=self.dwell_sum,
+        )
+        snap = self.snapshot
+        for name, tally, help_ in (
+            ("cohort", snap.cohort, "Customers first seen at or before the window's start."),
+            ("retained", snap.retained, "Of the cohort, customers active within the window."),
+            ("acquired", snap.acquired, "Customers first seen within the window."),
+        ):
+            family = GaugeMetricFamily(
+                f"engage_retention_{name}_customers", help_, labels=["window"]
+            )
+            for window in RETENTION_WINDOWS:
+                family.add_metric([window], tally[window])
+            yield family
+        clv = GaugeMetricFamily(
+            "engage_clv_estimate",
+            "Sum of the customers' CLV estimates (AOV x purchases per year x 3 years), by the "
+            "customers' own currency (that of their first purchase).",
+            labels=["currency"],
+        )
+        bands = GaugeMetricFamily(
+            "engage_customers_by_clv_band",
+            "Customers with a purchase, by currency and CLV band (in that currency's units).",
+            labels=["currency", "band"],
+        )
+        for currency in sorted(self.currencies):
+            clv.add_metric([currency], float(snap.clv.get(currency, 0)))
+            for band, _ in CLV_BANDS:
+                bands.add_metric([currency, band], snap.clv_bands[(currency, band)])
+        yield clv
+        yield bands
 
 
 class Kpis:
@@ -99,6 +252,24 @@ class Kpis:
             registry=r,
         )  # fmt: skip
         self.orders = Counter("engage_orders_total", "Purchases.", registry=r)
+        self.opt_outs = Counter(
+            "engage_consent_opt_outs_total",
+            "Consent events opting out, by scope (marketing, all) and source.",
+            ["scope", "source"],
+            registry=r,
+        )
+        self.opt_ins = Counter(
+            "engage_consent_opt_ins_total",
+            "Consent events opting (back) in, by scope and source.",
+            ["scope", "source"],
+            registry=r,
+        )
+        self.suppressions = Counter(
+            "engage_ritual_suppressions_total",
+            "Decisions suppressed, by reason (no_consent, once_per_window, frequency_cap).",
+            ["reason"],
+            registry=r,
+        )
         self.customers = Gauge(
             "engage_table_customers", "Customers held in this worker's table partitions.",
             registry=r,
@@ -117,11 +288,34 @@ class Kpis:
             "engage_customers_by_score_band", "Customers by engagement score band.", ["band"],
             registry=r,
         )  # fmt: skip
+        self.extra = KpiCollector()
+        registry.register(self.extra)
         for category in ("promoter", "passive", "detractor"):
             self.nps.labels(category)
         for rating in range(1, 6):
             self.reviews.labels(str(rating))
+        for scope in CONSENT_SCOPES:
+            for source in CONSENT_SOURCE_LABELS:
+                self.opt_outs.labels(scope, source)
+                self.opt_ins.labels(scope, source)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressions.labels(reason)
         self.publish(Snapshot())
+
+    @cache  # noqa: B019
+    def _consent(self, status: str, scope: str, source: str) -> Counter:
+        family = self.opt_outs if status == "opted_out" else self.opt_ins
+        return family.labels(scope, source)
+
+    @cache  # noqa: B019
+    def _suppression(self, reason: str) -> Counter:
+        return self.suppressions.labels(reason)
+
+    def count_decisions(self, decisions: Iterable[dict[str, object]]) -> None:
+        """Suppressions by reason, for a batch of decision records."""
+        for record in decisions:
+            if record["status"] == "suppressed":
+                self._suppression(str(record["reason"])).inc()
 
     @cache  # noqa: B019 - closed label sets
     def _nps(self, category: str) -> Counter:
@@ -137,7 +331,14 @@ class Kpis:
 
     def count(self, event: EventBase, first_contact_resolution: bool = False) -> None:
         """The event KPIs of one folded event."""
-        if isinstance(event, Survey):
+        if isinstance(event, Click):  # the most frequent: plain integers, read at scrape time
+            extra = self.extra
+            key = (event.action, "false" if event.nudge_id is None else "true")
+            extra.clicks[key] += 1
+            if event.dwell_ms is not None:
+                extra.dwell_count += 1
+                extra.dwell_sum += event.dwell_ms / 1000
+        elif isinstance(event, Survey):
             if event.survey == "nps":
                 s = event.score
                 self._nps("promoter" if s >= 9 else "passive" if s >= 7 else "detractor").inc()
@@ -150,6 +351,7 @@ class Kpis:
         elif isinstance(event, Purchase):
             self.orders.inc()
             self._revenue(event.currency).inc(float(event.amount))
+            self.extra.currencies.add(event.currency)  # its CLV series appear with its revenue
         elif isinstance(event, Review):
             self._review(event.rating).inc()
         elif isinstance(event, SupportContact) and event.complaint:
@@ -159,6 +361,8 @@ class Kpis:
                 self.complaints_resolved.inc()
                 if first_contact_resolution:
                     self.fcr.inc()
+        elif isinstance(event, Consent):
+            self._consent(event.status, event.scope, event.source or NO_SOURCE).inc()
         elif isinstance(event, Loyalty):
             if event.action == "referral_sent":
                 self.referrals_sent.inc()
@@ -175,44 +379,109 @@ class Kpis:
             self.quadrants.labels(q).set(snap.quadrants[q])
         for band in SCORE_BANDS:
             self.bands.labels(band).set(snap.bands[band])
+        self.extra.publish(snap)
 
 
 def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def summary(registry: CollectorRegistry) -> dict[str, object]:
+class Samples:
+    """Metric samples by name: [(labels, value)]. What `summary_of` reads, from a worker's
+    registry or from Prometheus (where they are summed over the workers first)."""
+
+    def __init__(self, values: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+        self.values = values
+
+    @classmethod
+    def of_registry(cls, registry: CollectorRegistry) -> Samples:
+        values: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in registry.collect():
+            for sample in family.samples:
+                values.setdefault(sample.name, []).append((sample.labels, sample.value))
+        return cls(values)
+
+    def get(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        return sum(v for lbl, v in self.values.get(name, []) if labels.items() <= lbl.items())
+
+    def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for lbl, v in self.values.get(name, []):
+            if label in lbl and labels.items() <= lbl.items():
+                out[lbl[label]] = out.get(lbl[label], 0.0) + v
+        return out
+
+
+def _quantile(buckets: dict[str, float], q: float) -> float | None:
+    """histogram_quantile over cumulative buckets (le -> count), linear within a bucket."""
+    points = sorted((float(le), n) for le, n in buckets.items())
+    if not points or points[-1][1] == 0:
+        return None
+    rank = q * points[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in points:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            if count == below:
+                return upper
+            return round(lower + (upper - lower) * (rank - below) / (count - below), 6)
+        lower, below = upper, count
+    return lower
+
+
+def ritual_lift(get: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per ritual and outcome: both arms' rates with Wilson intervals, the difference with
+    Newcombe's interval, the ratio with the Katz interval, and a verdict (`stream.core.lift`).
+
+    `get(ritual, arm, outcome)` returns an outcome count (`engage_ritual_outcomes_total`), so
+    the same function serves a worker's registry, Prometheus and the report.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for ritual in RITUALS:
+        treated = int(get(ritual, "treated", "decided"))
+        held = int(get(ritual, "held_out", "decided"))
+        out[ritual] = {
+            outcome: lift_of(
+                int(get(ritual, "treated", outcome)),
+                treated,
+                int(get(ritual, "held_out", outcome)),
+                held,
+            ).to_dict()
+            for outcome in OUTCOME_BITS
+        }
+    return out
+
+
+def summary(registry: CollectorRegistry) -> dict[str, Any]:
     """This worker's KPI components and the ratios they give (GET /kpis).
 
     A worker only knows its own partitions; the cluster-wide figures are the Prometheus
     recording rules, which sum the components of every worker before dividing.
     """
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return summary_of(Samples.of_registry(registry), scope="worker")
 
-    def get(name: str, **labels: str) -> float:
-        return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
+    """KPI components and ratios from samples (`summary`; the report, from Prometheus)."""
+    get = m.get
 
     promoters = get("engage_nps_responses_total", category="promoter")
     passives = get("engage_nps_responses_total", category="passive")
     detractors = get("engage_nps_responses_total", category="detractor")
     nps_n = promoters + passives + detractors
     reviews = {str(r): get("engage_reviews_total", rating=str(r)) for r in range(1, 6)}
-    lift: dict[str, dict[str, float | None]] = {}
-    from stream.core.rituals import OUTCOME_BITS, RITUALS
 
+    def outcome(ritual: str, arm: str, name: str) -> float:
+        return get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome=name)
+
+    lift: dict[str, dict[str, float | None]] = {}
     for ritual in RITUALS:
         rates = {}
         for arm in ("treated", "held_out"):
-            decided = get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome="decided")
-            rates[arm] = {
-                o: _ratio(
-                    get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome=o), decided
-                )
-                for o in OUTCOME_BITS
-            }
+            decided = outcome(ritual, arm, "decided")
+            rates[arm] = {o: _ratio(outcome(ritual, arm, o), decided) for o in OUTCOME_BITS}
         lift[ritual] = {
             o: _ratio(rates["treated"][o] or 0.0, rates["held_out"][o] or 0.0)
             if rates["treated"][o] is not None
@@ -220,8 +489,61 @@ def summary(registry: CollectorRegistry) -> dict[str, object]:
             for o in OUTCOME_BITS
         }
     active = {w: get("engage_active_customers", window=w) for w in ACTIVE_WINDOWS}
+    clicks = get("engage_clicks_total")
+    prompted = get("engage_clicks_total", prompted="true")
+    delivered = get("engage_ritual_decisions_total", status="delivered")
+    retention: dict[str, dict[str, float | None]] = {}
+    for w in RETENTION_WINDOWS:
+        cohort = get("engage_retention_cohort_customers", window=w)
+        kept = get("engage_retention_retained_customers", window=w)
+        retention[w] = {
+            "cohort": cohort,
+            "retained": kept,
+            "acquired": get("engage_retention_acquired_customers", window=w),
+            "retention_rate": _ratio(kept, cohort),
+            "churn_rate": _ratio(cohort - kept, cohort),
+        }
+    clv: dict[str, dict[str, Any]] = {}
+    for currency, total in sorted(m.by("engage_clv_estimate", "currency").items()):
+        bands = {
+            band: get("engage_customers_by_clv_band", currency=currency, band=band)
+            for band, _ in CLV_BANDS
+        }
+        buyers = sum(bands.values())
+        clv[currency] = {
+            "sum": round(total, 2),
+            "customers": buyers,
+            "mean": round(total / buyers, 2) if buyers else None,
+            "bands": bands,
+        }
+    click_through = {
+        ritual: {
+            arm: {
+                "decided": outcome(ritual, arm, "decided"),
+                "clicked": outcome(ritual, arm, "clicked"),
+                "rate": _ratio(outcome(ritual, arm, "clicked"), outcome(ritual, arm, "decided")),
+            }
+            for arm in ("treated", "held_out")
+        }
+        for ritual in RITUALS
+    }
+    decisions = {
+        ritual: {
+            st: get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in STATUSES
+        }
+        for ritual in RITUALS
+    }
+    lag_buckets = m.by("engage_end_to_end_lag_seconds_bucket", "le")
+    watermark = [v for _, v in m.values.get("engage_watermark_lag_seconds", [])]
+    opt_outs = {
+        scope: {
+            src: get("engage_consent_opt_outs_total", scope=scope, source=src)
+            for src in CONSENT_SOURCE_LABELS
+        }
+        for scope in CONSENT_SCOPES
+    }
     return {
-        "scope": "worker",
+        "scope": scope,
         "nps": round(100 * (promoters - detractors) / nps_n, 2) if nps_n else None,
         "nps_responses": {"promoter": promoters, "passive": passives, "detractor": detractors},
         "csat_percent": _ratio(
@@ -239,10 +561,47 @@ def summary(registry: CollectorRegistry) -> dict[str, object]:
             "converted": get("engage_referrals_converted_total"),
         },
         "orders": get("engage_orders_total"),
+        "revenue": m.by("engage_revenue_total", "currency"),
         "customers": get("engage_table_customers"),
         "active_customers": active,
         "stickiness": _ratio(active["1d"], active["30d"]),
+        "retention": retention,
+        "clv": clv,
+        "interactions": {
+            "clicks": clicks,
+            "prompted": prompted,
+            "unprompted": clicks - prompted,
+            "prompted_share": _ratio(prompted, clicks),
+            "by_action": m.by("engage_clicks_total", "action"),
+        },
+        "social_engagement": {a: get("engage_clicks_total", action=a) for a in SOCIAL_ACTIONS},
+        "dwell_seconds_mean": _ratio(
+            get("engage_click_dwell_seconds_sum"), get("engage_click_dwell_seconds_count")
+        ),
+        "nudge_click_through": click_through,
+        "prompted_clicks_per_delivered_nudge": _ratio(prompted, delivered),
         "lifecycle_stages": {s: get("engage_customers_by_stage", stage=s) for s in STAGES},
         "quadrants": {q: get("engage_customers_by_quadrant", quadrant=q) for q in QUADRANTS},
+        "score_bands": {b: get("engage_customers_by_score_band", band=b) for b in SCORE_BANDS},
+        "ritual_decisions": decisions,
         "ritual_lift": lift,
+        "lift": ritual_lift(outcome),
+        "pipeline": {
+            "consumed": get("engage_events_consumed_total"),
+            "processed": m.by("engage_events_processed_total", "outcome"),
+            "dead_letters": {r: get("engage_dlq_messages_total", reason=r) for r in REASONS},
+            "duplicates": get("engage_duplicate_events_total"),
+            "late_events": get("engage_late_events_total"),
+            "end_to_end_lag_seconds": {
+                "p50": _quantile(lag_buckets, 0.5),
+                "p99": _quantile(lag_buckets, 0.99),
+            },
+            "watermark_lag_seconds_max": max(watermark) if watermark else None,
+            "rebalances": get("engage_rebalances_total"),
+        },
+        "consent_opt_outs": opt_outs,
+        "suppressions": {
+            reason: get("engage_ritual_suppressions_total", reason=reason)
+            for reason in SUPPRESSION_REASONS
+        },
     }

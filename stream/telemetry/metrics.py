@@ -107,7 +107,8 @@ class PipelineMetrics:
         self.outcomes = Counter(
             "engage_ritual_outcomes_total",
             "Per ritual and arm (treated = delivered, held_out): decisions, and customers who "
-            "within the outcome window came back, reviewed or purchased. Lift is a ratio of these.",
+            "within the outcome window came back, reviewed, purchased or clicked the nudge itself "
+            "(clicked: click-through). Lift is a ratio of these.",
             ["ritual", "arm", "outcome"],
             registry=r,
         )
@@ -132,6 +133,12 @@ class PipelineMetrics:
         self.wake_errors = Counter(
             "engage_wake_errors_total",
             "Due items of a customer that raised while processed (logged, skipped).",
+            registry=r,
+        )
+        self.erasures = Counter(
+            "engage_erasures_total",
+            "Erasure requests honoured, by whether the customer was known (found: true/false).",
+            ["found"],
             registry=r,
         )
         self.rebalances = Counter(
@@ -174,6 +181,10 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def outcome_child(self, ritual: str, arm: str, outcome: str) -> Counter:
         return self.outcomes.labels(ritual, arm, outcome)
+
+    @cache  # noqa: B019
+    def erasures_child(self, found: bool) -> Counter:
+        return self.erasures.labels("true" if found else "false")
 
     @cache  # noqa: B019
     def watermark_lag_child(self, partition: int) -> Gauge:

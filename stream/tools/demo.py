@@ -5,7 +5,8 @@ Starts (or reuses) Kafka, Redis and Prometheus, runs a worker on a fresh topic n
 emitter: simulated customers in accelerated time who read the nudges and react to them, with a
 few malformed messages mixed in. A live terminal view shows throughput, KPIs, ritual decisions
 and the latest nudges; at the end it prints the totals, each ritual's measured lift (treated vs
-held-out), and where to look next.
+held-out, with 95 % intervals and a verdict), writes the HTML report (`engage report`) and
+prints where to look next.
 """
 
 from __future__ import annotations
@@ -137,12 +138,18 @@ class View:
         return Group(Table.grid(padding=2), pipeline, kpis, rituals, latest)
 
 
-async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Event) -> None:
-    from aiokafka import AIOKafkaConsumer
+def _consumer(bootstrap: str, *topics: str, **options: Any) -> Any:
+    """A consumer of the demo's broker with the ENGAGE_ security settings (one home)."""
+    from stream.kafka_client import consumer
+    from stream.settings import Settings
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, metadata_max_age_ms=2000,
+    return consumer(Settings(broker=f"kafka://{bootstrap}"), *topics, **options)
+
+
+async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Event) -> None:
+    consumer = _consumer(
+        bootstrap, topic, auto_offset_reset="earliest", enable_auto_commit=False,
+        metadata_max_age_ms=2000,
     )  # fmt: skip
     await consumer.start()
     try:
@@ -157,9 +164,9 @@ async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Ev
 
 
 async def _end_offsets(bootstrap: str, topics: list[str], partitions: int) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = _consumer(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -172,9 +179,13 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from stream.settings import Settings
     from stream.tools.devstack import ensure_up
 
-    with console.status("starting Kafka, Redis and Prometheus"):
-        addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))
-    console.print(f"[green]stack up[/]: {addresses}")
+    if args.external:  # docker compose: the stack is already there, say where, start nothing
+        addresses = {"kafka": Settings().bootstrap_servers}
+        console.print(f"[green]using the running stack[/]: Kafka at {addresses['kafka']}")
+    else:
+        with console.status("starting Kafka, Redis and Prometheus"):
+            addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))
+        console.print(f"[green]stack up[/]: {addresses}")
     run = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     env = {
         **os.environ,
@@ -197,6 +208,7 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         start_new_session=True,
     )  # fmt: skip
     emitter: subprocess.Popen[bytes] | None = None
+    started = time.time()
     stop = asyncio.Event()
     view = View(args.web_port)
     try:
@@ -250,6 +262,10 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         console.print(view.render())
         console.print(_lift_table(view))
         summary = _summary(view)
+        report = Path(args.report) if args.report else logs / f"engage-{run}-report.html"
+        written = await asyncio.to_thread(
+            _write_report, args.web_port, addresses.get("prometheus"), started, report, console
+        )
         console.print(
             f"\nmetrics     http://127.0.0.1:{args.web_port}/metrics\n"
             f"KPIs        http://127.0.0.1:{args.web_port}/kpis\n"
@@ -257,6 +273,9 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             f"prometheus  {addresses.get('prometheus', '')}\n"
             f"logs        {logs}/engage-{run}-*.log"
         )
+        if written is not None:
+            summary["report"] = str(written)
+            console.print(f"report      {written}")
         if args.keep:
             console.print(f"the worker keeps running (pid {worker.pid}); Ctrl-C stops it")
             await asyncio.to_thread(worker.wait)
@@ -289,26 +308,76 @@ def arm_rates(
     return out
 
 
-def _lift_table(view: View) -> Table:
-    table = Table(title="outcomes within 7 days of a decision: treated vs held out")
-    for col in (
-        "ritual",
-        "treated",
-        "came back",
-        "purchased",
-        "held out",
-        "came back",
-        "purchased",
-    ):
-        table.add_column(col, justify="right")
-    for ritual in RITUALS:
-        r = arm_rates(view.samples, ritual)
-        t, h = r["treated"], r["held_out"]
+def lifts(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, Any]:
+    """Per ritual and outcome: rates with Wilson intervals, Newcombe's interval of the
+    difference, the Katz interval of the ratio and a verdict (stream.core.lift)."""
+    from stream.telemetry.kpis import ritual_lift
+
+    def count(ritual: str, arm: str, outcome: str) -> float:
+        return _total(samples, "engage_ritual_outcomes_total", ritual=ritual, arm=arm,
+                      outcome=outcome)  # fmt: skip
+
+    return ritual_lift(count)
+
+
+def _rate(item: dict[str, Any]) -> str:
+    if item["estimate"] is None:
+        return "–"
+    return f"{item['estimate']:.0%} [{item['lower']:.0%}, {item['upper']:.0%}]"
+
+
+def _signed(item: dict[str, Any]) -> str:
+    if item["estimate"] is None:
+        return "–"
+    return f"{item['estimate']:+.0%} [{item['lower']:+.0%}, {item['upper']:+.0%}]"
+
+
+def _lift_table(view: View, outcome: str = "came_back") -> Table:
+    table = Table(
+        title=f"outcomes within 7 days of a decision: treated vs held out ({outcome}, 95 % CI)",
+        caption="rates: Wilson; difference: Newcombe hybrid score; lift: Katz log (* a zero count: "
+        "0.5 added to each cell); verdict: the difference's interval excludes 0, else the "
+        "held-out customers needed for 80 % power",
+    )
+    for col in ("ritual", "treated", "rate", "held out", "rate", "difference", "lift", "verdict"):
+        table.add_column(col, justify="left" if col in {"ritual", "verdict"} else "right")
+    for ritual, by_outcome in lifts(view.samples).items():
+        x = by_outcome[outcome]
+        if not (x["treated"] or x["held_out"]):
+            continue
+        ratio = x["ratio"]
+        lift = (
+            "–"
+            if ratio["estimate"] is None
+            else f"{ratio['estimate']:.2f} [{ratio['lower']:.2f}, {ratio['upper']:.2f}]"
+            + ("*" if ratio["corrected"] else "")
+        )
         table.add_row(
-            ritual, f"{t['decided']:.0f}", f"{t['came_back']:.0%}", f"{t['purchased']:.0%}",
-            f"{h['decided']:.0f}", f"{h['came_back']:.0%}", f"{h['purchased']:.0%}",
+            ritual, str(x["treated"]), _rate(x["treated_rate"]), str(x["held_out"]),
+            _rate(x["held_out_rate"]), _signed(x["difference"]), lift, x["verdict"],
         )  # fmt: skip
     return table
+
+
+def _write_report(
+    port: int, prometheus: str | None, started: float, out: Path, console: Console
+) -> Path | None:
+    """The HTML report of the run: figures from the worker's /kpis, trends from Prometheus
+    (this worker's instance, since the run started) when Prometheus scrapes it."""
+    from stream.tools.report import ReportError, build, write
+
+    window = max(time.time() - started + 30, 120)
+    selector = f'instance="127.0.0.1:{port}"'
+    try:
+        try:
+            data = build(prometheus=prometheus, kpis=f"http://127.0.0.1:{port}",
+                         selector=selector, window_s=window)  # fmt: skip
+        except ReportError:
+            data = build(prometheus=None, kpis=f"http://127.0.0.1:{port}")
+        return write(data, out)
+    except (ReportError, OSError) as exc:
+        console.print(f"[yellow]no report[/]: {exc}")
+        return None
 
 
 def _summary(view: View) -> dict[str, Any]:
@@ -318,17 +387,19 @@ def _summary(view: View) -> dict[str, Any]:
         decisions[f"{labels['ritual']}/{labels['status']}"] += int(value)
     return {
         "consumed": view.consumed,
-        "dead_letters": {
-            labels["reason"]: v for labels, v in s.get("engage_dlq_messages_total", [])
+        "dead_letters": {  # the reasons seen (every reason is exported, most at 0)
+            labels["reason"]: v for labels, v in s.get("engage_dlq_messages_total", []) if v
         },
         "decisions": {k: v for k, v in decisions.items() if v},
         "nudges_seen": view.nudge_count,
         "outcomes": {ritual: arm_rates(s, ritual) for ritual in RITUALS},
+        "lift": lifts(s),
         "kpis": view.kpis,
     }
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options (also read by tests/test_compose.py for the compose demo service)."""
     parser = argparse.ArgumentParser(prog="engage demo", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--days", type=float, default=400.0, help="simulated days")
@@ -345,8 +416,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plain", action="store_true", help="no live view; print at the end")
     parser.add_argument("--summary-json", help="also write the final figures here")
     parser.add_argument("--keep", action="store_true", help="leave the worker running at the end")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--external",
+        action="store_true",
+        help="use the Kafka and Redis given by ENGAGE_BROKER and ENGAGE_REDIS_URL instead of "
+        "starting the local stack (docker compose --profile demo)",
+    )
+    parser.add_argument(
+        "--report", help="write the HTML report here (default: next to the logs, named by run)"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run the demo; 0 at the end, 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # piped or captured: wide enough for the lift table, unwrapped
+        console = Console(width=max(console.width, 200))
     try:
         summary = asyncio.run(_run(args, console))
     except KeyboardInterrupt:

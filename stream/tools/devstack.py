@@ -64,6 +64,9 @@ KAFKA_LOG4J = OPS_DIR / "kafka" / "log4j2.properties"
 PROMETHEUS_TEMPLATE = OPS_DIR / "prometheus" / "prometheus.yml"
 
 SERVICES: tuple[str, ...] = ("kafka", "redis", "prometheus")
+#: Programs some tests and commands need besides the services: name -> {binary: Debian package}.
+#: `chromium` renders the `engage report` page headless (tests/test_report.py).
+TOOLS: dict[str, dict[str, str]] = {"chromium": {"chromium": "chromium"}}
 JARS_MARKER = ".engage-jars"
 
 # How long one readiness probe may take, and the pause between two probes.
@@ -110,6 +113,11 @@ class DevstackSettings(BaseSettings):
     )
     kafka_port: Port = 9092
     kafka_controller_port: Port = 9093
+    kafka_sasl_port: Port = Field(
+        default=9094,
+        description="A second Kafka listener, SASL_PLAINTEXT with the PLAIN mechanism; its "
+        "credentials are generated into the devstack dir at set-up.",
+    )
     redis_port: Port = 6379
     prometheus_port: Port = 9090
     prometheus_targets: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -143,6 +151,7 @@ class DevstackSettings(BaseSettings):
         ports = {
             "ENGAGE_KAFKA_PORT": self.kafka_port,
             "ENGAGE_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "ENGAGE_KAFKA_SASL_PORT": self.kafka_sasl_port,
             "ENGAGE_REDIS_PORT": self.redis_port,
             "ENGAGE_PROMETHEUS_PORT": self.prometheus_port,
         }
@@ -283,12 +292,12 @@ def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 @contextlib.contextmanager
-def _lock(layout: Layout) -> Iterator[None]:
+def _lock(layout: Layout, name: str = ".lock") -> Iterator[None]:
     """Serialise `up`/`down` on one devstack dir (e.g. `make -j test demo`)."""
     layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.root / ".lock", "w") as handle:
+    with open(layout.root / name, "w") as handle:
         if not _wait_until(lambda: _try_flock(handle.fileno()), LOCK_TIMEOUT_S, 0.2):
-            raise DevstackError(f"another devstack command holds {layout.root / '.lock'}")
+            raise DevstackError(f"another devstack command holds {layout.root / name}")
         try:
             yield
         finally:
@@ -339,6 +348,12 @@ class Service:
     def port_token(self) -> str:
         """An argv element that shows which port(s) the running instance was started with."""
         raise NotImplementedError
+
+    def config_token(self) -> str | None:
+        """An argv element fingerprinting the generated configuration, or None. A running
+        instance without it was started with another configuration (an older devstack): `up`
+        restarts it, so a new listener or setting takes effect without a manual `down`."""
+        return None
 
     def is_ours(self, argv: list[str] | None) -> bool:
         """Whether a process's argv is this devstack's instance of the service."""
@@ -429,13 +444,51 @@ class Kafka(Service):
     program = "java"
     binaries: ClassVar[dict[str, str]] = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
 
+    #: The SASL listener's mechanism (PLAIN: the broker holds the users in its JAAS line, so
+    #: no credential store has to be seeded before the first start).
+    SASL_MECHANISM: ClassVar[str] = "PLAIN"
+    SASL_USER: ClassVar[str] = "engage"
+
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.settings.kafka_port, self.settings.kafka_controller_port)
+        s = self.settings
+        return (s.kafka_port, s.kafka_controller_port, s.kafka_sasl_port)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.settings.kafka_port}"
+
+    @property
+    def sasl_address(self) -> str:
+        return f"127.0.0.1:{self.settings.kafka_sasl_port}"
+
+    @property
+    def sasl_secret_file(self) -> Path:
+        return self.layout.conf / "kafka-sasl-password"
+
+    def sasl_password(self) -> str:
+        """The SASL user's password: generated once at set-up into the devstack dir (mode 0600,
+        never in the repository), the same on every later start."""
+        path = self.sasl_secret_file
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip()
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(password + "\n")
+        return password
+
+    def client_info(self) -> dict[str, str]:
+        """What a SASL client needs (ensure_up returns it next to the addresses)."""
+        return {
+            "kafka_sasl": self.sasl_address,
+            "kafka_sasl_mechanism": self.SASL_MECHANISM,
+            "kafka_sasl_username": self.SASL_USER,
+            "kafka_sasl_password": self.sasl_password(),
+        }
 
     @property
     def server_properties(self) -> Path:
@@ -445,8 +498,14 @@ class Kafka(Service):
         return str(self.server_properties)
 
     def port_token(self) -> str:
-        ports = ",".join(str(port) for port in self.ports)
+        # The plaintext and controller ports only: older devstacks recognise the broker by
+        # this token, so it must not change when a listener is added (see config_token).
+        ports = f"{self.settings.kafka_port},{self.settings.kafka_controller_port}"
         return f"-Dengage.devstack.ports={ports}"
+
+    def config_token(self) -> str:
+        digest = hashlib.sha256(self.render_properties().encode()).hexdigest()[:16]
+        return f"-Dengage.devstack.config={digest}"
 
     @property
     def stdout_file(self) -> Path:
@@ -454,15 +513,32 @@ class Kafka(Service):
 
     def render_properties(self) -> str:
         port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
+        sport = self.settings.kafka_sasl_port
+        user, password = self.SASL_USER, self.sasl_password()
+        jaas = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{user}" password="{password}" user_{user}="{password}";'
+        )
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},"
+                f"SASL_PLAINTEXT://127.0.0.1:{sport}"
+            ),
+            "advertised.listeners": (
+                f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sport}"
+            ),
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            ),
             "inter.broker.listener.name": "PLAINTEXT",
+            # SPEC §7: a SASL listener to prove every client honours the security settings.
+            "sasl.enabled.mechanisms": self.SASL_MECHANISM,
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": self.SASL_MECHANISM,
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
             "log.dirs": str(self.layout.data("kafka")),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -525,6 +601,7 @@ class Kafka(Service):
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             self.port_token(),
+            self.config_token(),
             *rest,
             "kafka.Kafka",
             str(self.server_properties),
@@ -900,6 +977,31 @@ def install(services: Sequence[Service], report: Report) -> None:
         download.finish(report)
 
 
+def ensure_tools(
+    names: Iterable[str],
+    *,
+    settings: DevstackSettings | None = None,
+    report: Report | None = None,
+) -> dict[str, str]:
+    """Install the Debian packages of the named tools (TOOLS) when their program is missing
+    (`apt-get update` first), and return each program's path. A no-op when all are there."""
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        raise ConfigError(f"unknown tools {unknown}; expected some of {sorted(TOOLS)}")
+    binaries = {b: p for n in names for b, p in TOOLS[n].items()}
+    missing = {b: p for b, p in binaries.items() if shutil.which(b) is None}
+    if missing:
+        layout = Layout((settings or load_settings()).root)
+        with _lock(layout, ".tools.lock"):  # not the services' lock: `up` need not wait for apt
+            missing = {b: p for b, p in missing.items() if shutil.which(b) is None}
+            if missing:
+                _apt_install(sorted(set(missing.values())), layout, report or _null_report)
+        still = [b for b in missing if shutil.which(b) is None]
+        if still:
+            raise DevstackError(f"still missing after apt-get install: {', '.join(still)}")
+    return {b: str(shutil.which(b)) for b in binaries}
+
+
 # --------------------------------------------------------------------------------------------
 # Up / down / status
 # --------------------------------------------------------------------------------------------
@@ -956,6 +1058,12 @@ def ensure_up(
                         f"ports than the settings ask for; run `python -m stream devstack down` "
                         "first"
                     )
+                token = service.config_token()
+                if token is not None and token not in argv:
+                    say(f"{service.name:<11} configuration changed: restarting (pid {pid})")
+                    _stop_pid(pid)
+                    service.layout.pid_file(service.name).unlink(missing_ok=True)
+                    continue
                 running[service.name] = pid
         to_start = [s for s in selected if s.name not in running]
         if to_start:
@@ -968,7 +1076,11 @@ def ensure_up(
             running[service.name] = service.spawn()
         _wait_ready(selected, running, started_at, settings.devstack_timeout_s, say)
     say(f"stack ready in {time.monotonic() - total:.1f}s")
-    return {service.name: service.address for service in selected}
+    out = {service.name: service.address for service in selected}
+    for service in selected:
+        if isinstance(service, Kafka):
+            out.update(service.client_info())
+    return out
 
 
 def _wait_ready(
@@ -1105,6 +1217,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="engage devstack",
         description="Kafka (KRaft), Redis and Prometheus as local processes, no Docker needed. "
         "Settings: ENGAGE_DEVSTACK_DIR, ENGAGE_KAFKA_PORT, ENGAGE_KAFKA_CONTROLLER_PORT, "
+        "ENGAGE_KAFKA_SASL_PORT, "
         "ENGAGE_REDIS_PORT, ENGAGE_PROMETHEUS_PORT, ENGAGE_PROMETHEUS_TARGETS, "
         "ENGAGE_DEVSTACK_TIMEOUT_S.",
     )
@@ -1122,6 +1235,13 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--wipe", action="store_true", help="also delete data, logs and config")
     st = sub.add_parser("status", help="show each service; exit 0 only if all are up")
     st.add_argument("--only", **only)
+    tools = sub.add_parser(
+        "tools", help="install programs the tests need besides the services, when missing"
+    )
+    tools.add_argument(
+        "names", nargs="*", default=sorted(TOOLS), metavar="TOOL",
+        help=f"some of {', '.join(sorted(TOOLS))} (default: all)",
+    )  # fmt: skip
     return parser
 
 
@@ -1139,6 +1259,10 @@ def main(argv: list[str]) -> int:
             return 0
         if args.action == "down":
             stop(args.only, wipe=args.wipe, settings=settings, report=say)
+            return 0
+        if args.action == "tools":
+            for binary, path in ensure_tools(args.names, settings=settings, report=say).items():
+                say(f"{binary:<11} {path}")
             return 0
         states = status(args.only, settings=settings)
         for state in states.values():

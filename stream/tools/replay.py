@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,19 +22,21 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from stream.adapter.topics import ensure_topics
+from stream.adapter.topics import TopicMismatch, ensure_topics
 from stream.core.state import to_ms
+from stream.kafka_client import KafkaAccessError, consumer, describe_error, producer
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,23 +80,28 @@ class ReplayRun:
         }
         if self.rules_file:
             env["ENGAGE_RULES_FILE"] = str(Path(self.rules_file).resolve())
+        env.update(security_env(s))
         return env
 
     def start_workers(self, timeout: float = 120.0) -> None:
         for i in range(self.workers):
             port = _free_port()
-            log = (self.log_dir / f"worker-{i}.log").open("ab")
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "stream", "worker"],
-                    cwd=ROOT,
-                    env=self.env(port),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+            self.procs.append(self._spawn(i, port))
             self.ports.append(port)
+        self._wait_ready(timeout)
+
+    def _spawn(self, i: int, port: int) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"worker-{i}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker"],
+            cwd=ROOT,
+            env=self.env(port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not all(self._ready(port) for port in self.ports):
             for i, proc in enumerate(self.procs):
@@ -104,6 +112,22 @@ class ReplayRun:
                     f"replay workers not ready after {timeout} s; see {self.log_dir}"
                 )
             time.sleep(0.2)
+
+    def restart_worker(self, i: int, *, kill: bool = False, timeout: float = 300.0) -> float:
+        """Stop worker i (SIGKILL when `kill`: no shutdown code runs) and start it again with
+        the same settings, as an orchestrator would after a crash; returns the seconds until
+        it is ready. The chaos suite uses it to prove a replay survives a crash."""
+        proc = self.procs[i]
+        if proc.poll() is None:
+            if kill:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.terminate()
+            proc.wait(timeout=30)
+        started = time.monotonic()
+        self.procs[i] = self._spawn(i, self.ports[i])
+        self._wait_ready(timeout)
+        return time.monotonic() - started
 
     @staticmethod
     def _ready(port: int) -> bool:
@@ -128,24 +152,19 @@ class ReplayRun:
     async def produce(self, lines: Iterable[bytes]) -> dict[tuple[str, int], int]:
         """Send every line to its topic; returns the end offset of every input partition."""
         s = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=2 * 1024 * 1024,
-        )
-        await producer.start()
+        out = producer(s, acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024)
+        await out.start()
         try:
             pending = []
             for line in lines:
                 topic, key = self._route(line)
-                pending.append(await producer.send(topic, value=line, key=key))
+                pending.append(await out.send(topic, value=line, key=key))
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
                     pending.clear()
             await asyncio.gather(*pending)
         finally:
-            await producer.stop()
+            await out.stop()
         return await self._ends()
 
     def _route(self, line: bytes) -> tuple[str, bytes | None]:
@@ -161,22 +180,22 @@ class ReplayRun:
 
     async def _ends(self) -> dict[tuple[str, int], int]:
         s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers)
-        await consumer.start()
+        reader = consumer(s)
+        await reader.start()
         try:
             tps = [
                 TopicPartition(t, p) for t in s.input_topics.values() for p in range(s.partitions)
             ]
-            ends = await consumer.end_offsets(tps)
+            ends = await reader.end_offsets(tps)
             return {(tp.topic, tp.partition): off for tp, off in ends.items()}
         finally:
-            await consumer.stop()
+            await reader.stop()
 
     async def declare(self, ends: dict[tuple[str, int], int]) -> None:
         """One replay declaration per partition, on the clock topic."""
         s = self.settings
-        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
-        await producer.start()
+        out = producer(s, acks="all")
+        await out.start()
         try:
             for p in range(s.partitions):
                 body = {
@@ -185,29 +204,24 @@ class ReplayRun:
                     "ends": {t: ends[(t, p)] for t in s.input_topics.values()},
                     "final": self.until,
                 }
-                await producer.send_and_wait(
-                    s.clock_topic, value=json.dumps(body).encode(), partition=p
-                )
+                await out.send_and_wait(s.clock_topic, value=json.dumps(body).encode(), partition=p)
         finally:
-            await producer.stop()
+            await out.stop()
 
     async def wait_done(self, timeout: float, progress: Any = None) -> None:
         """Until every partition has reported the end of this replay."""
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            s.replay_status_topic,
-            bootstrap_servers=s.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
+        status = consumer(
+            s, s.replay_status_topic, auto_offset_reset="earliest", enable_auto_commit=False
         )
-        await consumer.start()
+        await status.start()
         done: set[int] = set()
         deadline = time.monotonic() + timeout
         try:
             while len(done) < s.partitions:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"replay not finished after {timeout} s: {sorted(done)}")
-                batch = await consumer.getmany(timeout_ms=500)
+                batch = await status.getmany(timeout_ms=500)
                 for msgs in batch.values():
                     for msg in msgs:
                         body = json.loads(msg.value)
@@ -216,22 +230,22 @@ class ReplayRun:
                 if progress is not None:
                     progress(len(done))
         finally:
-            await consumer.stop()
+            await status.stop()
 
     async def decisions(self) -> list[dict[str, Any]]:
         """Every decision of the replay, once per nudge_id, in a canonical order."""
         s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers)
-        await consumer.start()
+        reader = consumer(s)
+        await reader.start()
         try:
             tps = [TopicPartition(s.decisions_topic, p) for p in range(s.partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
             remaining = {tp for tp in tps if ends[tp] > 0}
             seen: dict[str, dict[str, Any]] = {}
             while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                batch = await reader.getmany(*remaining, timeout_ms=1000)
                 for tp, msgs in batch.items():
                     for msg in msgs:
                         record = json.loads(msg.value)
@@ -239,11 +253,30 @@ class ReplayRun:
                     if msgs and msgs[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
         finally:
-            await consumer.stop()
+            await reader.stop()
         return sorted(
             seen.values(),
             key=lambda d: (d["customer_id"], d["decided_at"], d["ritual"], d["anchor"]),
         )
+
+
+def security_env(settings: Settings) -> dict[str, str]:
+    """The Kafka security settings as the `ENGAGE_` variables a replay worker reads."""
+    env = {
+        "ENGAGE_SECURITY_PROTOCOL": settings.security_protocol,
+        "ENGAGE_SASL_MECHANISM": settings.sasl_mechanism,
+    }
+    optional = {
+        "ENGAGE_SASL_USERNAME": settings.sasl_username,
+        "ENGAGE_SASL_PASSWORD": (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        ),
+        "ENGAGE_SSL_CAFILE": settings.ssl_cafile,
+        "ENGAGE_SSL_CERTFILE": settings.ssl_certfile,
+        "ENGAGE_SSL_KEYFILE": settings.ssl_keyfile,
+    }
+    env.update({k: v for k, v in optional.items() if v is not None})
+    return env
 
 
 def canonical_lines(decisions: list[dict[str, Any]]) -> Iterator[str]:
@@ -260,8 +293,12 @@ def run_replay(
     rules_file: str | None = None,
     timeout: float = 600.0,
     console: Console | None = None,
+    on_declared: Callable[[ReplayRun], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Replay events (JSON lines) on the broker; returns the decisions. Used by tests too."""
+    """Replay events (JSON lines) on the broker; returns the decisions. Used by tests too.
+
+    `on_declared` runs once the declarations are out (the chaos suite kills and restarts a
+    worker there); the replay then waits for completion as usual."""
     run = ReplayRun(settings, workers=workers, until=until, rules_file=rules_file)
     asyncio.run(ensure_topics(settings))
     run.start_workers()
@@ -269,6 +306,8 @@ def run_replay(
         data = list(lines)
         ends = asyncio.run(run.produce(data))
         asyncio.run(run.declare(ends))
+        if on_declared is not None:
+            on_declared(run)
         if console is not None:
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("replaying partitions", total=settings.partitions)
@@ -318,15 +357,20 @@ def main(argv: list[str]) -> int:
         lines = [line.rstrip(b"\n") for line in fh if line.strip()]
     console.print(f"replaying {len(lines)} events on {namespace} with {args.workers} worker(s)")
     started = time.monotonic()
-    decisions = run_replay(
-        lines,
-        settings=settings,
-        workers=args.workers,
-        until=until,
-        rules_file=args.rules,
-        timeout=args.timeout,
-        console=console,
-    )
+    try:
+        decisions = run_replay(
+            lines,
+            settings=settings,
+            workers=args.workers,
+            until=until,
+            rules_file=args.rules,
+            timeout=args.timeout,
+            console=console,
+        )
+    except (KafkaError, KafkaAccessError, TopicMismatch, OSError) as exc:
+        message = exc if isinstance(exc, TopicMismatch) else describe_error(exc, settings)
+        print(f"engage replay: {message}", file=sys.stderr)
+        return 1
     console.print(summary_table(decisions))
     console.print(f"done in {time.monotonic() - started:.1f} s")
     if args.out:

@@ -38,6 +38,7 @@ class Kind(IntEnum):
     VISIT = 20  # a one-off browsing session
     PROMPTED = 21  # a click caused by a nudge: carries the nudge_id
     VISIT_SHOP = 22  # a one-off shopping session that ends in a purchase
+    CONSENT = 23  # a consent change: data has scope, status and source
 
 
 @dataclass(frozen=True, slots=True)

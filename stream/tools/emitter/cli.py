@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -157,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="wait this long for the broker (default 60)",
     )
+    parser.add_argument(
+        "--send-timeout",
+        type=_positive(float),
+        default=300.0,
+        metavar="S",
+        help="Kafka mode: keep re-sending a message through a broker outage for this long, "
+        "then report it as unconfirmed and exit 1 (default 300)",
+    )
+    parser.add_argument(
+        "--summary-json", default=None, metavar="FILE", help="also write the summary as JSON"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return parser  # fmt: skip
 
@@ -198,6 +210,7 @@ def main(argv: list[str]) -> int:
             stats.finish()
         if not args.quiet:
             print_summary(stats, console, notes)
+        _write_summary(args.summary_json, stats)
         return 0
     try:
         options = KafkaOptions.from_env()
@@ -219,7 +232,16 @@ def main(argv: list[str]) -> int:
         stats.finish()
         if not args.quiet:
             print_summary(stats, console, notes)
+        _write_summary(args.summary_json, stats)
     return code
+
+
+def _write_summary(path: str | None, stats: Stats) -> None:
+    """The summary as JSON, for scripts and tests (the same figures as the printed one)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(stats.as_dict(), out, indent=2)
+            out.write("\n")
 
 
 async def _kafka(
@@ -233,12 +255,15 @@ async def _kafka(
     """Kafka mode; SIGTERM (docker stop) ends the run as cleanly as Ctrl-C does."""
     from aiokafka.errors import KafkaError
 
+    from stream.kafka_client import KafkaAccessError, describe_error
+
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if task is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    sink = KafkaSink(options)
+    sink = KafkaSink(options, send_timeout_s=args.send_timeout)
+    interrupted = False
     listener = None if args.no_feedback else NudgeListener(options)
     inputs = [topic(options.namespace, kind) for kind in TOPIC_SUFFIX]
     try:
@@ -251,14 +276,15 @@ async def _kafka(
             await run_kafka(
                 sim, sink, mixer, listener, stats, bar, speed=args.speed, rate=args.rate
             )
-        return 0
+        return 1 if stats.unconfirmed else 0
     except MissingTopics as exc:
         print(f"engage emit: {exc}", file=sys.stderr)
         return 2
-    except KafkaError as exc:
-        print(f"engage emit: Kafka error: {exc!r}", file=sys.stderr)
+    except (KafkaError, KafkaAccessError) as exc:
+        print(f"engage emit: {describe_error(exc, options)}", file=sys.stderr)
         return 1
     except asyncio.CancelledError:
+        interrupted = True
         return 143
     finally:
         stats.finish()
@@ -266,4 +292,6 @@ async def _kafka(
             with contextlib.suppress(Exception):
                 await listener.stop()
         with contextlib.suppress(Exception):
-            await sink.stop()
+            # interrupted: give in-flight sends a few seconds, then report the rest
+            await sink.stop(timeout_s=10.0 if interrupted else None)
+        stats.settle(sink)

@@ -7,8 +7,10 @@ good traffic of a run is the same whatever `--bad-fraction` is.
 
 In file mode (`--out`) only the reasons a JSON-lines file can carry are written:
 `key_mismatch` needs a Kafka key that differs from the value (a file line has no key; a replay
-derives it from `customer_id`), and `future_timestamp` is relative to the wall clock at produce
-time, which would make files differ between runs and break the file's time order.
+derives it from `customer_id`), `wrong_partition` needs a partition other than the key's (the
+Kafka sink picks it, since only it knows the partition count), and `future_timestamp` is
+relative to the wall clock at produce time, which would make files differ between runs and
+break the file's time order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from stream.core.ingest import REASONS as INGEST_REASONS
 from stream.tools.emitter.simulation import rfc3339_ms, to_ms, uuid_from_bits
 from stream.tools.emitter.wire import Message, encode
 
-#: What a producer can get wrong (a `processing_error` is the worker's own failure, not sent).
+#: `processing_error` names a failure of the worker itself: no message is built to cause it.
 REASONS: tuple[str, ...] = tuple(r for r in INGEST_REASONS if r != "processing_error")
 FILE_REASONS: tuple[str, ...] = ("malformed_json", "schema_violation", "unknown_type", "oversized")
 #: SPEC §1 limit on a message value; oversized ones exceed it by a margin.
@@ -82,6 +84,8 @@ class FaultMixer:
         elif reason == "key_mismatch":
             value = encode(fresh)
             key = good.key + b"-other"
+        elif reason == "wrong_partition":
+            value = encode(fresh)  # a good event: the sink sends it to a partition not its key's
         elif reason == "future_timestamp":
             ahead = self._wall_now() + timedelta(hours=1, minutes=rng.randrange(0, 60))
             value = encode({**fresh, "occurred_at": rfc3339_ms(to_ms(ahead))})

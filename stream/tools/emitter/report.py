@@ -29,7 +29,11 @@ from stream.tools.emitter.simulation import DAY, Emitted, rfc3339_ms
 
 @dataclass
 class Stats:
-    """Counters of one run (no customer ids: the summary is safe to paste anywhere)."""
+    """Counters of one run (no customer ids: the summary is safe to paste anywhere).
+
+    In Kafka mode events and bad messages are counted when Kafka acknowledges them, so the
+    counts are what reached the topics; `unconfirmed` is what could not be sent in time.
+    """
 
     seed: int | str = 0
     mode: str = "file"
@@ -45,6 +49,9 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     last_sim_ms: int | None = None
+    handed: int = 0  # Kafka mode: messages given to the producer (acked or not)
+    unconfirmed: Counter[str] = field(default_factory=Counter)  # given up on, by cause
+    resent: int = 0  # retries after a failed send
 
     @property
     def events(self) -> int:
@@ -62,6 +69,11 @@ class Stats:
         """Stop the clock (idempotent: the first call wins)."""
         if self.finished is None:
             self.finished = time.monotonic()
+
+    def settle(self, sink: Any) -> None:
+        """Take the sink's final word on what it gave up on (idempotent)."""
+        self.unconfirmed = Counter(getattr(sink, "unconfirmed", {}))
+        self.resent = int(getattr(sink, "resent", 0))
 
     def event(self, item: Emitted, persona: str, size: int) -> None:
         self.events_by_type[item.type] += 1
@@ -101,6 +113,10 @@ class Stats:
             "nudges_invalid": self.nudges_invalid,
             "reactions": dict(sorted(self.reactions_by_ritual.items())),
             "prompted_clicks": self.prompted_clicks,
+            "handed_to_producer": self.handed,
+            "unconfirmed_messages": sum(self.unconfirmed.values()),
+            "unconfirmed_by_cause": dict(sorted(self.unconfirmed.items())),
+            "resent": self.resent,
         }
 
 
@@ -188,6 +204,14 @@ def print_summary(stats: Stats, console: Console, notes: list[str]) -> None:
         console.print(
             f"prompted clicks {stats.prompted_clicks:,}; nudges ignored {stats.nudges_ignored:,}"
             f"; unreadable nudge records {stats.nudges_invalid:,}"
+        )
+    if stats.resent or stats.unconfirmed:
+        lost = sum(stats.unconfirmed.values())
+        style = "bold red" if lost else "yellow"
+        console.print(
+            f"[{style}]{lost:,} messages could not be confirmed[/] (not counted above; they "
+            f"may or may not have reached Kafka) after {stats.resent:,} re-sends"
+            + (f": {', '.join(f'{k} {v:,}' for k, v in stats.unconfirmed.items())}" if lost else "")
         )
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")

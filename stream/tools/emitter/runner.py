@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
+from functools import partial
 
 from stream.tools.emitter.faults import FaultMixer
 from stream.tools.emitter.reactions import Nudge
@@ -93,9 +95,10 @@ async def run_kafka(
         # The nudge's decided_at is simulated time; `deliver` never plans before sim.now_ms.
         stats.nudge(nudge, sim.deliver(nudge))
 
-    async def send(msg: Message) -> None:
+    async def send(msg: Message, on_ack: Callable[[], None]) -> None:
         await pacer.slot()
-        await sink.send(msg)
+        stats.handed += 1
+        await sink.send(msg, on_ack)
 
     while True:
         if queue is not None:
@@ -119,15 +122,17 @@ async def run_kafka(
             break
         good = message(item.at_ms, item.type, item.customer_id, item.event)
         for bad in mixer.before(good, item.event):
-            await send(bad)
-            stats.bad_message(bad.reason or "", len(bad.value))
-        await send(good)
-        stats.event(item, personas[item.customer_id], len(good.value))
+            await send(bad, partial(stats.bad_message, bad.reason or "", len(bad.value)))
+        # Counted when Kafka acknowledges it, not when handed to the producer.
+        await send(good, partial(stats.event, item, personas[item.customer_id], len(good.value)))
         bar.update(item.at_ms, stats)
         sent += 1
         if sent % 256 == 0:
             await asyncio.sleep(0)  # let the nudge listener and the producer's I/O run
     if listener is not None:
         stats.nudges_invalid = listener.invalid
-    await sink.drain()
+    try:
+        await sink.drain()
+    finally:
+        stats.settle(sink)
     bar.update(sim.end_ms, stats, force=True)

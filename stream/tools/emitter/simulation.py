@@ -84,6 +84,12 @@ _REVIEW_TEXT = {
     4: ("Good quality, happy with it.", "Nice product, delivery took a while."),
     5: ("Excellent, exactly what I wanted!", "Great quality and fast delivery.", "Love it."),
 }
+# Consent (SPEC §1): most opt-outs come from a newsletter's unsubscribe link (about 0.4 % of
+# opened newsletters, so roughly 0.2 % of those sent), some customers opt back in at the
+# preference centre weeks later, and a few ask support to stop every message.
+UNSUBSCRIBE_PER_OPEN = 0.004
+OPT_BACK_IN = 0.15
+ALL_OPT_OUT_PER_TICKET = 0.01
 _CLICK_BODY = ("page_view", "link_click", "search", "share", "comment")
 _SUPPORT_CHANNELS = ("email", "chat", "phone", "social", "in_store")
 _SUPPORT_CUM = tuple(accumulate((0.35, 0.3, 0.2, 0.08, 0.07)))
@@ -161,6 +167,7 @@ class Customer:
     orders: deque[Order] = field(default_factory=lambda: deque(maxlen=8))
     tickets: dict[str, Ticket] = field(default_factory=dict)
     seen_nudges: deque[str] = field(default_factory=lambda: deque(maxlen=32))
+    unsubscribed: bool = False  # opted out (of marketing or all) and not back in
 
     def view(self) -> CustomerView:
         """A read-only snapshot for the pure reaction function."""
@@ -244,6 +251,9 @@ class Simulation:
         seed = config.seed
         self._rng = random.Random(f"engage-emit/{seed}/sim")
         self._react_rng = random.Random(f"engage-emit/{seed}/reactions")
+        # Consent draws have a stream of their own: adding them left every other draw (and so
+        # every run made before consent existed) unchanged.
+        self._consent_rng = random.Random(f"engage-emit/{seed}/consent")
         self._heap: list[tuple[int, int, int, int, int, Any]] = []
         self._seq = itertools.count()
         self._tables = {p.name: _Tables(p) for p in PERSONAS}
@@ -273,6 +283,7 @@ class Simulation:
             Kind.VISIT: self._visit,
             Kind.PROMPTED: self._prompted,
             Kind.VISIT_SHOP: self._visit_shop,
+            Kind.CONSENT: self._consent,
         }
         self.customers = self._populate()
         self.by_id = {c.customer_id: c for c in self.customers}
@@ -533,6 +544,12 @@ class Simulation:
         if rng.random() >= p.newsletter_open:
             return None
         t_open = self._awake(c, t)
+        # The unsubscribe link, a minute after opening. (The newsletter itself is the shop's
+        # business, not engage's: it keeps arriving in the simulation, so the draws of every
+        # other behaviour stay exactly those of a run without consent traffic.)
+        if not c.unsubscribed and self._consent_rng.random() < UNSUBSCRIBE_PER_OPEN:
+            data = {"scope": "marketing", "status": "opted_out", "source": "unsubscribe_link"}
+            self._push(c, t_open + MINUTE, Kind.CONSENT, data)
         if t_open != t:  # opened later in the day: do it then
             self._push(c, t_open, Kind.PROMPTED, {"action": "email_open"})
             return None
@@ -680,6 +697,9 @@ class Simulation:
         ticket_id = self._id("tkt")
         ev = self._support(c, t, ticket_id, "opened", complaint, order_id)
         ev["reason"] = rng.choice(_COMPLAINT_REASONS if complaint else _QUESTION_REASONS)
+        if self._consent_rng.random() < ALL_OPT_OUT_PER_TICKET:  # "stop contacting me"
+            data = {"scope": "all", "status": "opted_out", "source": "support"}
+            self._push(c, t + 5 * MINUTE, Kind.CONSENT, data)
         if rng.random() < p.first_contact_resolution:
             ev["status"] = "resolved"
             self._after_ticket(c, t, ticket_id, 0)
@@ -739,6 +759,30 @@ class Simulation:
         if rng.random() < CES_AFTER_TICKET_INVITE and rng.random() < respond:
             data = {"survey": "ces", "ticket_id": ticket_id, "bias": bias}
             self._push(c, self._later(c, t, 0.05, 2), Kind.SURVEY, data)
+
+    # ---------------------------------------------------------------------------- consent
+
+    def _consent(self, c: Customer, t: int, data: Any, forced: bool) -> dict[str, Any]:
+        """A preference change (not activity); an unsubscriber may opt back in weeks later."""
+        opted_out = data["status"] == "opted_out"
+        c.unsubscribed = opted_out
+        rng = self._consent_rng
+        if opted_out and rng.random() < OPT_BACK_IN:
+            days = rng.uniform(7, 60) if data["scope"] == "marketing" else rng.uniform(14, 90)
+            back = {"scope": data["scope"], "status": "opted_in", "source": "preference_center"}
+            self._push(c, t + int(days * DAY), Kind.CONSENT, back)
+        ev = {  # like _base, but ids from the consent stream (the main draws stay untouched)
+            "event_id": uuid_from_bits(rng.getrandbits(128)),
+            "customer_id": c.customer_id,
+            "type": "consent",
+            "occurred_at": rfc3339_ms(t),
+            "tz": c.zone.tz,
+            "schema_version": 1,
+        }
+        ev["scope"] = data["scope"]
+        ev["status"] = data["status"]
+        ev["source"] = data["source"]
+        return ev
 
     # ---------------------------------------------------------------------------- loyalty
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
 import sys
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from stream.core.partitioning import expected_partition
+from stream.kafka_client import SASL_MECHANISMS, SECURITY_PROTOCOLS
 from stream.tools.emitter.reactions import Nudge
 from stream.tools.emitter.wire import Message, namespace, topic
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
-_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_PROTOCOLS = SECURITY_PROTOCOLS
+_MECHANISMS = SASL_MECHANISMS
 
 
 class FileSink:
@@ -98,21 +100,11 @@ class KafkaOptions:
         )
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments shared by aiokafka's producer and consumer."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol.endswith("SSL"):
-            context = ssl.create_default_context(cafile=self.ssl_cafile)
-            if self.ssl_certfile:
-                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
-            kwargs["ssl_context"] = context
-        if self.security_protocol.startswith("SASL"):
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password
-        return kwargs
+        """Keyword arguments shared by aiokafka's producer and consumer (`stream.kafka_client`
+        is the one place that maps the security settings)."""
+        from stream.kafka_client import client_kwargs
+
+        return client_kwargs(self)
 
 
 async def _start_with_retry(client: Any, timeout_s: float) -> None:
@@ -139,28 +131,79 @@ class MissingTopics(RuntimeError):
         self.names = names
 
 
+@dataclass
+class _Send:
+    """One message on its way: retried until acknowledged or its deadline passes."""
+
+    msg: Message
+    on_ack: Callable[[], None] | None
+    deadline: float
+    attempts: int = 0
+
+
 class KafkaSink:
-    """aiokafka producer with acks=all and idempotence: a retried send is not a duplicate."""
+    """aiokafka producer with acks=all and idempotence: a retried send is not a duplicate.
+
+    It never lies about what reached Kafka: `acked` counts only sends the broker acknowledged,
+    and each message's `on_ack` callback runs then, not when it was handed to the producer.
+    A send that fails for a retriable reason (broker down, leader moving, timeout) is sent
+    again, with backoff, until `send_timeout_s` after its first attempt; then it is counted in
+    `unconfirmed` by cause. An unconfirmed message may still have reached Kafka (an
+    acknowledgement lost with the connection), so the topics hold between `acked` and
+    `acked + unconfirmed` of them; a re-send that did arrive twice has the same event_id, and
+    the worker drops it as a duplicate.
+    """
 
     #: Sends in flight before we wait for their acknowledgements (bounds memory on a slow broker).
     MAX_IN_FLIGHT = 5000
+    RETRY_BACKOFF_S = (0.1, 5.0)
 
-    def __init__(self, options: KafkaOptions, client_id: str = "engage-emit") -> None:
+    def __init__(
+        self, options: KafkaOptions, client_id: str = "engage-emit", send_timeout_s: float = 300.0
+    ) -> None:
+        self.options = options
+        self.send_timeout_s = send_timeout_s
+        self._producer_kwargs: dict[str, Any] = {
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            # a batch the broker has not acknowledged in this time fails and is re-sent here
+            "request_timeout_ms": int(min(10.0, max(1.0, send_timeout_s)) * 1000),
+            "max_request_size": 2 * 1024 * 1024,  # room for the deliberately oversized messages
+            **options.client_kwargs(),
+        }
+        self._producer = self._new_producer()
+        self._reset_needed = False
+        self.producer_resets = 0
+        self._pending: dict[asyncio.Future[Any], _Send] = {}
+        self._retry: list[_Send] = []
+        self.acked = 0
+        self.resent = 0
+        self.unconfirmed: Counter[str] = Counter()
+        self._partitions: dict[str, int] = {}
+
+    def _new_producer(self) -> Any:
         from aiokafka import AIOKafkaProducer
 
-        self.options = options
-        self._producer = AIOKafkaProducer(
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=2 * 1024 * 1024,  # room for the deliberately oversized messages
-            **options.client_kwargs(),
-        )
-        self._pending: list[asyncio.Future[Any]] = []
+        return AIOKafkaProducer(**self._producer_kwargs)
 
     async def start(self, timeout_s: float = 60.0) -> None:
+        from stream.kafka_client import check_access
+
+        await check_access(self.options)  # wrong credentials: say so, do not retry for a minute
         await _start_with_retry(self._producer, timeout_s)
+
+    async def _reset_producer(self) -> None:
+        """A new producer (new producer id): after batches expired in an outage, the old one's
+        sequence numbers no longer match the broker's, and every later send of it fails with
+        OutOfOrderSequenceNumber. Called with nothing in flight."""
+        old, self._producer = self._producer, self._new_producer()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), timeout=10)
+        await _start_with_retry(self._producer, self.send_timeout_s)
+        self._reset_needed = False
+        self.producer_resets += 1
 
     async def wait_for_topics(self, names: list[str], timeout_s: float) -> dict[str, set[int]]:
         """Partitions of each topic, once all exist; raises MissingTopics after `timeout_s`.
@@ -177,30 +220,116 @@ class KafkaSink:
             found = {n: cluster.partitions_for_topic(n) for n in names}
             missing = sorted(n for n, parts in found.items() if not parts)
             if not missing:
+                self._partitions = {n: len(parts) for n, parts in found.items() if parts}
                 return {n: set(parts) for n, parts in found.items() if parts}
             if loop.time() > deadline:
                 raise MissingTopics(missing)
             await asyncio.sleep(1.0)
 
-    async def send(self, msg: Message) -> None:
-        future = await self._producer.send(
-            topic(self.options.namespace, msg.type), value=msg.value, key=msg.key
-        )
-        self._pending.append(future)
-        if len(self._pending) >= self.MAX_IN_FLIGHT:
+    async def send(self, msg: Message, on_ack: Callable[[], None] | None = None) -> None:
+        """Hand one message to the producer; `on_ack` runs once Kafka acknowledged it."""
+        loop = asyncio.get_running_loop()
+        await self._submit(_Send(msg, on_ack, loop.time() + self.send_timeout_s))
+        if self._retry or len(self._pending) >= self.MAX_IN_FLIGHT:
             await self.drain()
+
+    async def _submit(self, item: _Send) -> None:
+        from aiokafka.errors import KafkaError
+
+        item.attempts += 1
+        msg = item.msg
+        name = topic(self.options.namespace, msg.type)
+        try:
+            partition = None
+            if msg.reason == "wrong_partition":
+                partition = await self._misroute(name, msg.key)
+            future = await self._producer.send(
+                name, value=msg.value, key=msg.key, partition=partition
+            )
+        except KafkaError as exc:  # no metadata, buffer full for too long: the broker is away
+            self._failed(item, exc)
+            return
+        self._pending[future] = item
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        """Acknowledged: count it now (the progress and the summary see only acked sends)."""
+        item = self._pending.pop(future, None)
+        if item is None:
+            return
+        exc = TimeoutError() if future.cancelled() else future.exception()
+        if exc is None:
+            self.acked += 1
+            if item.on_ack is not None:
+                item.on_ack()
+        else:
+            self._failed(item, exc)
+
+    def _failed(self, item: _Send, exc: BaseException) -> None:
+        """Retry a retriable failure until the message's deadline; count it otherwise."""
+        loop = asyncio.get_running_loop()
+        if _breaks_idempotence(exc):
+            self._reset_needed = True
+        if (_retriable(exc) or _breaks_idempotence(exc)) and loop.time() < item.deadline:
+            self._retry.append(item)
+        else:
+            self.unconfirmed[type(exc).__name__] += 1
+
+    async def _misroute(self, name: str, key: bytes) -> int:
+        """The partition after the key's murmur2 one: what a CRC32-partitioning client does
+        to many keys (with a single partition there is no wrong one, and it is folded)."""
+        count = self._partitions.get(name) or len(await self._producer.partitions_for(name))
+        return (expected_partition(key, count) + 1) % count
 
     async def drain(self) -> None:
-        """Wait for every send so far to be acknowledged; raises the first failure."""
-        pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        """Wait until every message so far is acknowledged or given up on (retrying the
+        retriable failures with backoff in between)."""
+        backoff = self.RETRY_BACKOFF_S[0]
+        while self._pending or self._retry:
+            if self._pending:
+                await asyncio.wait(list(self._pending))
+                await asyncio.sleep(0)  # let the done-callbacks (_settled) run
+            if self._retry:
+                retry, self._retry = self._retry, []
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.RETRY_BACKOFF_S[1])
+                if self._reset_needed:
+                    await self._reset_producer()
+                for item in retry:
+                    self.resent += 1
+                    await self._submit(item)
+            else:
+                backoff = self.RETRY_BACKOFF_S[0]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Drain, then close. With `timeout_s` (an interrupted run), what is still unconfirmed
+        by then is counted as `unconfirmed["interrupted"]` instead of waited for."""
         try:
-            await self.drain()
+            await asyncio.wait_for(self.drain(), timeout_s)
+        except TimeoutError:
+            left = len(self._pending) + len(self._retry)
+            self._pending.clear()
+            self._retry.clear()
+            self.unconfirmed["interrupted"] += left
         finally:
-            await self._producer.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), 10)
+
+
+def _breaks_idempotence(exc: BaseException) -> bool:
+    """The producer's sequence is out of step with the broker's: only a new producer helps."""
+    from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
+
+    return isinstance(exc, OutOfOrderSequenceNumber | UnknownProducerId)
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Broker unreachable, leadership moving, timeouts: worth sending again."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+    if isinstance(exc, KafkaTimeoutError | KafkaConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
 class NudgeListener:

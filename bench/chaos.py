@@ -1,0 +1,1003 @@
+"""Fault injection against the local stack: crashes, rebalances, a broker outage, hostile input.
+
+Every experiment runs real `engage worker` processes (see tests/harness.py) on a fresh topic
+namespace of the local Kafka, feeds them persona traffic from `engage emit --out`, injects one
+kind of fault and compares the outcome with what must hold:
+
+  a  one worker, `kill -9` five times under load, restarted each time: every profile equals a
+     clean run's field by field (time-dependent fields aside), every clean-run decision is
+     present with its status, duplicates are only same-nudge_id re-sends; restart-to-ready times
+  b  two workers, one killed at 40 %, a third started 20 s later: the same comparison, and how
+     long the killed worker's partitions stood still
+  c  a second worker joins a running one: the first worker's /readyz is 200 again within a bound
+  d  `engage replay` whose worker is killed after the declarations and restarted: decisions
+     byte-identical to an uninterrupted replay
+  e  a 30 s broker outage under `engage emit` (on a private broker, never the shared one):
+     the emitter's count equals what reached the topics
+  f  hostile messages of every kind among valid ones: each in the DLQ with its exact reason and
+     its bytes unchanged, every valid event folded, the worker never restarts
+
+    .venv/bin/python bench/chaos.py [--only a,b,...] [--events N] [--hostile N]
+
+Prints each experiment's figures and a PASS/FAIL verdict with the numbers, then a summary
+table; exits 1 when an experiment fails. Worker logs stay in the printed directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+
+from schemas.events import TOPIC_SUFFIX  # noqa: E402
+from stream.core.state import CustomerState  # noqa: E402
+from stream.tools.hostile import generate, interleave  # noqa: E402
+from tests.harness import Worker, read_all, table_state, unique, wait_for  # noqa: E402
+
+INPUT_SUFFIXES = sorted(set(TOPIC_SUFFIX.values()))
+#: CustomerState fields left out of the profile comparison: ritual internals move with the
+#: partition clock (decisions are compared on their own), the rest is bookkeeping.
+IGNORED_FIELDS = {"r", "partition", "recent_ids"}
+IGNORED_PATTERN = re.compile(r"offset|outbox|pending_sends", re.IGNORECASE)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One experiment's verdict and the figures it rests on."""
+
+    name: str
+    title: str
+    passed: bool = False
+    figures: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, failure: str) -> None:
+        """Record one condition of the verdict."""
+        if not ok:
+            self.failures.append(failure)
+
+    def finish(self) -> Outcome:
+        self.passed = not self.failures
+        return self
+
+    def print(self) -> None:
+        verdict = "PASS" if self.passed else "FAIL"
+        print(f"\n[{self.name}] {self.title}: {verdict}")
+        for key, value in self.figures.items():
+            print(f"    {key:<38} {_fmt(value)}")
+        for failure in self.failures:
+            print(f"    FAIL: {failure}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+@dataclass
+class ChaosWorker(Worker):
+    """A harness worker that may run another source tree (`--worker-root`: e.g. an export of
+    main, for the "before" figures); everything else is tests/harness.py's Worker."""
+
+    root: Path = ROOT
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker"], cwd=self.root, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def start(self, timeout: float = 90.0) -> ChaosWorker:
+        self.spawn()
+        wait_for(self.ready, timeout=timeout, what=f"worker {self.app_id} /readyz")
+        return self
+
+
+@dataclass
+class Lab:
+    """Where experiments run: broker, sizes, and a directory for logs and data."""
+
+    bootstrap: str
+    events: int = 3000
+    customers: int = 150
+    partitions: int = 8
+    seed: int = 7
+    mode: str = "follow"
+    hostile: int = 2000
+    valid: int = 1000
+    heavy_cap: int = 40
+    timeout: float = 600.0
+    worker_root: Path = ROOT
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="engage-chaos-")))
+    _lines: list[bytes] | None = None
+    _clean: dict[str, Any] | None = None
+
+    def worker(self, app_id: str, namespace: str, **env: str) -> ChaosWorker:
+        """A worker of this lab (not started); Redis off, quiet logs."""
+        return ChaosWorker(
+            bootstrap=self.bootstrap,
+            app_id=app_id,
+            namespace=namespace,
+            log_path=self.workdir / f"{unique(app_id)}.log",
+            partitions=self.partitions,
+            extra_env={
+                "ENGAGE_MODE": self.mode,
+                "ENGAGE_REDIS_ENABLED": "false",
+                "ENGAGE_LOG_LEVEL": "warning",
+                **env,
+            },
+            root=self.worker_root,
+        )
+
+    def lines(self) -> list[bytes]:
+        """The lab's persona traffic (cached): the first `events` lines of a seeded emit run."""
+        if self._lines is None:
+            self._lines = persona_lines(self.events, self.customers, self.seed, self.workdir)
+        return self._lines
+
+
+# --- traffic and Kafka -------------------------------------------------------------------------
+
+
+def persona_lines(n: int, customers: int, seed: int, workdir: Path, days: int = 40) -> list[bytes]:
+    """The first n events of a seeded `engage emit --out` run whose simulated days end now."""
+    start = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = workdir / f"persona-{seed}-{customers}.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "stream", "emit", "--customers", str(customers), "--days",
+         str(days), "--start", start, "--seed", str(seed), "--out", str(path), "--quiet"],
+        check=True, cwd=ROOT,
+    )  # fmt: skip
+    with path.open("rb") as fh:
+        return [line.rstrip(b"\n") for _, line in zip(range(n), fh, strict=False)]
+
+
+def routed(namespace: str, lines: Iterable[bytes]) -> list[tuple[str, bytes | None, bytes | None]]:
+    """(topic, key, value) of event lines, keyed by customer_id (SPEC §1)."""
+    out: list[tuple[str, bytes | None, bytes | None]] = []
+    for line in lines:
+        evt = json.loads(line)
+        out.append((f"{namespace}.{TOPIC_SUFFIX[evt['type']]}", evt["customer_id"].encode(), line))
+    return out
+
+
+async def _produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> list:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=2 * 1024 * 1024,
+        linger_ms=10,
+    )
+    await producer.start()
+    try:
+        metas = []
+        for i in range(0, len(messages), 2000):
+            futures = [await producer.send(t, value=v, key=k) for t, k, v in messages[i : i + 2000]]
+            metas.extend(await asyncio.gather(*futures))
+        return metas
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> list:
+    """Send in order, wait for every acknowledgement; returns each message's RecordMetadata."""
+    return asyncio.run(_produce(bootstrap, messages))
+
+
+def ensure_topics(lab: Lab, namespace: str, bootstrap: str | None = None) -> None:
+    """The namespace's topics, created with the lab's partition count before anything runs."""
+    from stream.adapter.topics import ensure_topics as ensure
+    from stream.settings import Settings
+
+    broker = f"kafka://{bootstrap or lab.bootstrap}"
+    asyncio.run(
+        ensure(Settings(broker=broker, topic_namespace=namespace, partitions=lab.partitions))
+    )
+
+
+async def _offsets(bootstrap: str, group: str | None, topics: list[str]) -> tuple[dict, dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = await consumer.end_offsets(tps) if tps else {}
+    finally:
+        await consumer.stop()
+    committed: dict = {}
+    if group is not None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            raw = await admin.list_consumer_group_offsets(group)
+            committed = {tp: meta.offset for tp, meta in raw.items() if tp.topic in topics}
+        finally:
+            await admin.close()
+    return ends, committed
+
+
+def offsets(bootstrap: str, group: str | None, topics: list[str]) -> tuple[dict, dict]:
+    """(end offsets, the group's committed offsets) of every partition of `topics`."""
+    return asyncio.run(_offsets(bootstrap, group, topics))
+
+
+def backlog(lab: Lab, app_id: str, namespace: str) -> int:
+    """Input messages not yet committed by the app's consumer group."""
+    topics = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    ends, committed = offsets(lab.bootstrap, app_id, topics)
+    return sum(max(end - committed.get(tp, 0), 0) for tp, end in ends.items())
+
+
+def wait_settled(
+    lab: Lab,
+    app_id: str,
+    namespace: str,
+    *,
+    alive: Callable[[], bool],
+    timeout: float,
+    stall: float = 150.0,
+) -> float | None:
+    """Until every input message is committed and the changelog and decision topics stop
+    growing (3 s); returns the seconds waited, or None at the deadline or when the backlog
+    has not moved for `stall` seconds (a stalled stream)."""
+    started = time.monotonic()
+    outputs = [f"{app_id}-customers-changelog", f"{namespace}.nudge-decisions"]
+    last: tuple[int, int] | None = None
+    stable_since = 0.0
+    left, moved = -1, started
+    while time.monotonic() - started < timeout:
+        if not alive():
+            return None
+        pending = backlog(lab, app_id, namespace)
+        if pending != left:
+            left, moved = pending, time.monotonic()
+        elif pending and time.monotonic() - moved > stall:
+            return None
+        if pending == 0:
+            ends, _ = offsets(lab.bootstrap, None, outputs)
+            sums = tuple(sum(v for tp, v in ends.items() if tp.topic == t) for t in outputs)
+            now = time.monotonic()
+            if sums != last:
+                last, stable_since = sums, now
+            elif now - stable_since >= 3.0:
+                return now - started
+        time.sleep(0.5)
+    return None
+
+
+def kill9(worker: Worker) -> None:
+    """SIGKILL the worker's process group and reap it: no shutdown code runs."""
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(timeout=30)
+
+
+def restart(worker: Worker, timeout: float) -> float:
+    """Start the worker again; seconds until its /readyz answers 200."""
+    started = time.monotonic()
+    worker.start(timeout=timeout)
+    return time.monotonic() - started
+
+
+def consumed(worker: Worker) -> float:
+    """Input messages this worker process has read (0 when it cannot answer)."""
+    try:
+        return worker.metric("engage_events_consumed_total")
+    except OSError:
+        return 0.0
+
+
+# --- comparisons -------------------------------------------------------------------------------
+
+
+def _normal(value: Any) -> Any:
+    """A value compared regardless of the order its parts were folded in (topics interleave
+    differently from run to run) and of float rounding."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return sorted((_normal(v) for v in value), key=repr)
+    if isinstance(value, msgspec.Struct):
+        return _normal(msgspec.structs.asdict(value))
+    return value
+
+
+def profile_fields(state: CustomerState) -> dict[str, Any]:
+    """The comparable fields of a customer's state."""
+    return {
+        name: _normal(value)
+        for name, value in msgspec.structs.asdict(state).items()
+        if name not in IGNORED_FIELDS and not IGNORED_PATTERN.search(name)
+    }
+
+
+def compare_profiles(
+    clean: dict[str, CustomerState], other: dict[str, CustomerState]
+) -> dict[str, Any]:
+    """Customers and fields that differ from the clean run."""
+    wrong: list[str] = []
+    by_field: Counter[str] = Counter()
+    for cid in sorted(set(clean) | set(other)):
+        a = profile_fields(clean[cid]) if cid in clean else {}
+        b = profile_fields(other[cid]) if cid in other else {}
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            wrong.append(cid)
+            by_field.update(diff)
+    events = sum(sum(s.counts.values()) for s in other.values())
+    return {
+        "customers": len(other),
+        "customers wrong": len(wrong),
+        "fields wrong": dict(by_field.most_common(6)),
+        "events in profiles": events,
+        "events in clean profiles": sum(sum(s.counts.values()) for s in clean.values()),
+        "_examples": wrong[:3],
+    }
+
+
+def compare_decisions(clean: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """Clean-run decisions missing or with another status; extras; same-nudge_id re-sends."""
+    ref = {d["nudge_id"]: d for d in clean}
+    seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d in other:
+        seen[d["nudge_id"]].append(d)
+    missing = [n for n in ref if n not in seen]
+    status = [n for n in ref if n in seen and seen[n][0]["status"] != ref[n]["status"]]
+    extra = [n for n in seen if n not in ref]
+    resends = sum(len(v) - 1 for v in seen.values())
+    inconsistent = sum(1 for v in seen.values() if any(x != v[0] for x in v[1:]))
+    delivered_missing = sum(1 for n in missing if ref[n]["status"] == "delivered")
+    return {
+        "clean decisions": len(ref),
+        "decisions missing": len(missing),
+        "delivered nudges missing": delivered_missing,
+        "decisions with another status": len(status),
+        "decisions not in the clean run": len(extra),
+        "same-nudge_id re-sends": resends,
+        "re-sends that differ": inconsistent,
+    }
+
+
+def decisions(lab: Lab, namespace: str, suffix: str = "nudge-decisions") -> list[dict[str, Any]]:
+    return [json.loads(m.value) for m in read_all(lab.bootstrap, f"{namespace}.{suffix}")]
+
+
+def resend_metric(worker: Worker) -> float | None:
+    """The worker's own count of decision re-sends, if it exports one."""
+    try:
+        _, body = worker.get("/metrics")
+    except OSError:
+        return None
+    total, found = 0.0, False
+    for line in body.decode().splitlines():
+        if line.startswith("engage_") and "resen" in line.split("{")[0] and "_total" in line:
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else None
+
+
+def judge_run(out: Outcome, clean: dict[str, Any], lab: Lab, app_id: str, namespace: str) -> None:
+    """Profiles and decisions of a faulted run against the clean run, into `out`."""
+    states = table_state(lab.bootstrap, f"{app_id}-customers-changelog")
+    prof = compare_profiles(clean["states"], states)
+    examples = prof.pop("_examples")
+    out.figures.update(prof)
+    dec = compare_decisions(clean["decisions"], decisions(lab, namespace))
+    out.figures.update(dec)
+    nud = compare_decisions(clean["nudges"], decisions(lab, namespace, "nudges"))
+    out.figures["nudges sent twice (same nudge_id)"] = nud["same-nudge_id re-sends"]
+    out.check(
+        prof["customers wrong"] == 0 and prof["customers"] == len(clean["states"]),
+        f"{prof['customers wrong']} of {len(clean['states'])} profiles differ from the clean run "
+        f"({prof['events in profiles']:,} events folded vs {prof['events in clean profiles']:,};"
+        f" e.g. {', '.join(examples)})",
+    )
+    out.check(
+        dec["decisions missing"] == 0 and dec["decisions with another status"] == 0,
+        f"{dec['decisions missing']} clean-run decisions missing "
+        f"({dec['delivered nudges missing']} delivered), "
+        f"{dec['decisions with another status']} with another status",
+    )
+    out.check(
+        dec["decisions not in the clean run"] == 0 and dec["re-sends that differ"] == 0,
+        f"{dec['decisions not in the clean run']} decisions not in the clean run, "
+        f"{dec['re-sends that differ']} re-sends that differ from their first send",
+    )
+
+
+# --- the clean reference ----------------------------------------------------------------------
+
+
+def clean_run(lab: Lab) -> dict[str, Any]:
+    """One worker, no fault: the profiles and decisions every faulted run must reproduce."""
+    if lab._clean is not None:
+        return lab._clean
+    namespace = app_id = unique("chaos-clean")
+    ensure_topics(lab, namespace)
+    produce(lab.bootstrap, routed(namespace, lab.lines()))
+    worker = lab.worker(app_id, namespace)
+    t0 = time.monotonic()
+    worker.start(timeout=300)
+    ready = time.monotonic() - t0
+    try:
+        took = wait_settled(lab, app_id, namespace, alive=worker.alive, timeout=lab.timeout)
+        if took is None:
+            raise RuntimeError(f"the clean run did not finish; see {worker.log_path}")
+    finally:
+        worker.stop()
+    lab._clean = {
+        "states": table_state(lab.bootstrap, f"{app_id}-customers-changelog"),
+        "decisions": decisions(lab, namespace),
+        "nudges": decisions(lab, namespace, "nudges"),
+        "ready_s": ready,
+        "seconds": took,
+    }
+    dec = compare_decisions(lab._clean["decisions"], lab._clean["decisions"])
+    print(
+        f"clean run: {len(lab.lines()):,} events, {len(lab._clean['states'])} customers, "
+        f"{dec['clean decisions']} decisions, ready in {ready:.1f} s, settled in {took:.1f} s"
+    )
+    return lab._clean
+
+
+# --- a: kill -9 five times ----------------------------------------------------------------------
+
+
+def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
+    """One worker killed with SIGKILL `kills` times under load, restarted each time."""
+    out = Outcome("a", f"one worker, kill -9 x{kills} under load, restarted each time")
+    clean = clean_run(lab)
+    namespace = app_id = unique("chaos-a")
+    ensure_topics(lab, namespace)
+    produce(lab.bootstrap, routed(namespace, lab.lines()))
+    worker = lab.worker(app_id, namespace)
+    per_life = max(len(lab.lines()) // (kills + 2), 1)
+    ready_times: list[float] = [restart(worker, 300)]
+    done = 0
+    try:
+        for _ in range(kills):
+            try:
+                wait_for(
+                    lambda: consumed(worker) >= per_life or backlog(lab, app_id, namespace) == 0,
+                    timeout=lab.timeout,
+                    interval=0.1,
+                    what="load before the kill",
+                )
+            except AssertionError:
+                out.failures.append("the worker stopped making progress between kills")
+                break
+            if backlog(lab, app_id, namespace) == 0:
+                break
+            kill9(worker)
+            done += 1
+            ready_times.append(restart(worker, 300))
+        took = wait_settled(lab, app_id, namespace, alive=worker.alive, timeout=lab.timeout)
+        out.figures["kills under load"] = done
+        out.figures["restart-to-ready s (first start, then each restart)"] = ready_times
+        out.figures["max restart-to-ready s"] = max(ready_times[1:] or [0.0])
+        out.figures["seconds to settle after the last restart"] = took
+        out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
+        out.check(done == kills, f"only {done} kills happened under load")
+        judge_run(out, clean, lab, app_id, namespace)
+        metric = resend_metric(worker)
+        out.figures["re-sends counted by the worker"] = "no metric" if metric is None else metric
+    finally:
+        worker.stop()
+    return out.finish()
+
+
+# --- b: a kill in a group, a third worker joins ---------------------------------------------
+
+
+def experiment_b(lab: Lab) -> Outcome:
+    """Two workers; one killed at 40 %; a third started 20 s later."""
+    out = Outcome("b", "two workers, one kill -9 at 40 %, a third joins 20 s later")
+    clean = clean_run(lab)
+    namespace = app_id = unique("chaos-b")
+    ensure_topics(lab, namespace)
+    produce(lab.bootstrap, routed(namespace, lab.lines()))
+    total = len(lab.lines())
+    workers = [lab.worker(app_id, namespace), lab.worker(app_id, namespace)]
+    try:
+        _start_all(workers, 300)
+        wait_for(
+            lambda: (
+                total - backlog(lab, app_id, namespace) >= 0.4 * total
+                or sum(consumed(w) for w in workers) >= 0.4 * total
+            ),
+            timeout=lab.timeout,
+            interval=0.1,
+            what="40 % of the input",
+        )
+        changelog = f"{app_id}-customers-changelog"
+        inputs = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+        kill9(workers[0])
+        killed_at = time.monotonic()
+        stalled = _partitions_with_backlog(lab, app_id, inputs)
+        marks, _ = offsets(lab.bootstrap, None, [changelog])
+        resumed: dict[int, float] = {}
+        third = lab.worker(app_id, namespace)
+        third_started = False
+        while time.monotonic() - killed_at < lab.timeout:
+            if not third_started and time.monotonic() - killed_at >= 20:
+                third.start(timeout=300)
+                third_started = True
+            ends, _ = offsets(lab.bootstrap, None, [changelog])
+            for tp, end in ends.items():
+                if tp.partition not in resumed and end > marks.get(tp, 0):
+                    resumed[tp.partition] = time.monotonic() - killed_at
+            left = _partitions_with_backlog(lab, app_id, inputs)
+            if third_started and stalled <= set(resumed) | (stalled - left):
+                break
+            time.sleep(0.25)
+        waits = {p: resumed.get(p) for p in sorted(stalled)}
+        recovery = max((v for v in waits.values() if v is not None), default=0.0)
+        out.figures["partitions with backlog at the kill"] = len(stalled)
+        out.figures["seconds until each resumed"] = {
+            p: ("never" if v is None else round(v, 1)) for p, v in waits.items()
+        }
+        out.figures["recovery s (slowest partition)"] = recovery
+        workers.append(third)
+        alive = [w for w in workers if w.alive()]
+        took = wait_settled(lab, app_id, namespace, alive=lambda: bool(alive), timeout=lab.timeout)
+        out.figures["seconds to settle"] = took
+        out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
+        out.check(
+            all(v is not None for v in waits.values()) and recovery <= 15.0,
+            f"the killed worker's partitions resumed after {recovery:.1f} s (goal 15 s)"
+            + ("; some never did" if any(v is None for v in waits.values()) else ""),
+        )
+        judge_run(out, clean, lab, app_id, namespace)
+    finally:
+        for w in workers:
+            w.stop()
+    return out.finish()
+
+
+def _start_all(workers: list[ChaosWorker], timeout: float) -> None:
+    """Start several workers at once (so they form one group), then wait for all to be ready."""
+    for w in workers:
+        w.spawn()
+    for w in workers:
+        wait_for(w.ready, timeout=timeout, what=f"worker {w.app_id} /readyz")
+
+
+def _partitions_with_backlog(lab: Lab, app_id: str, inputs: list[str]) -> set[int]:
+    ends, committed = offsets(lab.bootstrap, app_id, inputs)
+    return {tp.partition for tp, end in ends.items() if committed.get(tp, 0) < end}
+
+
+# --- c: a second worker joins -----------------------------------------------------------------
+
+
+def experiment_c(lab: Lab, bound: float = 30.0) -> Outcome:
+    """A running worker's /readyz while a second one joins its group."""
+    out = Outcome("c", f"a second worker joins: the first is ready again within {bound:.0f} s")
+    namespace = app_id = unique("chaos-c")
+    ensure_topics(lab, namespace)
+    produce(lab.bootstrap, routed(namespace, lab.lines()))
+    first = lab.worker(app_id, namespace)
+    second = lab.worker(app_id, namespace)
+    try:
+        first.start(timeout=300)
+        wait_settled(lab, app_id, namespace, alive=first.alive, timeout=lab.timeout)
+        second.spawn()
+        joined = time.monotonic()
+        not_ready_since: float | None = None
+        first_ready_again: float | None = None
+        second_ready: float | None = None
+        dipped = False
+        while time.monotonic() - joined < max(bound * 4, 120):
+            now = time.monotonic() - joined
+            ok1 = first.ready()
+            if not ok1:
+                dipped = True
+                not_ready_since = not_ready_since if not_ready_since is not None else now
+                first_ready_again = None
+            elif dipped and first_ready_again is None:
+                first_ready_again = now
+            if second_ready is None and second.ready():
+                second_ready = now
+            if second_ready is not None and (first_ready_again is not None or (
+                    not dipped and now > second_ready + 5)):  # fmt: skip
+                break
+            time.sleep(0.2)
+        unready = (
+            0.0
+            if not dipped
+            else (first_ready_again - (not_ready_since or 0.0))
+            if first_ready_again is not None
+            else None
+        )
+        out.figures["first worker went not ready"] = dipped
+        out.figures["first worker not ready for s"] = (
+            "never ready again" if unready is None else unready
+        )
+        out.figures["second worker ready after s"] = (
+            "never" if second_ready is None else second_ready
+        )
+        out.check(
+            unready is not None and unready <= bound,
+            "first worker's /readyz "
+            + ("never returned to 200" if unready is None else f"was 503 for {unready:.1f} s"),
+        )
+        out.check(second_ready is not None, "the second worker never became ready")
+    finally:
+        second.stop()
+        first.stop()
+    return out.finish()
+
+
+# --- d: a replay whose worker is killed -----------------------------------------------------
+
+
+def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
+    """`engage replay`, worker killed after the declarations and restarted, vs uninterrupted."""
+    from stream.settings import Settings
+    from stream.tools.replay import ReplayRun, canonical_lines, run_replay
+
+    out = Outcome("d", "replay: worker kill -9 after the declarations, restarted")
+    lines = lab.lines()
+
+    def settings() -> Settings:
+        ns = unique("chaos-d")
+        return Settings(
+            broker=f"kafka://{lab.bootstrap}",
+            app_id=ns,
+            topic_namespace=ns,
+            partitions=lab.partitions,
+        )
+
+    t0 = time.monotonic()
+    reference = list(canonical_lines(run_replay(lines, settings=settings(), timeout=lab.timeout)))
+    out.figures["uninterrupted replay s"] = time.monotonic() - t0
+    out.figures["decisions (uninterrupted)"] = len(reference)
+    restarts: list[float] = []
+
+    def crash(run: ReplayRun) -> None:
+        time.sleep(2.0)  # the worker is busy with the declarations and the backlog
+        restarts.append(run.restart_worker(0, kill=True))
+
+    t0 = time.monotonic()
+    try:
+        crashed = list(
+            canonical_lines(
+                run_replay(lines, settings=settings(), timeout=replay_timeout, on_declared=crash)
+            )
+        )
+        out.figures["killed replay s"] = time.monotonic() - t0
+    except TimeoutError as exc:
+        out.figures["killed replay s"] = f"did not finish in {replay_timeout:.0f} s"
+        out.failures.append(f"the killed replay hung: {exc}")
+        return out.finish()
+    out.figures["restart-to-ready s"] = restarts
+    out.figures["decisions (killed)"] = len(crashed)
+    same = crashed == reference
+    out.figures["byte-identical"] = same
+    if not same:
+        a, b = set(reference), set(crashed)
+        out.failures.append(f"{len(a - b)} decisions missing, {len(b - a)} differ or are extra")
+    return out.finish()
+
+
+# --- e: broker outage under the emitter -------------------------------------------------------
+
+
+PRIVATE_STACK = {
+    "ENGAGE_DEVSTACK_DIR": "/tmp/chaos-stack",
+    "ENGAGE_KAFKA_PORT": "39092",
+    "ENGAGE_KAFKA_CONTROLLER_PORT": "39093",
+}
+
+
+def _private(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **PRIVATE_STACK}
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "devstack", *cmd, "--only", "kafka"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
+    """A private broker stopped for `outage` seconds while `engage emit` produces to it."""
+    out = Outcome("e", f"{outage:.0f} s broker outage under engage emit (private broker)")
+    bootstrap = f"127.0.0.1:{PRIVATE_STACK['ENGAGE_KAFKA_PORT']}"
+    up = _private(["up"])
+    if up.returncode != 0:
+        out.failures.append(f"private broker did not start: {up.stderr[-300:]}")
+        return out.finish()
+    namespace = unique("chaos-e")
+    emit_log = lab.workdir / f"{namespace}-emit.log"
+    days = max(2, lab.events // (lab.customers * 6) or 2)
+    env = {
+        **os.environ,
+        "ENGAGE_BROKER": f"kafka://{bootstrap}",
+        "ENGAGE_TOPIC_NAMESPACE": namespace,
+        "ENGAGE_PARTITIONS": str(lab.partitions),
+    }
+    try:
+        ensure_topics(lab, namespace, bootstrap)
+        with emit_log.open("w") as log:
+            emitter = subprocess.Popen(
+                [sys.executable, "-m", "stream", "emit", "--customers", str(lab.customers),
+                 "--days", str(days), "--seed", str(lab.seed), "--rate", str(rate),
+                 "--speed", "1e9", "--no-feedback", "--connect-timeout", "120"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            time.sleep(8)  # the emitter is producing steadily
+            stopped = _private(["down"])
+            down_at = time.monotonic()
+            out.figures["broker stopped"] = stopped.returncode == 0
+            while time.monotonic() - down_at < outage:
+                time.sleep(0.5)
+            _private(["up"])
+            out.figures["outage s"] = time.monotonic() - down_at
+            try:
+                rc = emitter.wait(timeout=lab.timeout)
+            except subprocess.TimeoutExpired:
+                emitter.kill()
+                rc = None
+        text = emit_log.read_text(errors="replace")
+        out.figures["emitter exit code"] = "timeout" if rc is None else rc
+        match = re.search(r"\): ([\d,]+) events, ([\d,]+) bad messages", text)
+        reported = int(match.group(1).replace(",", "")) if match else None
+        unsent = re.search(r"([\d,]+) (?:events? )?(?:not sent|unsent|could not be sent)", text)
+        ends, _ = offsets(bootstrap, None, [f"{namespace}.{s}" for s in INPUT_SUFFIXES])
+        on_topics = sum(ends.values())
+        out.figures["emitter reported sent"] = "no summary" if reported is None else reported
+        out.figures["emitter reported unsent"] = unsent.group(0) if unsent else "-"
+        out.figures["messages on the topics"] = on_topics
+        out.check(reported is not None, f"the emitter printed no summary; see {emit_log}")
+        out.check(
+            reported == on_topics,
+            f"emitter says {reported} sent, the topics hold {on_topics}",
+        )
+    finally:
+        _private(["down"])
+    return out.finish()
+
+
+# --- f: hostile input ---------------------------------------------------------------------------
+
+
+def experiment_f(lab: Lab) -> Outcome:
+    """Hostile messages of every category among valid events, one worker."""
+    out = Outcome("f", f"{lab.hostile:,} hostile messages among {lab.valid:,} valid events")
+    namespace = app_id = unique("chaos-f")
+    ensure_topics(lab, namespace)
+    valid_lines = lab.lines()[: lab.valid]
+    valid_events = [json.loads(line) for line in valid_lines]
+    now = datetime.now(UTC)
+    bad = list(
+        generate(lab.hostile, valid_events, seed=lab.seed, wall_now=now, heavy_cap=lab.heavy_cap)
+    )
+    mixed = interleave(routed(namespace, valid_lines), bad, seed=lab.seed)
+    messages = [
+        item if not is_bad else (f"{namespace}.{item.topic_suffix}", item.key, item.value)
+        for is_bad, item in mixed
+    ]
+    metas = produce(lab.bootstrap, messages)
+    expected: dict[tuple[str, int, int], Any] = {}
+    for (is_bad, item), meta in zip(mixed, metas, strict=True):
+        if is_bad:
+            expected[(meta.topic, meta.partition, meta.offset)] = item
+    worker = lab.worker(app_id, namespace)
+    try:
+        worker.start(timeout=300)
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        took = wait_settled(lab, app_id, namespace, alive=worker.alive, timeout=lab.timeout)
+        out.figures["seconds to settle"] = "did not settle" if took is None else took
+        out.figures["backlog left"] = backlog(lab, app_id, namespace)
+        health = _health(worker)
+        out.figures["worker pid unchanged and alive"] = worker.alive() and worker.proc.pid == pid
+        out.figures["/healthz"] = health
+        crashes = _log_count(worker, r"crashed|Traceback|OverflowError|RecursionError")
+        out.figures["crash lines in the worker log"] = crashes
+        dlq = read_all(lab.bootstrap, f"{namespace}.dlq")
+        got: dict[tuple[str, int, int], tuple[str, Any]] = {}
+        for msg in dlq:
+            h = {k: v.decode() for k, v in msg.headers}
+            where = (
+                h.get("engage.original_topic", ""),
+                int(h.get("engage.original_partition", -1)),
+                int(h.get("engage.original_offset", -1)),
+            )
+            got[where] = (h.get("engage.reason", ""), msg)
+        wrong: Counter[tuple[str, str, str]] = Counter()
+        missing: Counter[str] = Counter()
+        altered = 0
+        for where, item in expected.items():
+            if where not in got:
+                missing[item.category] += 1
+                continue
+            reason, msg = got[where]
+            if reason != item.reason:
+                wrong[(item.category, item.reason, reason)] += 1
+            if msg.value != item.value or msg.key != item.key:
+                altered += 1
+        valid_in_dlq = sum(1 for where in got if where not in expected)
+        states = table_state(lab.bootstrap, f"{app_id}-customers-changelog")
+        want: Counter[str] = Counter()
+        ids: set[tuple[str, str]] = set()
+        for evt in valid_events:
+            if (evt["customer_id"], evt["event_id"]) not in ids:
+                ids.add((evt["customer_id"], evt["event_id"]))
+                want[evt["customer_id"]] += 1
+        have = {cid: sum(s.counts.values()) for cid, s in states.items()}
+        unfolded = sum(max(n - have.get(cid, 0), 0) for cid, n in want.items())
+        out.figures["categories"] = len({i.category for i in expected.values()})
+        out.figures["hostile dead-lettered, exact reason"] = sum(
+            1 for w, i in expected.items() if w in got and got[w][0] == i.reason
+        )
+        out.figures["hostile missing from the DLQ"] = dict(missing) or 0
+        out.figures["hostile with a wrong reason"] = {
+            f"{c} ({e} -> {g or 'none'})": n for (c, e, g), n in wrong.items()
+        } or 0
+        out.figures["DLQ bytes altered"] = altered
+        out.figures["valid events dead-lettered"] = valid_in_dlq
+        out.figures["valid events not folded"] = unfolded
+        out.check(not missing, f"{sum(missing.values())} hostile messages not in the DLQ")
+        out.check(not wrong, f"{sum(wrong.values())} hostile messages with a wrong reason")
+        out.check(altered == 0, f"{altered} DLQ records differ from the original bytes")
+        out.check(
+            valid_in_dlq == 0 and unfolded == 0,
+            f"{valid_in_dlq} valid events dead-lettered, {unfolded} not folded",
+        )
+        out.check(
+            worker.alive() and worker.proc.pid == pid and crashes == 0 and health == 200,
+            f"the worker crashed or restarted (alive {worker.alive()}, "
+            f"{crashes} crash lines, /healthz {health})",
+        )
+        out.check(took is not None, "the input was not all processed (the stream stalled)")
+    finally:
+        worker.stop()
+    return out.finish()
+
+
+def _health(worker: Worker) -> int | str:
+    try:
+        return worker.get("/healthz")[0]
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def _log_count(worker: Worker, pattern: str) -> int:
+    text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
+    return len(re.findall(pattern, text))
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+EXPERIMENTS: dict[str, Callable[[Lab], Outcome]] = {
+    "a": experiment_a,
+    "b": experiment_b,
+    "c": experiment_c,
+    "d": experiment_d,
+    "e": experiment_e,
+    "f": experiment_f,
+}
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    """The closing table: one row per experiment."""
+    rows = [f"{'':2}{'experiment':<62} verdict"]
+    for o in outcomes:
+        rows.append(f"{o.name:<2}{o.title[:60]:<62} {'PASS' if o.passed else 'FAIL'}")
+        for failure in o.failures:
+            rows.append(f"{'':4}- {failure[:150]}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated experiments")
+    parser.add_argument("--events", type=int, default=10_000, help="persona events per run")
+    parser.add_argument("--customers", type=int, default=300)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--hostile", type=int, default=10_000, help="hostile messages (f)")
+    parser.add_argument("--valid", type=int, default=1_000, help="valid events around them (f)")
+    parser.add_argument("--heavy-cap", type=int, default=40, help="1 MB / 100k-nesting each")
+    parser.add_argument("--mode", default="follow", choices=["follow", "live"])
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per wait, seconds")
+    parser.add_argument("--bootstrap", help="an existing broker; default: the local stack")
+    parser.add_argument(
+        "--worker-root",
+        type=Path,
+        default=ROOT,
+        help="run `engage worker` from this source tree (e.g. an export of another commit)",
+    )
+    args = parser.parse_args(argv)
+    # Produce retries right after a topic is created ("NotLeaderForPartition") are routine.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    chosen = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(chosen) - set(EXPERIMENTS))
+    if unknown:
+        parser.error(f"unknown experiments {unknown}; choose from {sorted(EXPERIMENTS)}")
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        from stream.tools.devstack import ensure_up
+
+        bootstrap = ensure_up(("kafka",))["kafka"]
+    lab = Lab(
+        bootstrap=bootstrap,
+        events=args.events,
+        customers=args.customers,
+        partitions=args.partitions,
+        seed=args.seed,
+        mode=args.mode,
+        hostile=args.hostile,
+        valid=min(args.valid, args.events),
+        heavy_cap=args.heavy_cap,
+        timeout=args.timeout,
+        worker_root=args.worker_root.resolve(),
+    )
+    print(f"chaos: {', '.join(chosen)} on {bootstrap}, {lab.partitions} partitions, "
+          f"{lab.events:,} persona events, mode {lab.mode}, workers from {lab.worker_root}; "
+          f"logs in {lab.workdir}")  # fmt: skip
+    random.seed(args.seed)
+    outcomes = []
+    for name in chosen:
+        started = time.monotonic()
+        try:
+            outcome = EXPERIMENTS[name](lab)
+        except Exception as exc:  # one broken experiment must not hide the others' figures
+            outcome = Outcome(name, "experiment did not complete")
+            outcome.failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+            outcome.finish()
+        outcome.figures["experiment wall s"] = time.monotonic() - started
+        outcome.print()
+        outcomes.append(outcome)
+    print("\n" + summary(outcomes))
+    return 0 if all(o.passed for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

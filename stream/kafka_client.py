@@ -1,0 +1,221 @@
+"""Kafka client settings, in one place: every client the product opens gets them from here.
+
+SPEC §7: the Kafka security settings (SASL, SSL) apply to every client: the Faust worker, the
+admin client that creates topics, `engage replay`, `engage forget`, the projection rebuild, the
+emitter and the benchmarks. Each of them passes its settings (anything with the `ENGAGE_`
+security fields: `stream.settings.Settings`, the emitter's `KafkaOptions`) to the functions
+below instead of building aiokafka arguments itself, so a new option is added once.
+
+`describe_error` turns the errors a misconfigured client meets (wrong credentials, no broker,
+TLS trouble) into one readable line for a command to print.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Protocol
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class KafkaConf(Protocol):
+    """What a client needs to know; `sasl_password` may be a pydantic SecretStr or text."""
+
+    bootstrap_servers: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str | None
+    sasl_password: Any
+    ssl_cafile: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if getter else value)
+
+
+def ssl_context(conf: KafkaConf) -> ssl.SSLContext | None:
+    """The TLS context of an SSL or SASL_SSL connection (CA file, optional client cert)."""
+    if not conf.security_protocol.endswith("SSL"):
+        return None
+    context = ssl.create_default_context(cafile=conf.ssl_cafile)
+    if conf.ssl_certfile:
+        context.load_cert_chain(conf.ssl_certfile, conf.ssl_keyfile)
+    return context
+
+
+def security_kwargs(conf: KafkaConf) -> dict[str, Any]:
+    """aiokafka producer / consumer / admin arguments for the configured SASL and SSL."""
+    out: dict[str, Any] = {"security_protocol": conf.security_protocol}
+    context = ssl_context(conf)
+    if context is not None:
+        out["ssl_context"] = context
+    if conf.security_protocol.startswith("SASL"):
+        out["sasl_mechanism"] = conf.sasl_mechanism
+        out["sasl_plain_username"] = conf.sasl_username
+        out["sasl_plain_password"] = _secret(conf.sasl_password)
+    return out
+
+
+def client_kwargs(conf: KafkaConf) -> dict[str, Any]:
+    """`bootstrap_servers` plus the security arguments: what every aiokafka client needs."""
+    return {"bootstrap_servers": conf.bootstrap_servers, **security_kwargs(conf)}
+
+
+def producer(conf: KafkaConf, **options: Any) -> Any:
+    """An (unstarted) aiokafka producer for these settings."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(**client_kwargs(conf), **options)
+
+
+def consumer(conf: KafkaConf, *topics: str, **options: Any) -> Any:
+    """An (unstarted) aiokafka consumer for these settings."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(*topics, **client_kwargs(conf), **options)
+
+
+def admin(conf: KafkaConf, **options: Any) -> Any:
+    """An (unstarted) aiokafka admin client for these settings."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    return AIOKafkaAdminClient(**client_kwargs(conf), **options)
+
+
+def faust_credentials(conf: KafkaConf) -> Any:
+    """Faust `broker_credentials` for the configured SASL/SSL, or None for plaintext."""
+    if conf.security_protocol == "PLAINTEXT":
+        return None
+    import faust
+
+    context = ssl_context(conf)
+    if conf.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=conf.sasl_username,
+            password=_secret(conf.sasl_password),
+            mechanism=conf.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+def faust_options(settings: Any) -> dict[str, Any]:
+    """Keyword arguments of `faust.App` for the worker's Kafka clients (`Settings`).
+
+    What the benchmark tuned (producer linger and batch size, records per poll) and what
+    recovery depends on (session timeout, heartbeats, standby replicas) in one list.
+    """
+    return {
+        "broker": settings.broker,
+        "broker_credentials": faust_credentials(settings),
+        "processing_guarantee": settings.processing_guarantee,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_linger": settings.producer_linger_ms / 1000,
+        "producer_max_batch_size": settings.producer_max_batch_bytes,
+        "producer_max_request_size": settings.dlq_max_bytes,  # a 1 MB message is dead-lettered
+        "broker_max_poll_records": settings.consumer_max_poll_records,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.heartbeat_interval_s,
+        "table_standby_replicas": settings.standby_replicas,
+        # The agent takes up to batch_max_events at a time: let the stream buffer hold them.
+        "stream_buffer_maxsize": max(4096, 2 * settings.batch_max_events),
+    }
+
+
+class KafkaAccessError(RuntimeError):
+    """The broker refused our credentials or our TLS handshake; the message is one line."""
+
+
+async def check_access(conf: KafkaConf, *, timeout_s: float = 10.0) -> None:
+    """Raise KafkaAccessError when the broker rejects the configured SASL/SSL credentials.
+
+    aiokafka logs an authentication failure and then reports only "Unable to bootstrap", so a
+    command would say "cannot reach Kafka" for a wrong password. One direct connection to the
+    first reachable bootstrap server shows the real reason. Unreachable servers are left to
+    the client's own retries; plaintext needs no check.
+    """
+    if conf.security_protocol == "PLAINTEXT":
+        return
+    import logging
+
+    # aiokafka warns on every PLAIN-over-plaintext connection; the clients that follow will say
+    # so again, so this probe keeps quiet and a failure stays one line.
+    quiet = logging.getLogger("aiokafka.conn")
+    previous = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        await _probe_servers(conf, timeout_s)
+    finally:
+        quiet.setLevel(previous)
+
+
+async def _probe_servers(conf: KafkaConf, timeout_s: float) -> None:
+    """Connect to the first reachable bootstrap server; raise KafkaAccessError if refused."""
+    import asyncio
+
+    from aiokafka.conn import create_conn
+
+    for server in conf.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    request_timeout_ms=int(timeout_s * 1000),
+                    **security_kwargs(conf),
+                ),
+                timeout_s,
+            )
+        except (OSError, TimeoutError):
+            continue  # not reachable (yet): the client's own start-up handles that
+        except Exception as exc:
+            if is_auth_error(exc):
+                raise KafkaAccessError(describe_error(exc, conf)) from None
+            continue
+        conn.close()
+        return
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """True for a broker refusing our credentials (SASL) or our certificate."""
+    from aiokafka.errors import KafkaError
+
+    name = type(exc).__name__
+    text = str(exc)
+    return (
+        "Authentication" in name
+        or "SaslAuthentication" in text
+        or "Authentication failed" in text
+        or (isinstance(exc, ssl.SSLError))
+        or (isinstance(exc, KafkaError) and "authentication" in text.lower())
+    )
+
+
+def describe_error(exc: BaseException, conf: KafkaConf | None = None) -> str:
+    """One line saying what went wrong talking to Kafka, without any secret."""
+    if isinstance(exc, KafkaAccessError):
+        return str(exc)
+    where = f" at {conf.bootstrap_servers}" if conf is not None else ""
+    if is_auth_error(exc):
+        who = ""
+        if conf is not None and conf.security_protocol.startswith("SASL"):
+            who = f" as {conf.sasl_username!r} ({conf.security_protocol}, {conf.sasl_mechanism})"
+        return (
+            f"Kafka{where} refused the credentials{who}: check ENGAGE_SASL_USERNAME, "
+            "ENGAGE_SASL_PASSWORD, ENGAGE_SASL_MECHANISM and ENGAGE_SECURITY_PROTOCOL"
+        )
+    from aiokafka.errors import KafkaConnectionError
+
+    if isinstance(exc, KafkaConnectionError | ConnectionError | TimeoutError):
+        return (
+            f"cannot reach Kafka{where} ({type(exc).__name__}): is the broker up, and do "
+            "ENGAGE_BROKER and ENGAGE_SECURITY_PROTOCOL match its listener?"
+        )
+    return f"Kafka error{where}: {type(exc).__name__}: {str(exc)[:200]}"

@@ -1,0 +1,39 @@
+"""CloudEvents headers of decision records: a pure function of the record."""
+
+from __future__ import annotations
+
+from schemas.nudges import Decision
+from stream.core.cloudevents import http_headers, kafka_headers
+
+RECORD = Decision.model_json_schema()["examples"][0]
+
+
+def test_kafka_binary_mode_headers() -> None:
+    nudge = dict(kafka_headers(RECORD, namespace="shop", topic_kind="nudge"))
+    assert nudge == {
+        "ce_specversion": b"1.0",
+        "ce_id": RECORD["nudge_id"].encode(),
+        "ce_type": b"io.engage.nudge.delivered",
+        "ce_source": b"urn:engage:shop",
+        "ce_time": RECORD["decided_at"].encode(),
+        "ce_subject": RECORD["ritual"].encode(),
+        "ce_dataschema": b"urn:engage:schema:nudge",
+        "ce_audience": b"customer",
+        "content-type": b"application/json",
+    }
+    held = RECORD | {"status": "held_out"}
+    decision = dict(kafka_headers(held, namespace="shop", topic_kind="decision"))
+    assert decision["ce_type"] == b"io.engage.decision.held_out"
+    assert decision["ce_dataschema"] == b"urn:engage:schema:decision"
+    # the customer id is the key, never a header
+    assert not any(RECORD["customer_id"].encode() in v for v in decision.values())
+    # deterministic: a replay writes the same headers
+    assert kafka_headers(held, namespace="shop", topic_kind="decision") == list(decision.items())
+
+
+def test_http_binding_of_the_same_headers() -> None:
+    headers = http_headers(kafka_headers(RECORD, namespace="shop", topic_kind="nudge"))
+    assert headers["ce-id"] == RECORD["nudge_id"]
+    assert headers["ce-type"] == "io.engage.nudge.delivered"
+    assert headers["Content-Type"] == "application/json"
+    assert http_headers([("engage.reason", b"x"), ("other", b"y")]) == {}
