@@ -503,9 +503,7 @@ class PartitionEngine:
             counts[("decision", record["ritual"], record["status"])] += 1
         state.outbox = outbox
 
-    def _sends(
-        self, key: bytes, sent: Sent, record: dict[str, Any] | None = None
-    ) -> list[Output]:
+    def _sends(self, key: bytes, sent: Sent, record: dict[str, Any] | None = None) -> list[Output]:
         """A decision's sends, with its CloudEvents headers: to the decisions topic, and to
         the nudges topic when delivered."""
         value = bytes(sent.record)
