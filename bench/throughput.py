@@ -88,13 +88,13 @@ def run_engage(
         first = wait_for(
             lambda: worker.metric("engage_events_processed_total") > 0 and time.perf_counter(),
             timeout=120,
-            interval=0.02,
+            interval=0.05,
             what="first event",
         )
         wait_for(
             lambda: worker.metric("engage_events_processed_total") >= n,
             timeout=900,
-            interval=0.05,
+            interval=0.25,  # a scrape costs the worker CPU: poll gently
             what=f"{n} events processed",
         )
         return time.perf_counter() - first, app_id
