@@ -233,9 +233,19 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             """After a restart nothing may be left to read: a tick to each owned partition
             whose replay is declared and unfinished re-checks its completion."""
             value = json.dumps({"kind": "tick"}).encode()
-            for p, engine in list(shell.engines.items()):
-                t = engine.time
-                if t.replay is not None and not t.replay_done:
+            try:
+                assigned = {
+                    tp.partition
+                    for tp in app.consumer.assignment()
+                    if tp.topic == settings.clock_topic
+                }
+            except Exception:  # consumer not started yet
+                return
+            for p in sorted(assigned):
+                engine = shell.engines.get(p)  # None: not started since the restart
+                if engine is None or (
+                    engine.time.replay is not None and not engine.time.replay_done
+                ):
                     await clock_topic.send(value=value, partition=p)
 
     @app.timer(settings.kpi_interval_s)
