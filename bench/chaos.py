@@ -572,6 +572,8 @@ def experiment_b(lab: Lab) -> Outcome:
                 if tp.partition not in resumed and end > marks.get(tp, 0):
                     resumed[tp.partition] = time.monotonic() - killed_at
             left = _partitions_with_backlog(lab, app_id, inputs)
+            for p in stalled - left:  # caught up: re-read events already folded write nothing
+                resumed.setdefault(p, time.monotonic() - killed_at)
             if third_started and stalled <= set(resumed) | (stalled - left):
                 break
             time.sleep(0.25)
