@@ -191,6 +191,9 @@ class PartitionEngine:
         self._dirty: set[bytes] = set()
         self._touched: set[bytes] = set()  # projection refresh only (a segment change)
         self._erased: set[bytes] = set()  # deleted in this batch (unless re-created after)
+        # Reading a record this partition's clock record says was read before a crash whose
+        # state writes were lost: its decisions are re-sends (same nudge_id), counted so.
+        self._rereading = False
         self._result = BatchResult(partition)
         self._highwaters: dict[str, int | None] = {}
         self._wall_ms: int | None = None
@@ -253,6 +256,7 @@ class PartitionEngine:
         control, erasures = self.config.control_topic, self.config.erasures_topic
         before = self.time.to_json()
         for record in records:
+            self._rereading = False
             try:
                 if record.topic == control:
                     self._on_control(record)
@@ -284,6 +288,7 @@ class PartitionEngine:
         fresh = progress.next_offset is None or record.offset >= progress.next_offset
         if fresh:
             progress.next_offset = record.offset + 1
+        self._rereading = not fresh
         key = record.key
         state = self._state(key) if key is not None else None
         if state is not None and state.offsets.get(short, -1) >= record.offset:
@@ -501,6 +506,8 @@ class PartitionEngine:
             self._result.outputs.extend(self._sends(key, sent, record))
             self._result.decided.append(record)
             counts[("decision", record["ritual"], record["status"])] += 1
+            if self._rereading:
+                counts[("resent",)] += 1
         state.outbox = outbox
 
     def _sends(self, key: bytes, sent: Sent, record: dict[str, Any] | None = None) -> list[Output]:
