@@ -249,6 +249,12 @@ class Settings(BaseSettings):
     def erasure_receipts_topic(self) -> str:
         return self.topic("erasure-receipts")
 
+    def changelog_topics(self) -> list[str]:
+        """The Faust tables' changelog topics (compacted). Created with the other topics, so a
+        fresh app never starts while the broker's metadata still lacks them (Faust would stop
+        the agent with PartitionsMismatch)."""
+        return [f"{self.app_id}-{table}-changelog" for table in ("customers", "control")]
+
     def retention_ms(self) -> dict[str, int]:
         """Topic -> retention.ms the operator asked for (SPEC §4 Erasure: the audit trail
         keeps what its retention allows)."""

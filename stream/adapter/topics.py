@@ -46,7 +46,8 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                 raise
             await asyncio.sleep(0.5)
     try:
-        wanted = settings.all_topics()
+        compacted = set(settings.changelog_topics())
+        wanted = [*settings.all_topics(), *settings.changelog_topics()]
         # Describe only topics that exist: a metadata request for a missing topic makes a
         # broker with auto.create.topics.enable create it, with the broker's partition count.
         present = set(await admin.list_topics())
@@ -63,6 +64,12 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
         retention = settings.retention_ms()
         # The DLQ takes any message an input topic took, plus the dead-letter headers.
         dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
+
+        def extra(name: str) -> dict[str, str]:
+            if name in compacted:  # the tables' changelogs, as Faust would create them
+                return {"cleanup.policy": "compact"}
+            return dlq if name == settings.dlq_topic else {}
+
         if missing:
             await admin.create_topics(
                 [
@@ -70,9 +77,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                         name,
                         settings.partitions,
                         settings.replication_factor,
-                        topic_configs=_configs(
-                            retention.get(name), dlq if name == settings.dlq_topic else {}
-                        ),
+                        topic_configs=_configs(retention.get(name), extra(name)),
                     )
                     for name in missing
                 ]
