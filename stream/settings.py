@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         le=10,
         description="Redis projection: changes are coalesced this long before a write.",
     )
+    recovery_stuck_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="/healthz fails when the worker stays not ready (recovering, rebalancing) "
+        "this long.",
+    )
     stall_after_s: float = Field(
         default=60.0,
         gt=0,

@@ -16,7 +16,8 @@ def engage(*, failure: Exception | None = None, idle_s: float = 0.0, waiting: bo
         last_batch=time.monotonic() - idle_s,
         waiting_input=lambda: waiting,
     )
-    e = Engage(app=None, settings=Settings(stall_after_s=5), table=None, shell=shell,  # type: ignore[arg-type]
+    settings = Settings(stall_after_s=5, recovery_stuck_after_s=30)
+    e = Engage(app=None, settings=settings, table=None, shell=shell,  # type: ignore[arg-type]
                metrics=None, kpis=None)  # type: ignore[arg-type]  # fmt: skip
     e.is_ready = lambda: ready  # type: ignore[method-assign]
     return e
@@ -40,3 +41,15 @@ def test_no_progress_while_input_waits_is_unhealthy() -> None:
 
 def test_recovering_or_rebalancing_is_not_a_stall() -> None:
     assert engage(idle_s=600, waiting=True, ready=False).health()[0]
+
+
+def test_a_worker_stuck_in_recovery_becomes_unhealthy() -> None:
+    """Faust's table recovery can wait forever for a changelog partition: past the bound,
+    /healthz fails so an orchestrator restarts the worker."""
+    e = engage(ready=False)
+    assert e.health()[0]
+    e.not_ready_since = time.monotonic() - 31
+    ok, why = e.health()
+    assert not ok and "not ready" in why
+    e.is_ready = lambda: True  # type: ignore[method-assign]
+    assert e.health()[0] and e.not_ready_since is None

@@ -72,6 +72,7 @@ class Engage:
     shell: BatchShell
     metrics: PipelineMetrics
     kpis: Kpis
+    not_ready_since: float | None = None
 
     def is_ready(self) -> bool:
         """Recovered and assigned (/readyz)."""
@@ -93,9 +94,18 @@ class Engage:
         shell = self.shell
         if shell.failure is not None:
             return False, f"agent stopped: {type(shell.failure).__name__}"
+        now = time.monotonic()
         if not self.is_ready():
-            return True, "ok"  # starting, rebalancing or recovering: not stuck yet
-        idle = time.monotonic() - shell.last_batch
+            # Starting, rebalancing or recovering: fine for a while. Faust's table recovery can
+            # wait forever on a changelog partition ("No event received for active tp ... since
+            # recovery start"); a restart gets past it, so past a bound this is unhealthy.
+            since = self.not_ready_since = self.not_ready_since or now
+            waited = now - since
+            if waited > self.settings.recovery_stuck_after_s:
+                return False, f"not ready for {waited:.0f} s (recovery stuck?)"
+            return True, "ok"
+        self.not_ready_since = None
+        idle = now - shell.last_batch
         if idle > self.settings.stall_after_s and shell.waiting_input():
             return False, f"no progress for {idle:.0f} s while input waits"
         return True, "ok"
