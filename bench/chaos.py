@@ -33,6 +33,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -227,10 +228,13 @@ def ensure_topics(lab: Lab, namespace: str, bootstrap: str | None = None) -> Non
     from stream.adapter.topics import ensure_topics as ensure
     from stream.settings import Settings
 
-    broker = f"kafka://{bootstrap or lab.bootstrap}"
-    asyncio.run(
-        ensure(Settings(broker=broker, topic_namespace=namespace, partitions=lab.partitions))
+    settings = Settings(
+        broker=f"kafka://{bootstrap or lab.bootstrap}",
+        app_id=namespace,  # every experiment's app id is its namespace
+        topic_namespace=namespace,
+        partitions=lab.partitions,
     )
+    asyncio.run(ensure(settings))
 
 
 async def _offsets(bootstrap: str, group: str | None, topics: list[str]) -> tuple[dict, dict]:
@@ -269,6 +273,17 @@ def backlog(lab: Lab, app_id: str, namespace: str) -> int:
     topics = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
     ends, committed = offsets(lab.bootstrap, app_id, topics)
     return sum(max(end - committed.get(tp, 0), 0) for tp, end in ends.items())
+
+
+def _backlog_detail(lab: Lab, app_id: str, namespace: str) -> dict[str, int]:
+    """Uncommitted input messages per topic-partition, where there are any."""
+    topics = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    ends, committed = offsets(lab.bootstrap, app_id, topics)
+    return {
+        f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": end - committed.get(tp, 0)
+        for tp, end in sorted(ends.items())
+        if end > committed.get(tp, 0)
+    }
 
 
 def wait_settled(
@@ -323,9 +338,12 @@ def restart(worker: Worker, timeout: float) -> float:
 
 
 def consumed(worker: Worker) -> float:
-    """Input messages this worker process has read (0 when it cannot answer)."""
+    """Input messages this worker process has read (0 when it cannot answer); falls back to
+    the processed count for a worker that does not export the consumed one."""
     try:
-        return worker.metric("engage_events_consumed_total")
+        return worker.metric("engage_events_consumed_total") or worker.metric(
+            "engage_events_processed_total"
+        )
     except OSError:
         return 0.0
 
@@ -498,6 +516,7 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
     worker = lab.worker(app_id, namespace)
     per_life = max(len(lab.lines()) // (kills + 2), 1)
     ready_times: list[float] = [restart(worker, 300)]
+    counted: list[float | None] = []  # the worker's re-send metric, per process, before a kill
     done = 0
     try:
         for _ in range(kills):
@@ -513,6 +532,7 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
                 break
             if backlog(lab, app_id, namespace) == 0:
                 break
+            counted.append(resend_metric(worker))  # each process counts its own
             kill9(worker)
             done += 1
             ready_times.append(restart(worker, 300))
@@ -520,12 +540,21 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
         out.figures["kills under load"] = done
         out.figures["restart-to-ready s (first start, then each restart)"] = ready_times
         out.figures["max restart-to-ready s"] = max(ready_times[1:] or [0.0])
-        out.figures["seconds to settle after the last restart"] = took
+        out.figures["seconds to settle after the last restart"] = (
+            "did not settle" if took is None else took
+        )
+        if took is None:
+            out.figures["backlog left (topic[partition]: messages)"] = _backlog_detail(
+                lab, app_id, namespace
+            )
         out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
         out.check(done == kills, f"only {done} kills happened under load")
         judge_run(out, clean, lab, app_id, namespace)
-        metric = resend_metric(worker)
-        out.figures["re-sends counted by the worker"] = "no metric" if metric is None else metric
+        counted.append(resend_metric(worker))
+        known = [c for c in counted if c is not None]
+        out.figures["re-sends counted by the worker (all its processes)"] = (
+            sum(known) if known else "no metric"
+        )
     finally:
         worker.stop()
     return out.finish()
@@ -563,10 +592,13 @@ def experiment_b(lab: Lab) -> Outcome:
         resumed: dict[int, float] = {}
         third = lab.worker(app_id, namespace)
         third_started = False
+        third_ready: float | None = None
         while time.monotonic() - killed_at < lab.timeout:
             if not third_started and time.monotonic() - killed_at >= 20:
-                third.start(timeout=300)
+                third.spawn()  # not waited for: the partitions' progress is watched meanwhile
                 third_started = True
+            if third_started and third_ready is None and third.ready():
+                third_ready = time.monotonic() - killed_at
             ends, _ = offsets(lab.bootstrap, None, [changelog])
             for tp, end in ends.items():
                 if tp.partition not in resumed and end > marks.get(tp, 0):
@@ -580,14 +612,18 @@ def experiment_b(lab: Lab) -> Outcome:
         waits = {p: resumed.get(p) for p in sorted(stalled)}
         recovery = max((v for v in waits.values() if v is not None), default=0.0)
         out.figures["partitions with backlog at the kill"] = len(stalled)
-        out.figures["seconds until each resumed"] = {
+        out.figures["s until each resumed (changelog grew or input done)"] = {
             p: ("never" if v is None else round(v, 1)) for p, v in waits.items()
         }
         out.figures["recovery s (slowest partition)"] = recovery
         workers.append(third)
+        if third_started and third_ready is None:
+            wait_for(third.ready, timeout=300, what="the third worker's /readyz")
+            third_ready = time.monotonic() - killed_at
+        out.figures["third worker ready, s after the kill"] = third_ready or "not started"
         alive = [w for w in workers if w.alive()]
         took = wait_settled(lab, app_id, namespace, alive=lambda: bool(alive), timeout=lab.timeout)
-        out.figures["seconds to settle"] = took
+        out.figures["seconds to settle"] = "did not settle" if took is None else took
         out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
         out.check(
             all(v is not None for v in waits.values()) and recovery <= 15.0,
@@ -618,61 +654,75 @@ def _partitions_with_backlog(lab: Lab, app_id: str, inputs: list[str]) -> set[in
 
 
 def experiment_c(lab: Lab, bound: float = 30.0) -> Outcome:
-    """A running worker's /readyz while a second one joins its group."""
+    """A running worker's /readyz while a second one joins its group: once when the first has
+    processed everything (its table to hand over is complete), once under load (a third of
+    the input read, the changelog still growing)."""
     out = Outcome("c", f"a second worker joins: the first is ready again within {bound:.0f} s")
+    for label, under_load in (("at rest", False), ("under load", True)):
+        unready, second_ready = _join(lab, under_load=under_load, watch=max(bound * 4, 120))
+        out.figures[f"{label}: first worker not ready for s"] = (
+            "never ready again" if unready is None else unready
+        )
+        out.figures[f"{label}: second worker ready after s"] = (
+            "never" if second_ready is None else second_ready
+        )
+        out.check(
+            unready is not None and unready <= bound,
+            f"{label}: the first worker's /readyz "
+            + ("never returned to 200" if unready is None else f"was 503 for {unready:.1f} s"),
+        )
+        out.check(second_ready is not None, f"{label}: the second worker never became ready")
+    return out.finish()
+
+
+def _join(lab: Lab, *, under_load: bool, watch: float) -> tuple[float | None, float | None]:
+    """(longest time the first worker was not ready, seconds until the second was ready)
+    after a second worker joins, in seconds; None for "never" within `watch` seconds."""
     namespace = app_id = unique("chaos-c")
     ensure_topics(lab, namespace)
     produce(lab.bootstrap, routed(namespace, lab.lines()))
     first = lab.worker(app_id, namespace)
     second = lab.worker(app_id, namespace)
+    total = len(lab.lines())
     try:
         first.start(timeout=300)
-        wait_settled(lab, app_id, namespace, alive=first.alive, timeout=lab.timeout)
+        if under_load:
+            wait_for(
+                lambda: consumed(first) >= total / 3 or backlog(lab, app_id, namespace) == 0,
+                timeout=lab.timeout,
+                interval=0.1,
+                what="a third of the input",
+            )
+        else:
+            wait_settled(lab, app_id, namespace, alive=first.alive, timeout=lab.timeout)
         second.spawn()
         joined = time.monotonic()
         not_ready_since: float | None = None
-        first_ready_again: float | None = None
+        ready_again: float | None = None
         second_ready: float | None = None
-        dipped = False
-        while time.monotonic() - joined < max(bound * 4, 120):
+        longest = 0.0
+        while time.monotonic() - joined < watch:
             now = time.monotonic() - joined
-            ok1 = first.ready()
-            if not ok1:
-                dipped = True
-                not_ready_since = not_ready_since if not_ready_since is not None else now
-                first_ready_again = None
-            elif dipped and first_ready_again is None:
-                first_ready_again = now
+            if not first.ready():
+                if not_ready_since is None or ready_again is not None:
+                    not_ready_since, ready_again = now, None
+            elif not_ready_since is not None and ready_again is None:
+                ready_again = now
+                longest = max(longest, ready_again - not_ready_since)
             if second_ready is None and second.ready():
                 second_ready = now
-            if second_ready is not None and (first_ready_again is not None or (
-                    not dipped and now > second_ready + 5)):  # fmt: skip
+            settled = not_ready_since is None or ready_again is not None
+            if second_ready is not None and settled and now > second_ready + 5:
                 break
             time.sleep(0.2)
-        unready = (
-            0.0
-            if not dipped
-            else (first_ready_again - (not_ready_since or 0.0))
-            if first_ready_again is not None
-            else None
-        )
-        out.figures["first worker went not ready"] = dipped
-        out.figures["first worker not ready for s"] = (
-            "never ready again" if unready is None else unready
-        )
-        out.figures["second worker ready after s"] = (
-            "never" if second_ready is None else second_ready
-        )
-        out.check(
-            unready is not None and unready <= bound,
-            "first worker's /readyz "
-            + ("never returned to 200" if unready is None else f"was 503 for {unready:.1f} s"),
-        )
-        out.check(second_ready is not None, "the second worker never became ready")
+        if not_ready_since is None:
+            return 0.0, second_ready
+        if ready_again is None:
+            return None, second_ready
+        return longest, second_ready
     finally:
         second.stop()
         first.stop()
-    return out.finish()
 
 
 # --- d: a replay whose worker is killed -----------------------------------------------------
@@ -680,8 +730,11 @@ def experiment_c(lab: Lab, bound: float = 30.0) -> Outcome:
 
 def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
     """`engage replay`, worker killed after the declarations and restarted, vs uninterrupted."""
+    import stream.tools.replay as replay_tool
     from stream.settings import Settings
     from stream.tools.replay import ReplayRun, canonical_lines, run_replay
+
+    replay_tool.ROOT = lab.worker_root  # its workers run from --worker-root too
 
     out = Outcome("d", "replay: worker kill -9 after the declarations, restarted")
     lines = lab.lines()
@@ -695,15 +748,40 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
             partitions=lab.partitions,
         )
 
+    first_done: list[float] = []
+
+    def watch(run: ReplayRun) -> None:
+        # How long after its declarations an uninterrupted replay reports a first partition.
+        declared = time.monotonic()
+        while time.monotonic() - declared < 60 and not _replay_done(lab.bootstrap, run):
+            time.sleep(0.02)
+        first_done.append(time.monotonic() - declared)
+
     t0 = time.monotonic()
-    reference = list(canonical_lines(run_replay(lines, settings=settings(), timeout=lab.timeout)))
+    reference = list(
+        canonical_lines(
+            run_replay(lines, settings=settings(), timeout=lab.timeout, on_declared=watch)
+        )
+    )
     out.figures["uninterrupted replay s"] = time.monotonic() - t0
+    out.figures["first partition done, s after the declarations"] = first_done[0]
     out.figures["decisions (uninterrupted)"] = len(reference)
     restarts: list[float] = []
+    at_kill: list[int] = []
 
     def crash(run: ReplayRun) -> None:
-        time.sleep(2.0)  # the worker is busy with the declarations and the backlog
+        # Kill while the declarations are being handled: at half the time the uninterrupted
+        # replay took to finish a first partition, or when one reports its end, whichever is
+        # first (the others are mid-way), as in the failure this experiment reproduces.
+        deadline = time.monotonic() + min(first_done[0] / 2, 6.0)
+        done = 0
+        while time.monotonic() < deadline:
+            done = _replay_done(lab.bootstrap, run)
+            if done:
+                break
+            time.sleep(0.02)
         restarts.append(run.restart_worker(0, kill=True))
+        at_kill.append(done)
 
     t0 = time.monotonic()
     try:
@@ -718,6 +796,11 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
         out.failures.append(f"the killed replay hung: {exc}")
         return out.finish()
     out.figures["restart-to-ready s"] = restarts
+    out.figures["partitions done before the kill"] = f"{at_kill[0]} of {lab.partitions}"
+    out.check(
+        at_kill[0] < lab.partitions,
+        "inconclusive: every partition had finished before the kill (use more --events)",
+    )
     out.figures["decisions (killed)"] = len(crashed)
     same = crashed == reference
     out.figures["byte-identical"] = same
@@ -727,6 +810,20 @@ def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
     return out.finish()
 
 
+def _replay_done(bootstrap: str, run: Any) -> int:
+    """Partitions that reported the end of this replay so far."""
+    status = run.settings.replay_status_topic
+    ends, _ = offsets(bootstrap, None, [status])
+    if not sum(ends.values()):
+        return 0
+    done = set()
+    for msg in read_all(bootstrap, status):
+        body = json.loads(msg.value)
+        if body.get("replay_id") == run.replay_id:
+            done.add(body.get("partition"))
+    return len(done)
+
+
 # --- e: broker outage under the emitter -------------------------------------------------------
 
 
@@ -734,6 +831,7 @@ PRIVATE_STACK = {
     "ENGAGE_DEVSTACK_DIR": "/tmp/chaos-stack",
     "ENGAGE_KAFKA_PORT": "39092",
     "ENGAGE_KAFKA_CONTROLLER_PORT": "39093",
+    "ENGAGE_KAFKA_SASL_PORT": "39094",
 }
 
 
@@ -745,23 +843,44 @@ def _private(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _count(text: str, pattern: str) -> int | None:
+    """The number the pattern's group captures in the emitter's summary (None: not there)."""
+    match = re.search(pattern, text)
+    return int(match.group(1).replace(",", "")) if match else None
+
+
+def _private_up_again(deadline: float) -> int:
+    """Start the private broker again; returns the attempts it took. A client that keeps
+    reconnecting to a closed local port can connect to itself (TCP simultaneous open, the port
+    being in the ephemeral range) and hold the port for a moment: retry until the bind works."""
+    attempts = 0
+    while True:
+        attempts += 1
+        if _private(["up"]).returncode == 0 or time.monotonic() > deadline:
+            return attempts
+        time.sleep(1.0)
+
+
 def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
     """A private broker stopped for `outage` seconds while `engage emit` produces to it."""
     out = Outcome("e", f"{outage:.0f} s broker outage under engage emit (private broker)")
     bootstrap = f"127.0.0.1:{PRIVATE_STACK['ENGAGE_KAFKA_PORT']}"
-    up = _private(["up"])
-    if up.returncode != 0:
-        out.failures.append(f"private broker did not start: {up.stderr[-300:]}")
+    _private_up_again(deadline=time.monotonic() + 180)
+    if _private(["status"]).returncode != 0:
+        out.failures.append("the private broker did not start (see /tmp/chaos-stack/logs)")
         return out.finish()
     namespace = unique("chaos-e")
     emit_log = lab.workdir / f"{namespace}-emit.log"
-    days = max(2, lab.events // (lab.customers * 6) or 2)
+    # Persona traffic is about 2.4 events per customer and day: enough days that the emitter,
+    # capped at `rate`, is still producing well after the broker is back.
+    days = max(2, int(rate * (outage + 40) / (lab.customers * 2.4)) + 1)
     env = {
         **os.environ,
         "ENGAGE_BROKER": f"kafka://{bootstrap}",
         "ENGAGE_TOPIC_NAMESPACE": namespace,
         "ENGAGE_PARTITIONS": str(lab.partitions),
     }
+    emitter: subprocess.Popen[bytes] | None = None
     try:
         ensure_topics(lab, namespace, bootstrap)
         with emit_log.open("w") as log:
@@ -775,10 +894,23 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
             stopped = _private(["down"])
             down_at = time.monotonic()
             out.figures["broker stopped"] = stopped.returncode == 0
+            # While the broker is down its port stays bound here (without listening: clients
+            # get "connection refused", as from a stopped broker). Otherwise a client that
+            # keeps reconnecting can be handed the port as its own ephemeral port, connect to
+            # itself and keep the broker from binding it again.
+            guard = socket.socket()
+            guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its TIME-WAITs
+            guard.bind(("127.0.0.1", int(PRIVATE_STACK["ENGAGE_KAFKA_PORT"])))
             while time.monotonic() - down_at < outage:
                 time.sleep(0.5)
-            _private(["up"])
-            out.figures["outage s"] = time.monotonic() - down_at
+            os.kill(emitter.pid, signal.SIGSTOP)  # no reconnect while the port is unguarded
+            guard.close()
+            try:
+                back = _private_up_again(deadline=time.monotonic() + 180)
+            finally:
+                os.kill(emitter.pid, signal.SIGCONT)
+            out.figures["outage s (broker down, then starting)"] = time.monotonic() - down_at
+            out.figures["broker start attempts"] = back
             try:
                 rc = emitter.wait(timeout=lab.timeout)
             except subprocess.TimeoutExpired:
@@ -786,20 +918,31 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
                 rc = None
         text = emit_log.read_text(errors="replace")
         out.figures["emitter exit code"] = "timeout" if rc is None else rc
-        match = re.search(r"\): ([\d,]+) events, ([\d,]+) bad messages", text)
-        reported = int(match.group(1).replace(",", "")) if match else None
-        unsent = re.search(r"([\d,]+) (?:events? )?(?:not sent|unsent|could not be sent)", text)
+        # The headline counts what Kafka acknowledged; anything given up is reported apart.
+        events = _count(text, r"\): ([\d,]+) events, [\d,]+ bad messages")
+        bad = _count(text, r"\): [\d,]+ events, ([\d,]+) bad messages")
+        reported = None if events is None or bad is None else events + bad
+        unsent = _count(text, r"([\d,]+) messages could not be confirmed") or 0
+        resent = _count(text, r"after ([\d,]+) re-sends") or 0
         ends, _ = offsets(bootstrap, None, [f"{namespace}.{s}" for s in INPUT_SUFFIXES])
         on_topics = sum(ends.values())
-        out.figures["emitter reported sent"] = "no summary" if reported is None else reported
-        out.figures["emitter reported unsent"] = unsent.group(0) if unsent else "-"
+        out.figures["emitter's count of messages sent"] = (
+            "no summary" if reported is None else reported
+        )
+        out.figures["emitter's count of messages not confirmed"] = unsent
+        out.figures["emitter's re-sends"] = resent
         out.figures["messages on the topics"] = on_topics
         out.check(reported is not None, f"the emitter printed no summary; see {emit_log}")
         out.check(
             reported == on_topics,
-            f"emitter says {reported} sent, the topics hold {on_topics}",
+            f"the emitter says {reported} sent, the topics hold {on_topics}",
         )
+        out.check(unsent == 0, f"messages the emitter could not confirm (lost): {unsent}")
+        out.check(rc == 0, f"the emitter exited with {rc}")
     finally:
+        if emitter is not None and emitter.poll() is None:
+            emitter.kill()
+            emitter.wait()
         _private(["down"])
     return out.finish()
 
