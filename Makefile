@@ -53,7 +53,7 @@ demo: venv stack
 	$(PY) -m stream demo
 
 bench: venv stack
-	$(PY) bench/ingest.py
+	$(PY) bench/throughput.py $(BENCH_ARGS)
 
 CHAOS_ARGS ?=
 chaos: venv stack

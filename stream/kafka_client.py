@@ -105,6 +105,29 @@ def faust_credentials(conf: KafkaConf) -> Any:
     return faust.SSLCredentials(context)
 
 
+def faust_options(settings: Any) -> dict[str, Any]:
+    """Keyword arguments of `faust.App` for the worker's Kafka clients (`Settings`).
+
+    What the benchmark tuned (producer linger and batch size, records per poll) and what
+    recovery depends on (session timeout, heartbeats, standby replicas) in one list.
+    """
+    return {
+        "broker": settings.broker,
+        "broker_credentials": faust_credentials(settings),
+        "processing_guarantee": settings.processing_guarantee,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_linger": settings.producer_linger_ms / 1000,
+        "producer_max_batch_size": settings.producer_max_batch_bytes,
+        "producer_max_request_size": settings.dlq_max_bytes,  # a 1 MB message is dead-lettered
+        "broker_max_poll_records": settings.consumer_max_poll_records,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.heartbeat_interval_s,
+        "table_standby_replicas": settings.standby_replicas,
+        # The agent takes up to batch_max_events at a time: let the stream buffer hold them.
+        "stream_buffer_maxsize": max(4096, 2 * settings.batch_max_events),
+    }
+
+
 class KafkaAccessError(RuntimeError):
     """The broker refused our credentials or our TLS handshake; the message is one line."""
 

@@ -88,6 +88,60 @@ class Settings(BaseSettings):
         default=300.0, ge=0, description="Events further ahead of the wall clock go to the DLQ."
     )
 
+    # Batching and Kafka clients (chosen by `make bench`; see docs/operations-throughput.md).
+    batch_max_events: int = Field(
+        default=2000, ge=1, le=100_000, description="Most messages the agent takes per batch."
+    )
+    batch_within_s: float = Field(
+        default=0.05, gt=0, le=10, description="Longest wait for a batch to fill."
+    )
+    producer_linger_ms: int = Field(
+        default=10, ge=0, le=1000, description="Producer linger: sends wait this long to batch."
+    )
+    producer_max_batch_bytes: int = Field(
+        default=1024 * 1024, ge=16 * 1024, description="Largest producer batch per partition."
+    )
+    producer_buffer_messages: int = Field(
+        default=20_000,
+        ge=100,
+        description="Queued sends (changelog, decisions) before the stream waits for the producer.",
+    )
+    consumer_max_poll_records: int = Field(
+        default=2000, ge=1, description="Most records one consumer fetch returns."
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=300,
+        description="A worker silent this long is presumed dead and its partitions move.",
+    )
+    heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="Consumer group heartbeats (< session/3)."
+    )
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Warm copies of each table partition on other workers (faster failover).",
+    )
+    projection_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="Redis projection: changes are coalesced this long before a write.",
+    )
+    recovery_stuck_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="/healthz fails when the worker stays not ready (recovering, rebalancing) "
+        "this long.",
+    )
+    stall_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="/healthz fails when input waits and no batch was handled for this long.",
+    )
+
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
         description="Profile projection (SPEC §6); AUTH and TLS in the URL (rediss://...).",
@@ -143,6 +197,12 @@ class Settings(BaseSettings):
 
             host = socket.gethostname()
         return f"http://{host}:{self.web_port}"
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> Settings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ValueError("ENGAGE_HEARTBEAT_INTERVAL_S must be at most a third of the session")
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

@@ -40,11 +40,6 @@ def test_hostile_input_is_dead_lettered_with_exact_reasons(bootstrap: str, tmp_p
     assert outcome.passed, _explain(outcome)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the per-partition engine (issue 9 items 1-2: folding idempotent by input "
-    "offset, decision outbox): today a restart re-reads past the 32-id window and folds twice",
-)
 def test_kill_9_under_load_then_restart_gives_the_clean_profiles(
     bootstrap: str, tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         "ENGAGE_DEVSTACK_DIR": str(root),
         "ENGAGE_KAFKA_PORT": str(port),
         "ENGAGE_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "ENGAGE_KAFKA_SASL_PORT": str(free_port()),
         "ENGAGE_BROKER": f"kafka://127.0.0.1:{port}",
         "ENGAGE_PARTITIONS": "2",
     }

@@ -1,7 +1,8 @@
 """The Faust adapter: topics, tables, the agent and the worker around the core.
 
-Turns Kafka messages into calls of the core and the core's outputs into table writes and
-sends. It holds no business rule of its own.
+Turns batches of Kafka messages into calls of the core's per-partition engines
+(`stream.core.engine`) and their results into table writes and sends (`shell.py`, `tables.py`).
+It holds no business rule of its own.
 
 May import: ``stream.core``, ``stream.telemetry``, ``stream.serving``, ``stream.settings``,
 ``schemas``, faust and aiokafka.

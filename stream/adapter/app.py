@@ -1,12 +1,12 @@
-"""The Faust application: a thin shell around the pure core.
+"""The Faust application: a thin shell around the pure core's partition engines.
 
-One agent (concurrency 1) reads all seven co-partitioned input topics (plus the clock and
-erasures topics) as raw bytes, hands each message to `Processor.handle`, which validates it
-(`stream.core.ingest`), dead-letters what cannot be accepted, and folds the rest into the
-`customers` table (`stream.core.state`). Table writes (and erasure tombstones) happen only
-here, inside stream iteration, for the key of the message being processed: Faust sends a write
-to the changelog partition of the current event. `/customers/...` and `/kpis` need the bearer
-token when `ENGAGE_API_TOKEN` is set (`stream.adapter.access`).
+One agent (concurrency 1) reads all co-partitioned input topics, the clock/control topic and the
+erasures topic as raw bytes, in batches (`take_events`), and hands each batch to `BatchShell.handle`
+(`stream/adapter/shell.py`), which runs one `PartitionEngine` (`stream/core/engine.py`) per
+partition and writes each changed customer once per batch to the changelog partition of the
+input partition it came from. Timers only send (clock ticks to the co-partitioned clock topic);
+they never change state. `/customers/...` and `/kpis` need the bearer token when
+`ENGAGE_API_TOKEN` is set (`stream.adapter.access`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -22,15 +24,18 @@ from prometheus_client import generate_latest
 
 from stream.adapter.access import guarded
 from stream.adapter.faust_sensor import FaustSensor
-from stream.adapter.processor import Processor
-from stream.core.clock import wall_now
+from stream.adapter.shell import BatchShell
+from stream.adapter.tables import PartitionedTable
+from stream.core.clock import clock_for, wall_now
+from stream.core.engine import EngineConfig
+from stream.core.ingest import Limits
 from stream.core.profile import view
 from stream.core.rules import Rules, load_rules
-from stream.core.state import decode, to_ms
-from stream.kafka_client import faust_credentials
-from stream.serving.projection import RedisProjector
+from stream.core.state import CustomerState, decode, to_ms
+from stream.kafka_client import faust_options
+from stream.serving.projection import RedisProjector, next_segment_change
 from stream.settings import Settings
-from stream.telemetry.kpis import Snapshot, add_to_snapshot
+from stream.telemetry.kpis import Kpis, Snapshot, add_to_snapshot
 from stream.telemetry.kpis import summary as kpi_summary
 from stream.telemetry.metrics import PipelineMetrics
 
@@ -41,6 +46,22 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
+class RedisProjection:
+    """The engine's `Projection`: changed profiles to the Redis projector (coalesced there)."""
+
+    def __init__(self, projector: RedisProjector, rules: Rules) -> None:
+        self.projector = projector
+        self.rules = rules
+
+    def enqueue(self, customer_id: str, state: bytes | None, clock_ms: int) -> None:
+        """Hand the latest state to the projector's background loop (no I/O here)."""
+        self.projector.enqueue(customer_id, state, clock_ms)
+
+    def next_change(self, state: CustomerState, clock_ms: int) -> int | None:
+        """When the customer's segments next change by themselves: a wake-up for Redis."""
+        return next_segment_change(state, clock_ms, self.rules.profile)
+
+
 @dataclass
 class Engage:
     """The app and the handles tests and commands need."""
@@ -48,11 +69,13 @@ class Engage:
     app: faust.App
     settings: Settings
     table: Any
-    processor: Processor
+    shell: BatchShell
     metrics: PipelineMetrics
+    kpis: Kpis
+    not_ready_since: float | None = None
 
     def is_ready(self) -> bool:
-        """Recovered and assigned (SPEC §6 /readyz)."""
+        """Recovered and assigned (/readyz)."""
         app = self.app
         try:
             assigned = bool(app.consumer.assignment())
@@ -65,27 +88,59 @@ class Engage:
             and app.tables.recovery.completed.is_set()
         )
 
+    def health(self) -> tuple[bool, str]:
+        """Alive and making progress (/healthz): false once the agent has stopped on an
+        error, or when input waits and no batch was handled for `stall_after_s`."""
+        shell = self.shell
+        if shell.failure is not None:
+            return False, f"agent stopped: {type(shell.failure).__name__}"
+        now = time.monotonic()
+        if not self.is_ready():
+            # Starting, rebalancing or recovering: fine for a while. Faust's table recovery can
+            # wait forever on a changelog partition ("No event received for active tp ... since
+            # recovery start"); a restart gets past it, so past a bound this is unhealthy.
+            since = self.not_ready_since = self.not_ready_since or now
+            waited = now - since
+            if waited > self.settings.recovery_stuck_after_s:
+                return False, f"not ready for {waited:.0f} s (recovery stuck?)"
+            return True, "ok"
+        self.not_ready_since = None
+        idle = now - shell.last_batch
+        if idle > self.settings.stall_after_s and shell.waiting_input():
+            return False, f"no progress for {idle:.0f} s while input waits"
+        return True, "ok"
+
+
+def _table(app: faust.App, name: str, settings: Settings) -> PartitionedTable:
+    table = PartitionedTable(
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        source_topic=settings.clock_topic,
+    )
+    app.tables.add(table)
+    return table
+
 
 def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
     rules = rules or load_rules(settings.rules_file)
     app = faust.App(
         settings.app_id,
-        broker=settings.broker,
-        broker_credentials=faust_credentials(settings),
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        processing_guarantee=settings.processing_guarantee,
-        consumer_auto_offset_reset="earliest",
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
         canonical_url=settings.advertised_url,  # what other workers route requests to
         web_in_thread=False,
-        table_standby_replicas=0,
-        producer_max_request_size=settings.dlq_max_bytes,  # a 1 MB message is dead-lettered
+        **faust_options(settings),
     )
     stream_topics = app.topic(
         *settings.input_topics.values(),
@@ -106,40 +161,71 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         }.items()
     }
     # bytes key and value types make Faust use the raw codec: we encode values ourselves.
-    tables = {
-        name: app.Table(
-            name, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
-        )
-        for name in ("customers", "control")
-    }
+    table = _table(app, "customers", settings)
+    control = _table(app, "control", settings)
     metrics = PipelineMetrics()
     metrics.registry.register(FaustSensor(app))
-    processor = Processor(
-        settings,
-        rules,
-        app,
-        tables["customers"],
-        tables["control"],
-        outputs,
-        metrics,
-    )
+    kpis = Kpis(metrics.registry)
+    projection = None
     if settings.redis_enabled and settings.mode != "replay":
-        projector = RedisProjector(settings.redis_url.get_secret_value(), rules, metrics.registry)
-        processor.projector = projector
+        projector = RedisProjector(
+            settings.redis_url.get_secret_value(),
+            rules,
+            metrics.registry,
+            linger_s=settings.projection_interval_s,
+        )
+        projection = RedisProjection(projector, rules)
 
         @app.task
         async def project_to_redis() -> None:
-            """Background writes of changed profiles; the stream never waits for Redis."""
+            """Background writes of changed profiles, coalesced; the stream never waits."""
             await projector.run()
 
-    table = tables["customers"]
+    config = EngineConfig(
+        rules=rules,
+        clock=clock_for(settings.mode, grace_ms=settings.grace_ms),
+        inputs={topic: topic.rsplit(".", 1)[-1] for topic in settings.input_topics.values()},
+        control_topic=settings.clock_topic,
+        erasures_topic=settings.erasures_topic,
+        namespace=settings.topic_namespace,
+        partitions=settings.partitions,
+        limits=Limits(
+            max_message_bytes=settings.max_message_bytes,
+            max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+        ),
+    )
+    shell = BatchShell(
+        app=app,
+        config=config,
+        customers=table,
+        control=control,
+        topics=outputs,
+        metrics=metrics,
+        kpis=kpis,
+        projection=projection,
+    )
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    engage = Engage(app, settings, table, processor, metrics)
+    engage = Engage(app, settings, table, shell, metrics, kpis)
 
     @app.agent(stream_topics, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await processor.handle(event)
+        """Batches to the engines. An error of the shell itself stops here without
+        acknowledging the batch (at-least-once) and makes /healthz fail."""
+        async for events in stream.take_events(
+            settings.batch_max_events, within=settings.batch_within_s
+        ):
+            try:
+                await shell.handle(events)
+            except Exception as exc:
+                log.exception("the batch shell failed: stopping the agent (see /healthz)")
+                shell.failure = exc
+                await asyncio.Event().wait()  # never acknowledge this batch
+
+    @app.task
+    async def bigger_producer_buffer() -> None:
+        """Faust's producer buffer blocks the stream above 100 queued sends by default; a
+        batch queues one write per changed customer at once."""
+        app.producer.buffer.max_messages = settings.producer_buffer_messages
 
     if settings.mode == "live":
 
@@ -150,26 +236,48 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             for p in range(settings.partitions):
                 await clock_topic.send(value=value, partition=p)
 
+    if settings.mode == "replay":
+
+        @app.timer(settings.tick_interval_s * 4)
+        async def recheck_replay() -> None:
+            """After a restart nothing may be left to read: a tick to each owned partition
+            whose replay is declared and unfinished re-checks its completion."""
+            value = json.dumps({"kind": "tick"}).encode()
+            try:
+                assigned = {
+                    tp.partition
+                    for tp in app.consumer.assignment()
+                    if tp.topic == settings.clock_topic
+                }
+            except Exception:  # consumer not started yet
+                return
+            for p in sorted(assigned):
+                engine = shell.engines.get(p)  # None: not started since the restart
+                if engine is None or (
+                    engine.time.replay is not None and not engine.time.replay_done
+                ):
+                    await clock_topic.send(value=value, partition=p)
+
     @app.timer(settings.kpi_interval_s)
     async def refresh_segments() -> None:
         """Segment gauges from this worker's own partitions: reads only, never writes."""
-        clock = to_ms(wall_now()) if settings.mode == "live" else processor.latest_clock()
+        clock = to_ms(wall_now()) if settings.mode == "live" else shell.latest_clock()
         if clock == 0:
             return  # replay before its declaration: no "now" to read segments at
         snap = Snapshot()
         try:
-            for i, raw in enumerate(list(table.values())):
+            for i, raw in enumerate(list(table.data.values())):
                 add_to_snapshot(snap, decode(raw), clock, rules.profile)
                 if i % 500 == 499:
                     await asyncio.sleep(0)  # a large table must not stall the stream
         except Exception:  # a timer that raises stops the whole Faust app: log, keep going
             log.exception("segment refresh failed")
             return
-        processor.kpis.publish(snap)
+        kpis.publish(snap)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        processor.forget_partitions({tp.partition for tp in revoked})
+        shell.forget({tp.partition for tp in revoked})
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -183,7 +291,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
+        ok, why = engage.health()
+        return web.json({"status": "ok" if ok else why}, status=200 if ok else 503)
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
@@ -194,11 +303,11 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     @guarded(token)  # before routing: an unauthorised request never reaches another worker
     @app.table_route(table=table, match_info="customer_id")
     async def customer(web: Any, request: Any, customer_id: str) -> Any:
-        raw = table.get(customer_id.encode("utf-8"))
+        raw = table.data.get(customer_id.encode("utf-8"))
         if raw is None:
             return web.json({"error": "unknown customer"}, status=404)
         state = decode(raw)
-        clock = to_ms(wall_now()) if settings.mode == "live" else processor.latest_clock()
+        clock = to_ms(wall_now()) if settings.mode == "live" else shell.latest_clock()
         clock = max(clock, state.last_seen)  # never read a profile before its own events
         return web.bytes(
             json.dumps(view(state, clock, rules.profile)).encode(),

@@ -10,6 +10,7 @@ observed, so these rules are tested without Kafka.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,6 +18,11 @@ from datetime import UTC, datetime
 def wall_now() -> datetime:
     """The wall clock: read by the shell only, and passed into the core as data."""
     return datetime.now(UTC)
+
+
+def wall_ms() -> int:
+    """The wall clock in epoch milliseconds (the shell reads it once per batch)."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -71,3 +77,132 @@ def partition_clock(
     if any(t is None for t in holding):  # unread messages of a topic not read yet: wait
         return previous
     return max(previous, min(t for t in holding if t is not None))
+
+
+# --- the time policy of a worker, chosen once ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class PartitionTime:
+    """One partition's clock and what it is computed from.
+
+    Persisted by the engine once per batch (one small control record per partition), so a
+    restarted or newly assigned worker resumes the clock where the last batch left it instead of
+    recomputing it from a re-read suffix.
+    """
+
+    clock: int = 0
+    progress: dict[str, Progress] = field(default_factory=dict)
+    replay: Replay | None = None
+    replay_done: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict (the control table value)."""
+        return {
+            "clock": self.clock,
+            "progress": {t: [p.next_offset, p.last_time] for t, p in self.progress.items()},
+            "replay": None
+            if self.replay is None
+            else {
+                "replay_id": self.replay.replay_id,
+                "ends": self.replay.ends,
+                "final": self.replay.final,
+            },
+            "replay_done": self.replay_done,
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, object]) -> PartitionTime:
+        """The inverse of `to_json` (a malformed value raises: the caller starts afresh)."""
+        progress = {
+            str(t): Progress(v[0], v[1])
+            for t, v in dict(body.get("progress") or {}).items()  # type: ignore[call-overload]
+        }
+        raw = body.get("replay")
+        replay = None
+        if isinstance(raw, dict):
+            replay = Replay(str(raw["replay_id"]), dict(raw["ends"]), raw.get("final"))
+        return cls(int(body.get("clock") or 0), progress, replay, bool(body.get("replay_done")))  # type: ignore[call-overload]
+
+
+class Clock:
+    """A time policy: how a partition's clock moves, and which wall clock decisions see.
+
+    Chosen once per worker (`clock_for(mode)`), so no mode string is tested in the hot path.
+    """
+
+    name = "abstract"
+    #: does the policy need the input topics' highwater marks (read once per batch)?
+    uses_highwaters = True
+
+    def advance(
+        self, pt: PartitionTime, *, highwaters: dict[str, int | None], wall_ms: int | None
+    ) -> int:
+        """The partition's new clock (never lower than `pt.clock`)."""
+        raise NotImplementedError
+
+    def decision_wall(self, wall_ms: int | None) -> int | None:
+        """The wall clock the lateness guardrail may read (None: no guardrail)."""
+        return None
+
+
+class LiveClock(Clock):
+    """Live: caught-up partitions follow the wall clock minus a grace period."""
+
+    name = "live"
+
+    def __init__(self, grace_ms: int) -> None:
+        self.grace_ms = grace_ms
+
+    def advance(
+        self, pt: PartitionTime, *, highwaters: dict[str, int | None], wall_ms: int | None
+    ) -> int:
+        return partition_clock(
+            pt.clock, pt.progress, highwaters=highwaters, wall_ms=wall_ms, grace_ms=self.grace_ms
+        )
+
+    def decision_wall(self, wall_ms: int | None) -> int | None:
+        return wall_ms
+
+
+class FollowClock(Clock):
+    """Follow: the latest event time read stands in for the wall clock (no guardrail)."""
+
+    name = "follow"
+
+    def advance(
+        self, pt: PartitionTime, *, highwaters: dict[str, int | None], wall_ms: int | None
+    ) -> int:
+        now = max((p.last_time for p in pt.progress.values() if p.last_time), default=None)
+        if now is None:
+            return pt.clock
+        return partition_clock(
+            pt.clock, pt.progress, highwaters=highwaters, wall_ms=now, grace_ms=0
+        )
+
+
+class ReplayClock(Clock):
+    """Replay: event time only; nothing moves before the replay's declaration."""
+
+    name = "replay"
+    uses_highwaters = False
+
+    def advance(
+        self, pt: PartitionTime, *, highwaters: dict[str, int | None], wall_ms: int | None
+    ) -> int:
+        if pt.replay is None:
+            return pt.clock
+        return partition_clock(
+            pt.clock, pt.progress, highwaters={}, wall_ms=None, grace_ms=0, replay=pt.replay
+        )
+
+
+def clock_for(mode: str, *, grace_ms: int = 0) -> Clock:
+    """The policy of a worker mode (`live`, `follow`, `replay`)."""
+    if mode == "live":
+        return LiveClock(grace_ms)
+    if mode == "follow":
+        return FollowClock()
+    if mode == "replay":
+        return ReplayClock()
+    raise ValueError(f"unknown mode {mode!r}")

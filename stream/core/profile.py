@@ -194,6 +194,4 @@ def _rituals(state: CustomerState, clock: int) -> list[tuple[str, tuple[int, str
     """Per ritual with a decision: its last decision and nudges delivered in the last 7 days
     as of the clock (a decision stamped after the clock, in a replay read early, counts too)."""
     recent = [name for t, name in state.r.delivered if clock - t < DELIVERED_WINDOW_MS]
-    return [
-        (ritual, last, recent.count(ritual)) for ritual, last in sorted(state.r.last.items())
-    ]
+    return [(ritual, last, recent.count(ritual)) for ritual, last in sorted(state.r.last.items())]

@@ -64,6 +64,14 @@ class Money(msgspec.Struct, array_like=True):
     revenue: str  # Decimal as text: exact, and JSON has no decimal type
 
 
+class Sent(msgspec.Struct, array_like=True):
+    """A decision recorded in the state until its send is acknowledged (the outbox)."""
+
+    nudge_id: str
+    delivered: bool  # also goes to the nudges topic
+    record: msgspec.Raw  # the canonical decision bytes, embedded verbatim
+
+
 class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     """What the table holds per customer. Field names are the serialised keys."""
 
@@ -110,6 +118,10 @@ class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
     consent: dict[str, Choice] = {}  # scope (marketing, all) -> latest choice, by event time
     r: RitualState = msgspec.field(default_factory=RitualState)  # rituals, in ritual time
     partition: int = -1  # the input partition it lives on: rebuilds the due index
+    # Input topic suffix -> the highest offset folded from it (on `partition`): a re-read
+    # message at or below it was folded already, whatever the consumer's commit lag.
+    offsets: dict[str, int] = {}
+    outbox: list[Sent] = []  # decisions taken whose sends are not acknowledged yet
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -136,7 +148,12 @@ def is_duplicate(state: CustomerState, event_id: str) -> bool:
     """True when `event_id` is among the customer's recent events (SPEC §1)."""
     digest = event_digest(event_id)
     ids = state.recent_ids
-    return any(ids[i : i + _ID_DIGEST] == digest for i in range(0, len(ids), _ID_DIGEST))
+    at = ids.find(digest)
+    while at != -1:  # a match must start on a digest boundary
+        if at % _ID_DIGEST == 0:
+            return True
+        at = ids.find(digest, at + 1)
+    return False
 
 
 def fold(

@@ -327,9 +327,11 @@ class RedisProjector:
                 if not self._pending:
                     self._wake.clear()
                     await self._wake.wait()
-                    await asyncio.sleep(self.linger_s)
+                # Coalesce: under load too, a customer changed many times within linger_s is
+                # written once (the worker sets linger_s from ENGAGE_PROJECTION_INTERVAL_S).
+                await asyncio.sleep(self.linger_s)
                 try:
-                    await self.flush()
+                    await self.flush(drain=False)
                 except Exception as exc:  # Redis down, timeout, failover, OOM: retry all
                     await self._failed(exc)
                 else:
@@ -364,15 +366,19 @@ class RedisProjector:
             finally:
                 await self._close()
 
-    async def flush(self) -> int:
+    async def flush(self, *, drain: bool = True) -> int:
         """Write everything pending now, in batches; returns the number of customers written.
+
+        `drain=False` writes only as many customers as were pending when it started, so changes
+        arriving meanwhile wait for the next round (and coalesce) instead of extending this one.
 
         On a Redis error the batch in flight goes back to the pending dict (unless a newer
         state of the customer arrived meanwhile) and the error propagates.
         """
         written = 0
         async with self._lock:
-            while self._pending:
+            budget = None if drain else len(self._pending)
+            while self._pending and (budget is None or written < budget):
                 keys = list(itertools.islice(self._pending, self.batch_size))
                 self._inflight = {k: self._pending.pop(k) for k in keys}
                 try:

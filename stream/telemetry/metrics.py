@@ -71,7 +71,8 @@ class PipelineMetrics:
         )
         self.processing_seconds = Histogram(
             "engage_processing_seconds",
-            "Time to handle one message, from decode to table write.",
+            "Time to handle one message: each batch's handling time per message, observed once "
+            "per batch.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -115,6 +116,23 @@ class PipelineMetrics:
             "engage_watermark_lag_seconds",
             "Live mode: wall clock minus each partition's clock.",
             ["partition"],
+            registry=r,
+        )
+        self.redelivered = Counter(
+            "engage_redelivered_events_total",
+            "Input messages read again after a restart or rebalance and skipped: their offset "
+            "is recorded as folded in the customer's state.",
+            registry=r,
+        )
+        self.resent = Counter(
+            "engage_decisions_resent_total",
+            "Decisions sent again, under the same nudge_id, after a worker took over a "
+            "partition whose sends were never acknowledged.",
+            registry=r,
+        )
+        self.wake_errors = Counter(
+            "engage_wake_errors_total",
+            "Due items of a customer that raised while processed (logged, skipped).",
             registry=r,
         )
         self.erasures = Counter(

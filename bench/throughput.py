@@ -1,0 +1,272 @@
+"""Throughput of `engage worker` next to its references, in one run on the same data (`make bench`).
+
+Produces N persona events (the demo's traffic) across the six input topics of a fresh
+namespace, then measures, each from its first event to its N-th:
+
+1. a bare aiokafka consume + `json.loads` loop (what Python can read),
+2. a bare Faust agent doing nothing (Faust's per-message ceiling),
+3. a bare Faust agent writing one table key per event,
+4. `engage worker`, at_least_once and exactly_once,
+
+and prints events/s and the ratio to the bare no-op agent. Then, on a fresh live worker fed at
+half the at_least_once rate, the p50/p99 latency from sending a first purchase to its welcome
+decision on the decisions topic; and the serialized bytes per customer in the changelog.
+
+    .venv/bin/python bench/throughput.py --events 30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest import baseline, persona_traffic  # noqa: E402
+
+from schemas.events import TOPIC_SUFFIX  # noqa: E402
+from tests.harness import Worker, free_port, produce, table_state, unique, wait_for  # noqa: E402
+
+PARTITIONS = 4
+
+
+def run_bare(mode: str, bootstrap: str, namespace: str, n: int, tmp: Path) -> float:
+    """Seconds for a bare Faust agent (`noop` or `table`) from its first event to its n-th."""
+    app_id = unique(f"bench-bare-{mode}")
+    result = tmp / f"{app_id}.txt"
+    log = (tmp / f"{app_id}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "faust_bare.py"), mode, app_id, namespace,
+         str(n), str(PARTITIONS), str(result), str(free_port())],
+        cwd=ROOT, env={**os.environ, "ENGAGE_BROKER": f"kafka://{bootstrap}"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        text = wait_for(
+            lambda: result.exists() and result.read_text(), timeout=900, what=f"bare {mode}"
+        )
+        return float(text)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def run_engage(
+    bootstrap: str, namespace: str, n: int, guarantee: str, tmp: Path
+) -> tuple[float, str]:
+    """Seconds from the worker's first processed event to its n-th, and its app id."""
+    app_id = unique(f"bench-{guarantee}")
+    worker = Worker(
+        bootstrap=bootstrap,
+        app_id=app_id,
+        namespace=namespace,
+        log_path=tmp / f"{app_id}.log",
+        partitions=PARTITIONS,
+        extra_env={
+            "ENGAGE_PROCESSING_GUARANTEE": guarantee,
+            "ENGAGE_LOG_LEVEL": "warning",
+            "ENGAGE_REDIS_ENABLED": "false",
+        },
+    )
+    worker.start(timeout=120)
+    try:
+        first = wait_for(
+            lambda: worker.metric("engage_events_processed_total") > 0 and time.perf_counter(),
+            timeout=120,
+            interval=0.05,
+            what="first event",
+        )
+        wait_for(
+            lambda: worker.metric("engage_events_processed_total") >= n,
+            timeout=900,
+            interval=0.25,  # a scrape costs the worker CPU: poll gently
+            what=f"{n} events processed",
+        )
+        return time.perf_counter() - first, app_id
+    finally:
+        worker.stop()
+
+
+async def _latency(bootstrap: str, namespace: str, rate: float, seconds: float) -> list[float]:
+    """Send live traffic at `rate` events/s; every 10th is a new customer's first purchase.
+    Returns the seconds from each such send to its welcome decision being readable."""
+    decisions = f"{namespace}.nudge-decisions"
+    consumer = AIOKafkaConsumer(
+        decisions, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=unique("bench-latency"),
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    await consumer.start()
+    await producer.start()
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        while not stop.is_set() or len(seen) < len(sent):
+            batch = await consumer.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                for msg in msgs:
+                    record = json.loads(msg.value)
+                    if record["ritual"] == "post_purchase_welcome":
+                        seen.setdefault(record["customer_id"], now)
+            if stop.is_set() and time.perf_counter() > deadline:
+                return
+
+    deadline = float("inf")
+    reader = asyncio.create_task(read())
+    try:
+        tick, i = 0.01, 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            due = int((time.perf_counter() - started) * rate)
+            while i < due:
+                now_iso = datetime.now(UTC).isoformat(timespec="milliseconds")
+                if i % 10 == 0:
+                    cid = f"lat-{uuid.uuid4().hex[:10]}"
+                    evt = {"type": "purchase", "order_id": f"o-{i}", "amount": "9.90",
+                           "currency": "EUR", "items": 1}  # fmt: skip
+                    sent[cid] = time.perf_counter()
+                else:
+                    cid = f"lat-bg-{i % 400}"
+                    evt = {"type": "click", "action": "page_view"}
+                evt.update(event_id=str(uuid.uuid4()), customer_id=cid, occurred_at=now_iso)
+                topic = f"{namespace}.{TOPIC_SUFFIX[evt['type']]}"
+                await producer.send(topic, key=cid.encode(), value=json.dumps(evt).encode())
+                i += 1
+            await asyncio.sleep(tick)
+        await producer.flush()
+        deadline = time.perf_counter() + 30
+        stop.set()
+        await reader
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return sorted(seen[c] - t for c, t in sent.items() if c in seen)
+
+
+def measure_latency(bootstrap: str, rate: float, tmp: Path, seconds: float) -> list[float]:
+    """A fresh live worker fed at `rate`: latencies of first purchase -> welcome decision."""
+    from stream.adapter.topics import ensure_topics
+    from stream.settings import Settings
+
+    namespace = unique("bench-lat")
+    asyncio.run(
+        ensure_topics(
+            Settings(
+                broker=f"kafka://{bootstrap}", topic_namespace=namespace, partitions=PARTITIONS
+            )
+        )
+    )
+    worker = Worker(
+        bootstrap=bootstrap, app_id=namespace, namespace=namespace,
+        log_path=tmp / f"{namespace}.log", partitions=PARTITIONS,
+        extra_env={"ENGAGE_LOG_LEVEL": "warning", "ENGAGE_REDIS_ENABLED": "false"},
+    )  # fmt: skip
+    worker.start(timeout=120)
+    try:
+        return asyncio.run(_latency(bootstrap, namespace, rate, seconds))
+    finally:
+        worker.stop()
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--customers", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--skip", default="", help="comma-separated rows to skip: "
+                        "aiokafka,noop,table,at_least_once,exactly_once,latency")  # fmt: skip
+    parser.add_argument("--bootstrap", help="an existing broker; default: the local stack")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        from stream.tools.devstack import ensure_up
+
+        bootstrap = ensure_up(("kafka",))["kafka"]
+    from stream.adapter.topics import ensure_topics
+    from stream.settings import Settings
+
+    namespace = unique("bench")
+    messages = persona_traffic(args.events, args.customers, args.seed)
+    n = len(messages)
+    topics = sorted({f"{namespace}.{suffix}" for suffix in TOPIC_SUFFIX.values()})
+    asyncio.run(
+        ensure_topics(
+            Settings(
+                broker=f"kafka://{bootstrap}", topic_namespace=namespace, partitions=PARTITIONS
+            )
+        )
+    )
+    produce(bootstrap, [(f"{namespace}.{s}", k, v) for s, k, v in messages])
+    print(f"{n} persona events ({args.customers} customers), {PARTITIONS} partitions")
+
+    rows: list[tuple[str, float]] = []
+    app_ids: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        if "aiokafka" not in skip:
+            rows.append(("aiokafka consume + json.loads", n / asyncio.run(
+                baseline(bootstrap, topics, n))))  # fmt: skip
+        for mode, label in (("noop", "bare Faust agent, no-op"),
+                            ("table", "bare Faust agent, 1 table write/event")):  # fmt: skip
+            if mode not in skip:
+                rows.append((label, n / run_bare(mode, bootstrap, namespace, n, tmp)))
+        for guarantee in ("at_least_once", "exactly_once"):
+            if guarantee not in skip:
+                secs, app_ids[guarantee] = run_engage(bootstrap, namespace, n, guarantee, tmp)
+                rows.append((f"engage worker {guarantee}", n / secs))
+        bare = dict(rows).get("bare Faust agent, no-op")
+        print("\n| loop | events/s | ratio to bare no-op agent |\n|---|---:|---:|")
+        for label, rate in rows:
+            ratio = f"{rate / bare:.2f}" if bare else "n/a"
+            print(f"| {label} | {rate:,.0f} | {ratio} |")
+
+        if "at_least_once" in app_ids:
+            states = table_state(bootstrap, f"{app_ids['at_least_once']}-customers-changelog")
+            from stream.core.state import encode
+
+            sizes = sorted(len(encode(s)) for s in states.values())
+            print(
+                f"\nserialized bytes per customer ({len(sizes)} customers): "
+                f"mean {statistics.mean(sizes):,.0f}, p50 {pct(sizes, 0.5):,}, "
+                f"p95 {pct(sizes, 0.95):,}, max {sizes[-1]:,}"
+            )
+        rate = dict(rows).get("engage worker at_least_once")
+        if rate and "latency" not in skip:
+            lat = measure_latency(bootstrap, rate / 2, tmp, args.latency_seconds)
+            print(
+                f"\nevent-to-decision latency at {rate / 2:,.0f} events/s (half the max), "
+                f"{len(lat)} first purchases: p50 {pct(lat, 0.5) * 1000:.0f} ms, "
+                f"p99 {pct(lat, 0.99) * 1000:.0f} ms (a live decision waits for the partition "
+                f"clock, the wall clock minus ENGAGE_GRACE_MS, 1000 ms by default)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The Faust side of the batch engine: one call per batch of the agent's stream.
+
+The agent takes batches (`stream.take_events`), and `BatchShell.handle` splits each into its
+partitions' slices, hands every slice to that partition's `PartitionEngine`, then:
+
+1. writes each changed customer once, to the changelog partition of the input partition it came
+   from (`PartitionedTable.put`, a `send_soon`), and the partition's clock record;
+2. queues every decision, nudge and dead letter with `send_soon`; a decision's acknowledgement
+   (the send callback) clears it from the customer's outbox with one more write;
+3. applies the batch's metric counts, once per label set;
+4. returns, and only then does `take_events` acknowledge the batch's offsets, so the offsets
+   committed never pass a write or send that was not queued (at-least-once). Faust flushes the
+   producer before every commit.
+
+Highwater marks, the wall clock and due timers are read once per partition per batch. A newly
+assigned partition first rebuilds its due index from the recovered table and re-sends its
+unacknowledged decisions. An exception in the shell itself (the engine turns any per-record
+failure into a dead letter) stops the agent without acknowledging the batch and turns /healthz
+unhealthy, so an orchestrator restarts the worker and the batch is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any
+
+from faust.types import TP
+
+from stream.adapter.tables import PartitionedTable, PartitionStore
+from stream.core.clock import PartitionTime, Progress, Replay, wall_ms
+from stream.core.engine import (
+    REPLAY_STATUS,
+    BatchResult,
+    EngineConfig,
+    Output,
+    PartitionEngine,
+    Projection,
+    Record,
+    time_key,
+)
+from stream.core.state import CustomerState, decode
+from stream.telemetry.kpis import Kpis
+from stream.telemetry.metrics import PipelineMetrics
+
+log = logging.getLogger("engage")
+
+
+class BatchShell:
+    """Runs the partition engines of one worker inside its Faust agent."""
+
+    def __init__(
+        self,
+        *,
+        app: Any,
+        config: EngineConfig,
+        customers: PartitionedTable,
+        control: PartitionedTable,
+        topics: dict[str, Any],
+        metrics: PipelineMetrics,
+        kpis: Kpis,
+        projection: Projection | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.customers = customers
+        self.control = control
+        self.topics = topics
+        self.metrics = metrics
+        self.kpis = kpis
+        self.projection = projection
+        self.engines: dict[int, PartitionEngine] = {}
+        self.inflight: Counter[tuple[int, bytes, str]] = Counter()
+        self.last_batch = time.monotonic()  # progress, for /healthz
+        self.failure: BaseException | None = None
+        self.batches = 0
+
+    # --- the agent's one call -----------------------------------------------------------------
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Process one batch of Faust events; see the module docstring for the order."""
+        started = time.perf_counter()
+        slices: dict[int, list[Record]] = {}
+        for event in events:
+            m = event.message
+            headers = m.headers
+            if headers:
+                headers = tuple(headers.items() if isinstance(headers, dict) else headers)
+            record = Record(
+                m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value,
+                headers or (),
+            )  # fmt: skip
+            part = slices.get(m.partition)
+            if part is None:
+                part = slices[m.partition] = []
+            part.append(record)
+        new = [p for p in slices if p not in self.engines]
+        if new:
+            await self._start(new)
+        now_ms = wall_ms()
+        uses_highwaters = self.config.clock.uses_highwaters
+        replay_done: list[Output] = []
+        for p, records in slices.items():
+            engine = self.engines[p]
+            highwaters = self._highwaters(p) if uses_highwaters else None
+            result = engine.process(records, highwaters=highwaters, wall_ms=now_ms)
+            replay_done.extend(self._apply(result))
+        if replay_done:
+            await self.app.producer.flush()  # every decision is out before the news that it is
+            for out in replay_done:
+                await self.topics[REPLAY_STATUS].send(
+                    key=out.key, value=out.value, partition=int(out.key or b"0")
+                )
+        self.batches += 1
+        self.last_batch = time.monotonic()
+        if events:
+            self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(events))
+
+    # --- partitions ---------------------------------------------------------------------------
+
+    async def _start(self, partitions: list[int]) -> None:
+        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox."""
+        wanted = set(partitions)
+        for p in partitions:
+            self.engines[p] = PartitionEngine(
+                p,
+                self.config,
+                PartitionStore(self.customers, p),
+                time=self._stored_time(p),
+                positions=self._committed(p),
+                projection=self.projection,
+            )
+        states: dict[int, list[CustomerState]] = {p: [] for p in partitions}
+        for i, raw in enumerate(list(self.customers.data.values())):
+            if i % 2000 == 1999:
+                await asyncio.sleep(0)  # a large table must not stall the event loop
+            try:
+                state = decode(raw)
+            except Exception:
+                log.exception("an unreadable customer state in the table")
+                continue
+            if state.partition in wanted:
+                states[state.partition].append(state)
+        for p in partitions:
+            result = self.engines[p].recover(states[p])
+            self._apply(result)
+        log.info("engine started on partitions %s", sorted(partitions))
+
+    def _stored_time(self, p: int) -> PartitionTime | None:
+        raw = self.control.read(time_key(p), p)
+        legacy = self.control.read(f"replay:{p}".encode(), p)
+        try:
+            if raw is not None:
+                return PartitionTime.from_json(json.loads(raw))
+            if legacy is not None:  # a replay declared before this version: keep it
+                body = json.loads(legacy)
+                pt = PartitionTime(progress={})
+                pt.replay = Replay(body["replay_id"], dict(body["ends"]), body.get("final"))
+                pt.progress = {t: Progress(next_offset=o) for t, o in self._committed(p).items()}
+                return pt
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring an unreadable clock record of partition %s", p)
+        return None
+
+    def _committed(self, p: int) -> dict[str, int | None]:
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        return {t: committed.get(TP(t, p)) for t in self.config.inputs}
+
+    def _highwaters(self, p: int) -> dict[str, int | None]:
+        consumer = self.app.consumer
+        out: dict[str, int | None] = {}
+        for topic in self.config.inputs:
+            try:
+                out[topic] = consumer.highwater(TP(topic, p))
+            except Exception:  # not assigned (yet), or no fetch answered
+                out[topic] = None
+        return out
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: whoever gets them rebuilds their engines from the tables."""
+        self.metrics.rebalances.inc()
+        for p in partitions:
+            self.engines.pop(p, None)
+
+    def latest_clock(self) -> int:
+        """The furthest partition clock of this worker (profile reads in replay mode)."""
+        return max((e.time.clock for e in self.engines.values()), default=0)
+
+    def waiting_input(self) -> bool:
+        """True when an assigned input partition has messages this worker has not read."""
+        for p, engine in self.engines.items():
+            for topic, hw in self._highwaters(p).items():
+                seen = engine.time.progress.get(topic)
+                if hw is not None and (seen is None or (seen.next_offset or 0) < hw):
+                    return True
+        return False
+
+    # --- writes, sends, metrics ---------------------------------------------------------------
+
+    def _apply(self, result: BatchResult) -> list[Output]:
+        """Queue the batch's writes and sends; returns the replay statuses (sent after a
+        flush by the caller)."""
+        p = result.partition
+        for key in result.erased:
+            self.customers.remove(key, p)  # the changelog tombstone
+        put = self.customers.put
+        for key, raw in result.states.items():
+            put(key, raw, p)
+        if result.time is not None:
+            self.control.put(time_key(p), result.time, p)
+        later: list[Output] = []
+        topics = self.topics
+        for out in result.outputs:
+            if out.name == REPLAY_STATUS:
+                later.append(out)
+                continue
+            callback = None
+            if out.customer is not None and out.nudge_id is not None:
+                ident = (p, out.customer, out.nudge_id)
+                self.inflight[ident] += 1
+                callback = partial(self._sent, ident)
+            topics[out.name].send_soon(
+                key=out.key, value=out.value, headers=out.headers, callback=callback
+            )
+        self._count(result)
+        return later
+
+    def _sent(self, ident: tuple[int, bytes, str], fut: Any) -> None:
+        """A decision send was acknowledged; once all of its sends are, clear the outbox."""
+        try:
+            if fut.exception() is not None:
+                return  # stays in the outbox: re-sent after a restart
+        except Exception:
+            return
+        self.inflight[ident] -= 1
+        if self.inflight[ident] > 0:
+            return
+        del self.inflight[ident]
+        p, customer, nudge_id = ident
+        engine = self.engines.get(p)
+        if engine is None:
+            return  # revoked meanwhile: the new owner re-sends, same nudge_id
+        try:
+            raw = engine.acknowledge(customer, [nudge_id])
+            if raw is not None:
+                self.customers.put(customer, raw, p)
+        except Exception:
+            log.exception("clearing an acknowledged decision failed")
+
+    def _count(self, result: BatchResult) -> None:
+        m = self.metrics
+        for key, n in result.counts.items():
+            name = key[0]
+            if name == "processed":
+                m.processed_child(key[1], key[2], key[3]).inc(n)
+            elif name == "consumed":
+                m.consumed_child(key[1]).inc(n)
+            elif name == "decision":
+                m.decision_child(key[1], key[2]).inc(n)
+            elif name == "outcome":
+                m.outcome_child(key[1], key[2], key[3]).inc(n)
+            elif name == "dlq":
+                m.dlq_child(key[1]).inc(n)
+            elif name == "duplicate":
+                m.duplicate_child(key[1]).inc(n)
+            elif name == "redelivered":
+                m.redelivered.inc(n)
+            elif name == "resent":
+                m.resent.inc(n)
+            elif name == "late":
+                m.late_events.inc(n)
+            elif name == "wake_errors":
+                m.wake_errors.inc(n)
+            elif name == "erasure":
+                m.erasures_child(key[1] == "true").inc(n)
+        for event, fcr in result.kpis:
+            self.kpis.count(event, fcr)
+        if result.decided:
+            self.kpis.count_decisions(result.decided)
+        observe = m.lag_seconds.observe
+        for lag in result.lags_s:
+            observe(lag)
+        m.partition_clock_child(result.partition).set(result.clock / 1000)
+        if self.config.clock.name == "live":
+            wall = wall_ms()
+            m.watermark_lag_child(result.partition).set(max(wall - result.clock, 0) / 1000)

@@ -1,0 +1,100 @@
+"""A Faust table written with an explicit changelog partition, from anywhere in the worker.
+
+Faust finds the changelog partition of a table write (and, with `rocksdb://`, the database of
+a read or write) through `current_event()`, which is set only in the task iterating a stream, one
+message at a time. The batch engine writes each changed customer once per batch, and an
+acknowledged decision clears its outbox from a send callback, where no current event is set.
+So every access here names its partition, the input partition the customer lives on, and
+`_on_partition` presents Faust with a stand-in event on it. `use_partitioner=True` would instead
+re-hash the key with the producer's partitioner, which is wrong for producers whose
+partitioner differs from the Java client's.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+
+class _Message:
+    __slots__ = ("partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+
+
+class _PartitionEvent:
+    """Just enough of a Faust event for a table to know the partition."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
+
+
+class PartitionedTable(faust.Table):  # type: ignore[misc]
+    """A bytes -> bytes table whose reads and writes name their partition."""
+
+    source_topic: str = ""  # an input topic co-partitioned with the changelog
+
+    def __init__(self, *args: Any, source_topic: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source_topic = source_topic
+        self._events: dict[int, _PartitionEvent] = {}
+
+    @contextmanager
+    def _on_partition(self, partition: int) -> Iterator[None]:
+        event = self._events.get(partition)
+        if event is None:
+            event = self._events[partition] = _PartitionEvent(self.source_topic, partition)
+        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
+
+    def partition_for_key(self, key: Any) -> int | None:
+        """The partition named by the access in progress (co-partitioning of the changelog
+        with the inputs is checked by `ensure_topics` before the worker starts)."""
+        from faust.streams import current_event
+
+        event = current_event()
+        if event is None:
+            raise TypeError("PartitionedTable: write with put(key, value, partition)")
+        return int(event.message.partition)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        """Write `key` to the store and to changelog partition `partition` (send_soon)."""
+        with self._on_partition(partition):
+            self[key] = value
+
+    def read(self, key: bytes, partition: int) -> bytes | None:
+        """The value of `key` on `partition`, or None."""
+        with self._on_partition(partition):
+            return self.data.get(key)  # type: ignore[no-any-return]
+
+    def remove(self, key: bytes, partition: int) -> None:
+        """Delete `key` (a tombstone on changelog partition `partition`)."""
+        with self._on_partition(partition):
+            if key in self.data:
+                del self[key]
+
+
+class PartitionStore:
+    """One partition's view of a `PartitionedTable`: the engine's `CustomerStore`."""
+
+    __slots__ = ("partition", "table")
+
+    def __init__(self, table: PartitionedTable, partition: int) -> None:
+        self.table = table
+        self.partition = partition
+
+    def get(self, key: bytes) -> bytes | None:
+        """The encoded state of a customer of this partition, or None."""
+        return self.table.read(key, self.partition)

@@ -1,0 +1,552 @@
+"""The per-partition batch engine: the core's one entry point for a stream of Kafka records.
+
+A `PartitionEngine` owns one partition number. It takes a batch of that partition's records
+(the six input topics and the co-partitioned clock/control topic) plus what the shell read once
+for the batch (highwater marks, the wall clock), and returns a `BatchResult`: every changed
+customer state encoded once, the outputs to send (decision records, nudges, dead letters, the
+replay status), the partition's clock record and the metric increments as plain counts. It does
+no I/O: its collaborators are the small Protocols below, so tests drive it with a dict and lists
+(`stream.core.driver.MemoryDriver`) and the Faust adapter is a thin loop around it.
+
+Guarantees it gives the shell, whatever the batch boundaries:
+
+* Idempotent folding. Each customer state records, per input topic, the highest offset folded
+  from it. A re-read record at or below it is skipped before validation, so a consumer that
+  restarts from an old committed offset folds nothing twice (the 32-id window still catches
+  producer retries, which have new offsets).
+* No decision lost. A decision is appended to the customer's `outbox` in the same state record
+  that records it, and leaves the outbox only when the shell reports its sends acknowledged
+  (`acknowledge`). A partition taken over after a crash re-sends what its outbox still holds
+  (`recover`), under the same nudge_id, counted as `resent`.
+* Nothing stops the stream. An exception while handling one record sends that record to the
+  dead-letter topic with reason `processing_error` naming the exception class (never the
+  payload); the customer's state stays as it was before the record.
+* Batch-size independence. The clock moves and due items run after every record (cheap: a heap
+  peek), exactly as a per-message worker would, so one batch or many give the same states and
+  decisions for the same highwater marks and wall clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from schemas.events import EventBase
+from stream.core.clock import Clock, PartitionTime, Progress, Replay
+from stream.core.cloudevents import kafka_headers
+from stream.core.due import DueIndex
+from stream.core.erasure import encode_receipt, parse_request, plan, receipt
+from stream.core.ingest import Limits, Rejection, accept
+from stream.core.partitioning import expected_partition
+from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
+from stream.core.rules import Rules
+from stream.core.state import (
+    CustomerState,
+    Sent,
+    decode,
+    encode,
+    fold,
+    is_duplicate,
+    new_state,
+    to_ms,
+)
+
+log = logging.getLogger("engage")
+
+#: Logical output names; the shell maps them to topics.
+DECISIONS, NUDGES, DLQ, REPLAY_STATUS = "decisions", "nudges", "dlq", "replay_status"
+ERASURE_RECEIPTS = "erasure_receipts"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record as the engine sees it (the shell converts its client's type)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class Output:
+    """A message to send. `customer`/`nudge_id` name the outbox entry an ack clears."""
+
+    name: str  # DECISIONS, NUDGES, DLQ, REPLAY_STATUS or ERASURE_RECEIPTS
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    customer: bytes | None = None
+    nudge_id: str | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch changed and what the shell must write and send, in this order:
+    states (each changed customer once) and the clock record, then outputs; outputs named
+    REPLAY_STATUS go only after every earlier send is acknowledged (a producer flush)."""
+
+    partition: int
+    states: dict[bytes, bytes] = field(default_factory=dict)
+    erased: set[bytes] = field(default_factory=set)  # customers to delete (tombstones), first
+    outputs: list[Output] = field(default_factory=list)
+    time: bytes | None = None  # the partition's clock record (control table), when changed
+    counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    kpis: list[tuple[EventBase, bool]] = field(default_factory=list)  # (event, new FCR)
+    decided: list[dict[str, Any]] = field(default_factory=list)  # decision records taken
+    lags_s: list[float] = field(default_factory=list)  # wall clock - occurred_at, per event
+    clock: int = 0
+
+
+class CustomerStore(Protocol):
+    """Read access to the customers of one partition (the shell writes `BatchResult.states`)."""
+
+    def get(self, key: bytes) -> bytes | None:
+        """The encoded state of a customer, or None."""
+        ...
+
+
+class Projection(Protocol):
+    """Where changed profiles go besides the table (Redis); must not block."""
+
+    def enqueue(self, customer_id: str, state: bytes | None, clock_ms: int) -> None:
+        """Record the customer's latest state for a later write."""
+        ...
+
+    def next_change(self, state: CustomerState, clock_ms: int) -> int | None:
+        """When the customer's segments next change by themselves (a wake-up), if ever."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What every partition engine of a worker shares."""
+
+    rules: Rules
+    clock: Clock
+    inputs: Mapping[str, str]  # input topic -> short name (the key of `CustomerState.offsets`)
+    control_topic: str
+    limits: Limits = field(default_factory=Limits)
+    erasures_topic: str | None = None  # erasure requests, co-partitioned with the inputs
+    namespace: str = ""  # the topic namespace (CloudEvents source)
+    partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
+
+
+def time_key(partition: int) -> bytes:
+    """The control-table key of a partition's clock record."""
+    return f"partition:{partition}".encode()
+
+
+def dlq_headers(record: Record, rejection: Rejection) -> list[tuple[str, bytes]]:
+    """Dead-letter headers, after the message's own headers (kept unchanged)."""
+    return [
+        *record.headers,
+        ("engage.original_topic", record.topic.encode()),
+        ("engage.original_partition", str(record.partition).encode()),
+        ("engage.original_offset", str(record.offset).encode()),
+        ("engage.original_timestamp", str(record.timestamp_ms).encode()),
+        ("engage.reason", rejection.reason.encode()),
+        ("engage.message", rejection.message.encode()),
+    ]
+
+
+class PartitionEngine:
+    """Folds, clocks and decides for one partition; see the module docstring."""
+
+    def __init__(
+        self,
+        partition: int,
+        config: EngineConfig,
+        store: CustomerStore,
+        *,
+        time: PartitionTime | None = None,
+        positions: Mapping[str, int | None] | None = None,
+        projection: Projection | None = None,
+    ) -> None:
+        """`time` is the clock record persisted by the last batch, if any; otherwise the
+        progress starts at `positions` (the consumer's committed offsets per input topic)."""
+        self.partition = partition
+        self.config = config
+        self.rules = config.rules
+        self.policy = config.clock
+        self.store = store
+        self.projection = projection
+        if time is None:
+            time = PartitionTime()
+            for topic in config.inputs:
+                time.progress[topic] = Progress(next_offset=(positions or {}).get(topic))
+        self.time = time
+        self.index = DueIndex()
+        self._cache: dict[bytes, CustomerState] = {}
+        self._dirty: set[bytes] = set()
+        self._touched: set[bytes] = set()  # projection refresh only (a segment change)
+        self._erased: set[bytes] = set()  # deleted in this batch (unless re-created after)
+        # Reading a record this partition's clock record says was read before a crash whose
+        # state writes were lost: its decisions are re-sends (same nudge_id), counted so.
+        self._rereading = False
+        self._result = BatchResult(partition)
+        self._highwaters: dict[str, int | None] = {}
+        self._wall_ms: int | None = None
+        self._wall: datetime = datetime.now(UTC)  # replaced by every batch's wall clock
+        self._ctx = Context(self.rules)
+
+    # --- entry points -------------------------------------------------------------------------
+
+    def recover(self, states: Iterable[CustomerState]) -> BatchResult:
+        """After an assignment: rebuild the due index and re-send every decision whose send
+        was never acknowledged (each counted as `resent`)."""
+        result = BatchResult(self.partition, clock=self.time.clock)
+        for state in states:
+            if state.partition != self.partition:
+                continue
+            self._register(state)
+            for sent in state.outbox:
+                result.outputs.extend(self._sends(state.customer_id.encode(), sent))
+                result.counts[("resent",)] += 1
+        return result
+
+    def acknowledge(self, customer: bytes, nudge_ids: Iterable[str]) -> bytes | None:
+        """Every send of these decisions is acknowledged: drop them from the customer's outbox.
+
+        Returns the customer's new encoded state to write, or None when nothing changed. Call
+        between batches (the shell's send callbacks do).
+        """
+        raw = self.store.get(customer)
+        if raw is None:
+            return None
+        state = decode(raw)
+        ids = set(nudge_ids)
+        kept = [s for s in state.outbox if s.nudge_id not in ids]
+        if len(kept) == len(state.outbox):
+            return None
+        state.outbox = kept
+        return encode(state)
+
+    def process(
+        self,
+        records: Sequence[Record],
+        *,
+        highwaters: Mapping[str, int | None] | None = None,
+        wall_ms: int,
+    ) -> BatchResult:
+        """Handle one batch of this partition's records, in offset order per topic.
+
+        `highwaters` (input topic -> end offset, read once per batch; None where unknown) feed
+        clock policies that use them; `wall_ms` is the wall clock read once for the batch.
+        """
+        result = self._result = BatchResult(self.partition)
+        self._highwaters = dict(highwaters or {})
+        self._wall_ms = wall_ms
+        self._wall = datetime.fromtimestamp(wall_ms / 1000, UTC)
+        self._ctx = Context(self.rules, self.policy.decision_wall(wall_ms))
+        self._cache.clear()
+        self._dirty.clear()
+        self._touched.clear()
+        self._erased.clear()
+        control, erasures = self.config.control_topic, self.config.erasures_topic
+        before = self.time.to_json()
+        for record in records:
+            self._rereading = False
+            try:
+                if record.topic == control:
+                    self._on_control(record)
+                elif record.topic == erasures:
+                    self._on_erasure(record)
+                else:
+                    self._on_input(record)
+            except Exception as exc:  # a bug must not stop the stream: DLQ, go on
+                self._failed(record, exc)
+        if not records:
+            self._tick()
+        self._finish_replay()
+        self._flush(before)
+        result.clock = self.time.clock
+        return result
+
+    # --- records ------------------------------------------------------------------------------
+
+    def _on_input(self, record: Record) -> None:
+        result, counts = self._result, self._result.counts
+        topic = record.topic
+        short = self.config.inputs.get(topic)
+        if short is None:
+            raise ValueError(f"not an input topic: {topic}")
+        counts[("consumed", topic)] += 1
+        progress = self.time.progress.get(topic)
+        if progress is None:
+            progress = self.time.progress[topic] = Progress()
+        fresh = progress.next_offset is None or record.offset >= progress.next_offset
+        if fresh:
+            progress.next_offset = record.offset + 1
+        self._rereading = not fresh
+        key = record.key
+        state = self._state(key) if key is not None else None
+        if state is not None and state.offsets.get(short, -1) >= record.offset:
+            counts[("redelivered", topic)] += 1  # folded before a restart: nothing to do
+            self._tick()
+            return
+        outcome = accept(
+            key,
+            record.value,
+            self._wall,
+            self.config.limits,
+            partition=record.partition,
+            partitions=self.config.partitions,
+        )
+        if isinstance(outcome, Rejection):
+            self._dead_letter(record, outcome)
+            self._tick()
+            return
+        event = outcome
+        assert key is not None  # accept checks the key equals customer_id
+        at = to_ms(event.occurred_at)
+        kind: str = event.type  # type: ignore[attr-defined]
+        if fresh:
+            progress.last_time = at
+        before = self.time.clock
+        clock = self._advance()
+        if self._wall_ms is not None:
+            result.lags_s.append(max((self._wall_ms - at) / 1000, 0.0))
+        if state is None:
+            state = new_state(event.customer_id)
+        offsets = dict(state.offsets)
+        offsets[short] = record.offset
+        if is_duplicate(state, event.event_id):
+            counts[("duplicate", kind)] += 1
+            counts[("processed", topic, kind, "duplicate")] += 1
+            self._put(key, msgspec.structs.replace(state, offsets=offsets))
+            self._run_due(clock)
+            return
+        new = fold(state, event, self.rules.profile)
+        if at < before:
+            counts[("late",)] += 1
+        r, decisions, outcomes = on_event(new.r, new.customer_id, event, at, clock, self._ctx)
+        new.r = r
+        new.partition = self.partition
+        new.offsets = offsets
+        self._decided(key, new, decisions, outcomes)
+        result.kpis.append((event, new.first_contact_resolutions > state.first_contact_resolutions))
+        counts[("processed", topic, kind, "folded")] += 1
+        self._put(key, new)
+        self._run_due(clock)
+
+    def _on_control(self, record: Record) -> None:
+        """A tick (live mode, or a replay's completion re-check) or a replay declaration."""
+        try:
+            body = json.loads(record.value or b"")
+            decl = None
+            if body.get("kind") == "replay":
+                decl = Replay(str(body["replay_id"]), dict(body["ends"]), body.get("final"))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            log.warning("ignoring an unreadable control message at offset %s", record.offset)
+            return
+        if decl is not None and (
+            self.time.replay is None or self.time.replay.replay_id != decl.replay_id
+        ):
+            self.time.replay, self.time.replay_done = decl, False
+        self._tick()
+
+    def _on_erasure(self, record: Record) -> None:
+        """Forget one customer (its state, with the timers and queued events it holds, its
+        wake-up and its projection), then say so on the receipts topic. Moves no clock."""
+        request = parse_request(record.key, record.value)
+        if isinstance(request, Rejection):
+            self._dead_letter(record, request)
+            return
+        key = record.key
+        assert key is not None  # parse_request checks the key equals customer_id
+        partitions = self.config.partitions
+        if partitions is not None and expected_partition(key, partitions) != record.partition:
+            expected = expected_partition(key, partitions)
+            self._dead_letter(
+                record, Rejection("wrong_partition", f"key belongs to partition {expected}")
+            )
+            return
+        state = self._state(key)
+        deleted = plan(state, projection=self.projection is not None)
+        self._cache.pop(key, None)
+        self._dirty.discard(key)
+        self._touched.discard(key)
+        self._erased.add(key)
+        self.index.discard(request.customer_id)
+        if self.projection is not None:
+            self.projection.enqueue(request.customer_id, None, 0)  # profile and segments
+        erased_at = datetime.fromtimestamp((self._wall_ms or 0) / 1000, UTC)
+        body = encode_receipt(receipt(request, erased_at=erased_at, deleted=deleted))
+        self._result.outputs.append(Output(ERASURE_RECEIPTS, key, body))
+        self._result.counts[("erasure", "true" if deleted.state else "false")] += 1
+
+    def _failed(self, record: Record, exc: Exception) -> None:
+        log.error(
+            "processing failed at %s[%s]@%s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            type(exc).__name__,
+        )
+        self._dead_letter(
+            record, Rejection("processing_error", f"{type(exc).__name__} while processing")
+        )
+
+    def _dead_letter(self, record: Record, rejection: Rejection) -> None:
+        result = self._result
+        result.outputs.append(Output(DLQ, record.key, record.value, dlq_headers(record, rejection)))
+        result.counts[("dlq", rejection.reason)] += 1
+        if record.topic != self.config.control_topic:
+            result.counts[("processed", record.topic, "unknown", "dead_lettered")] += 1
+
+    # --- clocks and due items -----------------------------------------------------------------
+
+    def _advance(self) -> int:
+        pt = self.time
+        pt.clock = self.policy.advance(pt, highwaters=self._highwaters, wall_ms=self._wall_ms)
+        return pt.clock
+
+    def _tick(self) -> None:
+        self._run_due(self._advance())
+
+    def _run_due(self, clock: int) -> None:
+        for cid in self.index.pop_due(clock):
+            try:
+                self._wake(cid, clock)
+            except Exception as exc:  # one customer's bug must not stop the partition's timers
+                log.error("waking a customer failed on partition %s: %s", self.partition,
+                          type(exc).__name__)  # fmt: skip
+                self._result.counts[("wake_errors",)] += 1
+
+    def _wake(self, cid: str, clock: int) -> None:
+        key = cid.encode()
+        state = self._state(key)
+        if state is None:
+            return
+        r, decisions, outcomes = advance(state.r, cid, clock, self._ctx)
+        if r is state.r:  # nothing of its own due (a segment change): re-register only
+            self._register(state)
+            if self.projection is not None:
+                self._touched.add(key)
+            return
+        new = msgspec.structs.replace(state, r=r)
+        self._decided(key, new, decisions, outcomes)
+        self._put(key, new)
+
+    def _finish_replay(self) -> None:
+        """Tell `engage replay` when this partition has reached the end of its replay."""
+        pt = self.time
+        if pt.replay is None or pt.replay_done or self.policy.name != "replay":
+            return
+        if pt.replay.final is not None and pt.clock < pt.replay.final:
+            return
+        for topic, end in pt.replay.ends.items():
+            if (pt.progress.get(topic, Progress()).next_offset or 0) < end:
+                return
+        pt.replay_done = True
+        body = {"replay_id": pt.replay.replay_id, "partition": self.partition, "clock": pt.clock}
+        self._result.outputs.append(
+            Output(REPLAY_STATUS, str(self.partition).encode(), json.dumps(body).encode())
+        )
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _state(self, key: bytes) -> CustomerState | None:
+        state = self._cache.get(key)
+        if state is None:
+            if key in self._erased:
+                return None
+            raw = self.store.get(key)
+            if raw is None:
+                return None
+            state = self._cache[key] = decode(raw)
+        return state
+
+    def _put(self, key: bytes, state: CustomerState) -> None:
+        self._cache[key] = state
+        self._dirty.add(key)
+        self._register(state)
+
+    def _register(self, state: CustomerState) -> None:
+        """Wake the customer at its next ritual item, or when its segments next change by
+        themselves (so projected segment sets never go stale), whichever comes first."""
+        due = next_due(state.r)
+        if self.projection is not None:
+            change = self.projection.next_change(state, self.time.clock)
+            if change is not None and (due is None or change < due):
+                due = change
+        self.index.register(state.customer_id, due)
+
+    def _decided(
+        self,
+        key: bytes,
+        state: CustomerState,
+        decisions: list[dict[str, Any]],
+        outcomes: list[tuple[str, str, str]],
+    ) -> None:
+        counts = self._result.counts
+        for ritual, arm, outcome in outcomes:
+            counts[("outcome", ritual, arm, outcome)] += 1
+        if not decisions:
+            return
+        outbox = list(state.outbox)
+        for record in decisions:
+            sent = Sent(
+                record["nudge_id"],
+                record["status"] == "delivered",
+                msgspec.Raw(encode_decision(record)),
+            )
+            outbox.append(sent)
+            self._result.outputs.extend(self._sends(key, sent, record))
+            self._result.decided.append(record)
+            counts[("decision", record["ritual"], record["status"])] += 1
+            if self._rereading:
+                counts[("resent",)] += 1
+        state.outbox = outbox
+
+    def _sends(self, key: bytes, sent: Sent, record: dict[str, Any] | None = None) -> list[Output]:
+        """A decision's sends, with its CloudEvents headers: to the decisions topic, and to
+        the nudges topic when delivered."""
+        value = bytes(sent.record)
+        if record is None:
+            record = json.loads(value)
+        ns = self.config.namespace
+        out = [
+            Output(
+                DECISIONS,
+                key,
+                value,
+                kafka_headers(record, namespace=ns, topic_kind="decision"),
+                key,
+                sent.nudge_id,
+            )
+        ]
+        if sent.delivered:
+            headers = kafka_headers(record, namespace=ns, topic_kind="nudge")
+            out.append(Output(NUDGES, key, value, headers, key, sent.nudge_id))
+        return out
+
+    def _flush(self, before: dict[str, object]) -> None:
+        """Encode each changed customer once; the projection sees it once per batch."""
+        result, clock = self._result, self.time.clock
+        result.erased = self._erased - self._dirty
+        for key in self._dirty:
+            state = self._cache[key]
+            raw = encode(state)
+            result.states[key] = raw
+            if self.projection is not None:
+                self.projection.enqueue(state.customer_id, raw, clock)
+                self._register(state)
+        if self.projection is not None:
+            for key in self._touched - self._dirty:
+                state = self._cache[key]
+                self.projection.enqueue(state.customer_id, self.store.get(key), clock)
+        after = self.time.to_json()
+        if after != before:
+            result.time = json.dumps(after, separators=(",", ":")).encode()
