@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     consumer_max_poll_records: int = Field(
         default=2000, ge=1, description="Most records one consumer fetch returns."
     )
+    lean_drain: bool = Field(
+        default=True,
+        description="Hand fetched messages to the stream inline instead of through four "
+        "tasks per message (Faust's path; false restores it).",
+    )
     session_timeout_s: float = Field(
         default=10.0,
         ge=1,

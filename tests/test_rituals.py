@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import EVENT_ADAPTER
 from stream.core.rituals import (
     RITUALS,
     Context,
     RitualState,
+    _iso,
     advance,
+    encode_decision,
     holdout_bucket,
     nudge_id,
     on_event,
@@ -442,3 +448,43 @@ def test_profile_shows_each_rituals_last_decision_and_recent_deliveries() -> Non
     assert later["nudges_delivered_7d"] == 1
     assert later["rituals"]["post_purchase_welcome"]["delivered_7d"] == 0
     assert later["rituals"]["post_purchase_welcome"]["last_decision"] == "delivered"
+
+
+# --- canonical decision bytes ---------------------------------------------------------------
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=8) | st.text(
+    alphabet='abcXYZ09_-:.é\x00\x1f\x7f"\\/\u2028', max_size=8
+)
+_SCALAR = (
+    _TEXT
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.booleans()
+    | st.none()
+    | st.floats(allow_nan=True, allow_infinity=True)
+)
+_RECORD = st.dictionaries(
+    _TEXT,
+    _SCALAR | st.dictionaries(_TEXT, _SCALAR | st.lists(_SCALAR, max_size=3), max_size=5),
+    max_size=8,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_RECORD)
+def test_decision_bytes_are_sorted_compact_ascii_json(record: dict[str, Any]) -> None:
+    """The fast encoder never changes a decision's bytes: always json.dumps' canonical form."""
+    assert (
+        encode_decision(record)
+        == json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    )
+
+
+@given(st.integers(min_value=-(10**13), max_value=10**14))
+def test_iso_matches_gmtime(ms: int) -> None:
+    """The cached-day timestamp text equals the one built from time.gmtime."""
+    t = time.gmtime(ms // 1000)
+    expected = (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms % 1000:03d}Z"
+    )
+    assert _iso(ms) == expected

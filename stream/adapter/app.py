@@ -23,6 +23,7 @@ import faust
 from prometheus_client import generate_latest
 
 from stream.adapter.access import guarded
+from stream.adapter.drain import LeanApp
 from stream.adapter.faust_sensor import FaustSensor
 from stream.adapter.shell import BatchShell
 from stream.adapter.tables import PartitionedTable
@@ -129,7 +130,7 @@ def _table(app: faust.App, name: str, settings: Settings) -> PartitionedTable:
 def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
     rules = rules or load_rules(settings.rules_file)
-    app = faust.App(
+    app = LeanApp(
         settings.app_id,
         store=settings.store,
         datadir=settings.data_dir,
@@ -142,6 +143,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         web_in_thread=False,
         **faust_options(settings),
     )
+    app.lean_drain = settings.lean_drain  # before anything creates the transport
     stream_topics = app.topic(
         *settings.input_topics.values(),
         settings.clock_topic,
