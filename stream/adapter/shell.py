@@ -100,11 +100,11 @@ class BatchShell:
                 part = slices[m.partition] = []
             part.append(record)
         new = [p for p in slices if p not in self.engines]
+        replay_done: list[Output] = []
         if new:
-            await self._start(new)
+            replay_done.extend(await self._start(new))
         now_ms = wall_ms()
         uses_highwaters = self.config.clock.uses_highwaters
-        replay_done: list[Output] = []
         for p, records in slices.items():
             engine = self.engines[p]
             highwaters = self._highwaters(p) if uses_highwaters else None
@@ -123,8 +123,9 @@ class BatchShell:
 
     # --- partitions ---------------------------------------------------------------------------
 
-    async def _start(self, partitions: list[int]) -> None:
-        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox."""
+    async def _start(self, partitions: list[int]) -> list[Output]:
+        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox.
+        Returns the replay statuses to say again (sent after a flush by the caller)."""
         wanted = set(partitions)
         for p in partitions:
             self.engines[p] = PartitionEngine(
@@ -146,10 +147,12 @@ class BatchShell:
                 continue
             if state.partition in wanted:
                 states[state.partition].append(state)
+        statuses: list[Output] = []
         for p in partitions:
             result = self.engines[p].recover(states[p])
-            self._apply(result)
+            statuses.extend(self._apply(result))
         log.info("engine started on partitions %s", sorted(partitions))
+        return statuses
 
     def _stored_time(self, p: int) -> PartitionTime | None:
         raw = self.control.read(time_key(p), p)
