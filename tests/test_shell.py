@@ -128,3 +128,84 @@ def test_a_commit_never_passes_an_offset_not_yet_processed() -> None:
     state._committed_offset[tp] = 448  # what Faust records once the commit succeeded
     _ack(state, tp, range(448, 1169))
     assert Consumer._new_offset(state, tp) == 1170
+
+
+# --- records the consumer skipped (a hole) are read again before anything after them ----------
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def read(self, key: bytes, partition: int) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+    def remove(self, key: bytes, partition: int) -> None:
+        self.data.pop(key, None)
+
+
+class _Topic:
+    def send_soon(self, **kwargs: object) -> None:
+        pass
+
+    async def send(self, **kwargs: object) -> None:
+        pass
+
+
+class _Consumer:
+    def __init__(self, committed: dict) -> None:
+        self._committed_offset = committed
+        self.seeks: list[tuple[object, int]] = []
+
+    def highwater(self, tp: object) -> int:
+        raise KeyError(tp)
+
+    async def seek(self, tp: object, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_records_after_offsets_the_consumer_skipped_are_not_folded_before_them() -> None:
+    """After a restart Faust handed over clicks 2 and 3 of a partition whose committed offset
+    was 0, and dropped 0 and 1. Folding 2 and 3 first made 0 and 1 look like re-reads for ever:
+    an event never folded. The shell leaves 2 and 3 out, seeks back to 0, and folds all four."""
+    import asyncio
+
+    from faust.types import TP
+
+    from stream.adapter.shell import BatchShell
+    from stream.core.state import decode
+    from stream.telemetry.kpis import Kpis
+    from stream.telemetry.metrics import PipelineMetrics
+    from tests.factory import event, raw
+    from tests.test_engine import config
+
+    topic = "t.clicks"
+    tp = TP(topic, 1)
+    consumer = _Consumer({tp: 0})
+    app = SimpleNamespace(consumer=consumer, producer=SimpleNamespace(flush=None))
+    metrics = PipelineMetrics()
+    customers = _Table()
+    shell = BatchShell(
+        app=app, config=config("follow"), customers=customers, control=_Table(),  # type: ignore[arg-type]
+        topics={n: _Topic() for n in ("decisions", "nudges", "dlq", "replay_status",
+                                      "erasure_receipts")},
+        metrics=metrics, kpis=Kpis(metrics.registry),
+    )  # fmt: skip
+
+    def message(offset: int) -> SimpleNamespace:
+        value = raw(event("click", "cara", days=offset, event_id=f"e-{offset}"))
+        msg = SimpleNamespace(topic=topic, partition=1, offset=offset, timestamp=0.0,
+                              key=b"cara", value=value, headers=None, acked=False)  # fmt: skip
+        return SimpleNamespace(message=msg)
+
+    later = [message(2), message(3)]
+    asyncio.run(shell.handle(later))
+    assert consumer.seeks == [(tp, 0)]
+    assert all(e.message.acked for e in later)  # never counted as processed by the consumer
+    assert b"cara" not in customers.data
+    asyncio.run(shell.handle([message(o) for o in range(4)]))
+    assert decode(customers.data[b"cara"]).counts == {"click": 4}
+    assert consumer.seeks == [(tp, 0)]
