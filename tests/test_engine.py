@@ -148,6 +148,19 @@ def test_a_replay_decides_and_reports_completion_per_partition() -> None:
     assert all(not decode(v).outbox for v in driver.customers.values())  # all acknowledged
 
 
+def test_a_replay_status_lost_in_a_crash_is_said_again_after_the_restart() -> None:
+    """kill -9 after the clock record saying "done" reached the changelog but before the
+    status itself was sent: the restarted worker must say it again, or `engage replay` hangs."""
+    driver = run(replay_log(1).records)
+    assert all(json.loads(driver.control[time_key(p)])["replay_done"] for p in range(PARTITIONS))
+    driver.sent.clear()  # the statuses died in the producer's buffer
+    driver.crash()
+    driver.tick(range(PARTITIONS), wall_ms=WALL)  # the replay-mode re-check after the restart
+    statuses = [json.loads(o.value or b"") for o in driver.sent if o.name == "replay_status"]
+    assert sorted(s["partition"] for s in statuses) == list(range(PARTITIONS))
+    assert {s["replay_id"] for s in statuses} == {"r1"}
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), data=st.data())
 def test_any_batching_gives_the_same_states_and_decisions(seed: int, data: st.DataObject) -> None:

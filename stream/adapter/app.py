@@ -22,6 +22,7 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from stream.adapter import offsets
 from stream.adapter.access import guarded
 from stream.adapter.drain import LeanApp
 from stream.adapter.faust_sensor import FaustSensor
@@ -130,6 +131,7 @@ def _table(app: faust.App, name: str, settings: Settings) -> PartitionedTable:
 def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
     rules = rules or load_rules(settings.rules_file)
+    offsets.install()  # commits never crawl nor pass an unprocessed offset (see the module)
     app = LeanApp(
         settings.app_id,
         store=settings.store,

@@ -76,6 +76,7 @@ class BatchShell:
         self.projection = projection
         self.engines: dict[int, PartitionEngine] = {}
         self.inflight: Counter[tuple[int, bytes, str]] = Counter()
+        self.expected: dict[TP, int] = {}  # per input topic-partition: the next offset to fold
         self.last_batch = time.monotonic()  # progress, for /healthz
         self.failure: BaseException | None = None
         self.batches = 0
@@ -86,8 +87,11 @@ class BatchShell:
         """Process one batch of Faust events; see the module docstring for the order."""
         started = time.perf_counter()
         slices: dict[int, list[Record]] = {}
+        holes = self._holes(events)
         for event in events:
             m = event.message
+            if m.acked:  # behind a hole: read again after the seek below
+                continue
             headers = m.headers
             if headers:
                 headers = tuple(headers.items() if isinstance(headers, dict) else headers)
@@ -100,11 +104,11 @@ class BatchShell:
                 part = slices[m.partition] = []
             part.append(record)
         new = [p for p in slices if p not in self.engines]
+        replay_done: list[Output] = []
         if new:
-            await self._start(new)
+            replay_done.extend(await self._start(new))
         now_ms = wall_ms()
         uses_highwaters = self.config.clock.uses_highwaters
-        replay_done: list[Output] = []
         for p, records in slices.items():
             engine = self.engines[p]
             highwaters = self._highwaters(p) if uses_highwaters else None
@@ -116,15 +120,48 @@ class BatchShell:
                 await self.topics[REPLAY_STATUS].send(
                     key=out.key, value=out.value, partition=int(out.key or b"0")
                 )
+        for tp, offset in holes.items():
+            log.warning("the consumer skipped offsets of %s[%s] from %s: reading them again",
+                        tp.topic, tp.partition, offset)  # fmt: skip
+            await self.app.consumer.seek(tp, offset)
         self.batches += 1
         self.last_batch = time.monotonic()
         if events:
             self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(events))
 
+    def _holes(self, events: Sequence[Any]) -> dict[TP, int]:
+        """Input records that come after offsets the consumer never handed over.
+
+        Faust's fetcher can hand over a record ahead of the committed offset after a restart or
+        a rebalance and then drop the ones in between. Folding it would record its offset in
+        the customer's state and make the skipped ones look like re-reads forever (an event
+        lost), so such records are left out (marked acknowledged without being counted by the
+        consumer, so no commit passes them) and the caller seeks back to the first missing one.
+        """
+        holes: dict[TP, int] = {}
+        expected = self.expected
+        inputs = self.config.inputs
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        for event in events:
+            m = event.message
+            if m.topic not in inputs:
+                continue
+            tp = TP(m.topic, m.partition)
+            at = expected.get(tp)
+            if at is None:
+                at = committed.get(tp)
+            if tp in holes or (at is not None and m.offset > at):
+                holes.setdefault(tp, at)
+                m.acked = True
+            elif at is None or m.offset == at:
+                expected[tp] = m.offset + 1
+        return holes
+
     # --- partitions ---------------------------------------------------------------------------
 
-    async def _start(self, partitions: list[int]) -> None:
-        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox."""
+    async def _start(self, partitions: list[int]) -> list[Output]:
+        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox.
+        Returns the replay statuses to say again (sent after a flush by the caller)."""
         wanted = set(partitions)
         for p in partitions:
             self.engines[p] = PartitionEngine(
@@ -146,10 +183,12 @@ class BatchShell:
                 continue
             if state.partition in wanted:
                 states[state.partition].append(state)
+        statuses: list[Output] = []
         for p in partitions:
             result = self.engines[p].recover(states[p])
-            self._apply(result)
+            statuses.extend(self._apply(result))
         log.info("engine started on partitions %s", sorted(partitions))
+        return statuses
 
     def _stored_time(self, p: int) -> PartitionTime | None:
         raw = self.control.read(time_key(p), p)
@@ -184,8 +223,11 @@ class BatchShell:
     def forget(self, partitions: Iterable[int]) -> None:
         """Revoked partitions: whoever gets them rebuilds their engines from the tables."""
         self.metrics.rebalances.inc()
-        for p in partitions:
+        gone = set(partitions)
+        for p in gone:
             self.engines.pop(p, None)
+        for tp in [tp for tp in self.expected if tp.partition in gone]:
+            del self.expected[tp]
 
     def latest_clock(self) -> int:
         """The furthest partition clock of this worker (profile reads in replay mode)."""

@@ -213,6 +213,11 @@ class PartitionEngine:
             for sent in state.outbox:
                 result.outputs.extend(self._sends(state.customer_id.encode(), sent))
                 result.counts[("resent",)] += 1
+        pt = self.time
+        if pt.replay is not None and pt.replay_done and self.policy.name == "replay":
+            # The clock record saying "done" may have reached the changelog while the status
+            # itself died with the worker: say it again (`engage replay` keeps one per partition).
+            result.outputs.append(self._replay_status())
         return result
 
     def acknowledge(self, customer: bytes, nudge_ids: Iterable[str]) -> bytes | None:
@@ -450,10 +455,14 @@ class PartitionEngine:
             if (pt.progress.get(topic, Progress()).next_offset or 0) < end:
                 return
         pt.replay_done = True
+        self._result.outputs.append(self._replay_status())
+
+    def _replay_status(self) -> Output:
+        """The news that this partition has reached the end of its declared replay."""
+        pt = self.time
+        assert pt.replay is not None
         body = {"replay_id": pt.replay.replay_id, "partition": self.partition, "clock": pt.clock}
-        self._result.outputs.append(
-            Output(REPLAY_STATUS, str(self.partition).encode(), json.dumps(body).encode())
-        )
+        return Output(REPLAY_STATUS, str(self.partition).encode(), json.dumps(body).encode())
 
     # --- state --------------------------------------------------------------------------------
 
