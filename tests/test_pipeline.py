@@ -192,8 +192,12 @@ def test_the_same_event_twice_is_folded_once(make_worker, bootstrap: str) -> Non
     assert worker.metric("engage_duplicate_events_total", type="purchase") == 2.0
 
 
-def test_restarted_worker_recovers_state_from_the_changelog(make_worker, bootstrap: str) -> None:
-    first = make_worker().start()
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_restarted_worker_recovers_state_from_the_changelog(
+    make_worker, bootstrap: str, guarantee: str
+) -> None:
+    env = {"ENGAGE_PROCESSING_GUARANTEE": guarantee}
+    first = make_worker(**env).start()
     customers = [f"dave-{i}" for i in range(20)]
     produce_events(
         bootstrap, first.namespace, [event("purchase", c, 1, amount="7.00") for c in customers]
@@ -206,7 +210,7 @@ def test_restarted_worker_recovers_state_from_the_changelog(make_worker, bootstr
     first.stop()
     assert not first.alive()
 
-    second = make_worker(app_id=first.app_id, namespace=first.namespace).start()
+    second = make_worker(app_id=first.app_id, namespace=first.namespace, **env).start()
     # Untouched since the restart: served from the recovered table alone.
     recovered = [second.profile(c) for c in customers[1:]]
     assert all(p is not None and p["orders"] == 1 for p in recovered), recovered
