@@ -860,7 +860,15 @@ def test_series_do_not_grow_with_customers(make_worker) -> None:
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
     n = 6
     ids = load(worker, customer_ids(f"{prefix}-a", n - 1, 1), start)
-    after_n = series(worker.get("/metrics")[1])
+
+    def every_partition_clocked() -> set[tuple[str, tuple[tuple[str, str], ...]]] | None:
+        """Per-partition gauges appear with a partition's first batch (a tick at the latest)."""
+        now = series(worker.get("/metrics")[1])
+        clocked = {dict(labels).get("partition") for name, labels in now
+                   if name == "engage_partition_clock_seconds"}  # fmt: skip
+        return now if clocked >= {str(p) for p in range(worker.partitions)} else None
+
+    after_n = wait_for(every_partition_clocked, timeout=30, what="a clock on every partition")
     ids |= load(worker, customer_ids(f"{prefix}-b", 2 * n - 1, 1), start)
     _, body = worker.get("/metrics")
     after_3n = series(body)
