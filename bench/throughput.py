@@ -228,7 +228,8 @@ def main() -> int:
     rows: list[tuple[str, float]] = []
     app_ids: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
+        tmp = Path(os.environ.get("BENCH_LOGS") or tmpdir)  # BENCH_LOGS: keep the workers' logs
+        tmp.mkdir(parents=True, exist_ok=True)
         if "aiokafka" not in skip:
             rows.append(("aiokafka consume + json.loads", n / asyncio.run(
                 baseline(bootstrap, topics, n))))  # fmt: skip

@@ -109,10 +109,11 @@ class Settings(BaseSettings):
     consumer_max_poll_records: int = Field(
         default=2000, ge=1, description="Most records one consumer fetch returns."
     )
-    lean_drain: bool = Field(
-        default=True,
-        description="Hand fetched messages to the stream inline instead of through four "
-        "tasks per message (Faust's path; false restores it).",
+    drain: Literal["direct", "lean", "faust"] = Field(
+        default="direct",
+        description="How fetched messages reach the engines: `direct` hands each fetch of the "
+        "worker's topics to them in one call; `lean` goes through the agent's stream with an "
+        "inline hand-over; `faust` is Faust's own path (four tasks per message).",
     )
     session_timeout_s: float = Field(
         default=10.0,

@@ -26,7 +26,7 @@ def consumer(**overrides: Any) -> Any:
 
 def test_the_worker_uses_the_lean_consumer_unless_disabled() -> None:
     assert isinstance(consumer(), LeanConsumer)
-    assert not isinstance(consumer(lean_drain=False), LeanConsumer)
+    assert not isinstance(consumer(drain="faust"), LeanConsumer)
 
 
 def test_a_handover_that_never_waits_runs_inline() -> None:

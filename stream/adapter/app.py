@@ -24,12 +24,12 @@ from prometheus_client import generate_latest
 
 from stream.adapter import offsets
 from stream.adapter.access import guarded
-from stream.adapter.drain import LeanApp
+from stream.adapter.drain import DirectConsumer, LeanApp
 from stream.adapter.faust_sensor import FaustSensor
 from stream.adapter.shell import BatchShell
 from stream.adapter.tables import PartitionedTable
 from stream.core.clock import clock_for, wall_now
-from stream.core.engine import EngineConfig
+from stream.core.engine import EngineConfig, Record
 from stream.core.ingest import Limits
 from stream.core.profile import view
 from stream.core.rules import Rules, load_rules
@@ -149,7 +149,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         web_in_thread=False,
         **faust_options(settings),
     )
-    app.lean_drain = settings.lean_drain  # before anything creates the transport
+    app.drain = settings.drain  # before anything creates the transport
     stream_topics = app.topic(
         *settings.input_topics.values(),
         settings.clock_topic,
@@ -215,10 +215,27 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, shell, metrics, kpis)
 
+    async def direct(records: list[Record]) -> list[Record]:
+        """The direct drain's batches to the engines (see `stream.adapter.drain`). An error of
+        the shell itself stops here without acknowledging the batch and makes /healthz fail."""
+        try:
+            return await shell.handle_records(records)
+        except Exception as exc:
+            log.exception("the batch shell failed: stopping (see /healthz)")
+            shell.failure = exc
+            await asyncio.Event().wait()  # never acknowledge this batch
+            raise
+
     @app.agent(stream_topics, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        """Batches to the engines. An error of the shell itself stops here without
-        acknowledging the batch (at-least-once) and makes /healthz fail."""
+        """Batches to the engines. With the direct drain the consumer hands the batches over
+        itself and this stream stays empty (it makes Faust subscribe to the topics). An error
+        of the shell itself stops here without acknowledging the batch (at-least-once) and
+        makes /healthz fail."""
+        consumer = app.consumer
+        if isinstance(consumer, DirectConsumer):
+            consumer.direct_topics = frozenset(stream_topics.topics)
+            consumer.direct_sink = direct
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_within_s
         ):

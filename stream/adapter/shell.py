@@ -84,24 +84,39 @@ class BatchShell:
     # --- the agent's one call -----------------------------------------------------------------
 
     async def handle(self, events: Sequence[Any]) -> None:
-        """Process one batch of Faust events; see the module docstring for the order."""
-        started = time.perf_counter()
-        slices: dict[int, list[Record]] = {}
-        holes = self._holes(events)
+        """Process one batch of Faust stream events (`ENGAGE_DRAIN=lean|faust`); records held
+        back (see `_holes`) are marked acknowledged without being counted, so no commit
+        passes them."""
+        records: list[Record] = []
         for event in events:
             m = event.message
-            if m.acked:  # behind a hole: read again after the seek below
+            if m.acked:
                 continue
             headers = m.headers
             if headers:
                 headers = tuple(headers.items() if isinstance(headers, dict) else headers)
-            record = Record(
-                m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value,
-                headers or (),
+            records.append(
+                Record(m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value,
+                       headers or ())
             )  # fmt: skip
-            part = slices.get(m.partition)
+        done = await self.handle_records(records)
+        if len(done) != len(records):
+            processed = {(r.topic, r.partition, r.offset) for r in done}
+            for event in events:
+                m = event.message
+                if (m.topic, m.partition, m.offset) not in processed:
+                    m.acked = True
+
+    async def handle_records(self, records: list[Record]) -> list[Record]:
+        """Process one batch of records (the direct drain's call); returns the records
+        processed, the ones to acknowledge. See the module docstring for the order."""
+        started = time.perf_counter()
+        done, holes = self._holes(records)
+        slices: dict[int, list[Record]] = {}
+        for record in done:
+            part = slices.get(record.partition)
             if part is None:
-                part = slices[m.partition] = []
+                part = slices[record.partition] = []
             part.append(record)
         new = [p for p in slices if p not in self.engines]
         replay_done: list[Output] = []
@@ -109,10 +124,10 @@ class BatchShell:
             replay_done.extend(await self._start(new))
         now_ms = wall_ms()
         uses_highwaters = self.config.clock.uses_highwaters
-        for p, records in slices.items():
+        for p, part in slices.items():
             engine = self.engines[p]
             highwaters = self._highwaters(p) if uses_highwaters else None
-            result = engine.process(records, highwaters=highwaters, wall_ms=now_ms)
+            result = engine.process(part, highwaters=highwaters, wall_ms=now_ms)
             replay_done.extend(self._apply(result))
         if replay_done:
             await self.app.producer.flush()  # every decision is out before the news that it is
@@ -126,36 +141,39 @@ class BatchShell:
             await self.app.consumer.seek(tp, offset)
         self.batches += 1
         self.last_batch = time.monotonic()
-        if events:
-            self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(events))
+        if done:
+            self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(done))
+        return done
 
-    def _holes(self, events: Sequence[Any]) -> dict[TP, int]:
-        """Input records that come after offsets the consumer never handed over.
+    def _holes(self, records: Sequence[Record]) -> tuple[list[Record], dict[TP, int]]:
+        """(the records to process, the offset to read again from per topic-partition).
 
         Faust's fetcher can hand over a record ahead of the committed offset after a restart or
         a rebalance and then drop the ones in between. Folding it would record its offset in
         the customer's state and make the skipped ones look like re-reads forever (an event
-        lost), so such records are left out (marked acknowledged without being counted by the
-        consumer, so no commit passes them) and the caller seeks back to the first missing one.
+        lost), so such records are held back (not acknowledged, so no commit passes them) and
+        the caller seeks back to the first missing one.
         """
         holes: dict[TP, int] = {}
+        done: list[Record] = []
         expected = self.expected
         inputs = self.config.inputs
         committed = getattr(self.app.consumer, "_committed_offset", {})
-        for event in events:
-            m = event.message
-            if m.topic not in inputs:
+        for record in records:
+            if record.topic not in inputs:
+                done.append(record)
                 continue
-            tp = TP(m.topic, m.partition)
+            tp = TP(record.topic, record.partition)
             at = expected.get(tp)
             if at is None:
                 at = committed.get(tp)
-            if tp in holes or (at is not None and m.offset > at):
+            if tp in holes or (at is not None and record.offset > at):
                 holes.setdefault(tp, at)
-                m.acked = True
-            elif at is None or m.offset == at:
-                expected[tp] = m.offset + 1
-        return holes
+                continue
+            if at is None or record.offset == at:
+                expected[tp] = record.offset + 1
+            done.append(record)
+        return done, holes
 
     # --- partitions ---------------------------------------------------------------------------
 
