@@ -24,7 +24,7 @@ def test_demo_decides_every_ritual_and_measures_a_lift(stack: dict, tmp_path: Pa
     summary_path = tmp_path / "summary.json"
     proc = subprocess.run(
         [sys.executable, "-m", "stream", "demo", "--plain", "--rules", str(rules),
-         "--customers", "70", "--days", "380", "--speed", str(4 * 86400),
+         "--customers", "150", "--days", "380", "--speed", str(4 * 86400),
          "--web-port", str(free_port()), "--summary-json", str(summary_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
