@@ -266,7 +266,12 @@ def main() -> None:
         out = core.handle(record, state._transaction)
         seen += 1
         if seen == n:
-            Path(result).write_text(f"{time.perf_counter() - first:.6f}")
+            elapsed = time.perf_counter() - first
+            counts = core.counts
+            print(f"{n} events: {sum(v for k, v in counts.items() if k[0] == 'decision')} "
+                  f"decisions, {sum(v for k, v in counts.items() if k[0] == 'dlq')} dead letters",
+                  flush=True)  # fmt: skip
+            Path(result).write_text(f"{elapsed:.6f}")
         return out
 
     sdf = sdf.apply(engage, stateful=True, metadata=True, expand=True)
