@@ -6,7 +6,10 @@ namespace, then measures, each from its first event to its N-th:
 1. a bare aiokafka consume + `json.loads` loop (what Python can read),
 2. a bare Faust agent doing nothing (Faust's per-message ceiling),
 3. a bare Faust agent writing one table key per event,
-4. `engage worker`, at_least_once and exactly_once,
+4. Quix Streams running the engage core per key (`bench/quix_engage.py`, in its own virtualenv
+   `.venv-bench`: Quix Streams is a bench-only dependency whose pins conflict with the
+   product's),
+5. `engage worker`, at_least_once and exactly_once,
 
 and prints events/s and the ratio to the bare no-op agent. Then, on a fresh live worker fed at
 half the at_least_once rate, the p50/p99 latency from sending a first purchase to its welcome
@@ -43,6 +46,8 @@ from schemas.events import TOPIC_SUFFIX  # noqa: E402
 from tests.harness import Worker, free_port, produce, table_state, unique, wait_for  # noqa: E402
 
 PARTITIONS = 4
+#: The interpreter of the bench-only virtualenv with Quix Streams (`make bench` builds it).
+BENCH_PYTHON = Path(os.environ.get("ENGAGE_BENCH_PYTHON") or ROOT / ".venv-bench/bin/python")
 
 
 def run_bare(mode: str, bootstrap: str, namespace: str, n: int, tmp: Path) -> float:
@@ -59,6 +64,27 @@ def run_bare(mode: str, bootstrap: str, namespace: str, n: int, tmp: Path) -> fl
     try:
         text = wait_for(
             lambda: result.exists() and result.read_text(), timeout=900, what=f"bare {mode}"
+        )
+        return float(text)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def run_quix(bootstrap: str, namespace: str, n: int, tmp: Path) -> float:
+    """Seconds for Quix Streams running the engage core per key from its first event to its
+    n-th (`bench/quix_engage.py`, run by the bench virtualenv's interpreter)."""
+    app_id = unique("bench-quix")
+    result = tmp / f"{app_id}.txt"
+    log = (tmp / f"{app_id}.log").open("ab")
+    proc = subprocess.Popen(
+        [str(BENCH_PYTHON), str(ROOT / "bench" / "quix_engage.py"), bootstrap, app_id, namespace,
+         str(n), str(PARTITIONS), str(result), str(tmp / f"{app_id}-state")],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        text = wait_for(
+            lambda: result.exists() and result.read_text(), timeout=900, what="quix engage"
         )
         return float(text)
     finally:
@@ -197,7 +223,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated rows to skip: "
-                        "aiokafka,noop,table,at_least_once,exactly_once,latency")  # fmt: skip
+                        "aiokafka,noop,table,quix,at_least_once,exactly_once,latency")  # fmt: skip
     parser.add_argument("--bootstrap", help="an existing broker; default: the local stack")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -237,6 +263,12 @@ def main() -> int:
                             ("table", "bare Faust agent, 1 table write/event")):  # fmt: skip
             if mode not in skip:
                 rows.append((label, n / run_bare(mode, bootstrap, namespace, n, tmp)))
+        if "quix" not in skip:
+            if BENCH_PYTHON.exists():
+                secs = run_quix(bootstrap, namespace, n, tmp)
+                rows.append(("Quix Streams, engage core per key", n / secs))
+            else:
+                print(f"skipping the Quix Streams row: no {BENCH_PYTHON} (`make bench` makes it)")
         for guarantee in ("at_least_once", "exactly_once"):
             if guarantee not in skip:
                 secs, app_ids[guarantee] = run_engage(bootstrap, namespace, n, guarantee, tmp)
