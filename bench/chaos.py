@@ -146,6 +146,7 @@ class Lab:
     heavy_cap: int = 40
     timeout: float = 600.0
     worker_root: Path = ROOT
+    worker_env: dict[str, str] = field(default_factory=dict)  # e.g. {"ENGAGE_DRAIN": "lean"}
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="engage-chaos-")))
     _lines: list[bytes] | None = None
     _clean: dict[str, Any] | None = None
@@ -162,6 +163,7 @@ class Lab:
                 "ENGAGE_MODE": self.mode,
                 "ENGAGE_REDIS_ENABLED": "false",
                 "ENGAGE_LOG_LEVEL": "warning",
+                **self.worker_env,
                 **env,
             },
             root=self.worker_root,
@@ -1093,6 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy-cap", type=int, default=40, help="1 MB / 100k-nesting each")
     parser.add_argument("--mode", default="follow", choices=["follow", "live"])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--drain", default="direct", choices=["direct", "lean", "faust"],
+                        help="the workers' ENGAGE_DRAIN")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0, help="per wait, seconds")
     parser.add_argument("--bootstrap", help="an existing broker; default: the local stack")
     parser.add_argument(
@@ -1126,9 +1130,11 @@ def main(argv: list[str] | None = None) -> int:
         heavy_cap=args.heavy_cap,
         timeout=args.timeout,
         worker_root=args.worker_root.resolve(),
+        worker_env={"ENGAGE_DRAIN": args.drain},
     )
     print(f"chaos: {', '.join(chosen)} on {bootstrap}, {lab.partitions} partitions, "
-          f"{lab.events:,} persona events, mode {lab.mode}, workers from {lab.worker_root}; "
+          f"{lab.events:,} persona events, mode {lab.mode}, drain {args.drain}, "
+          f"workers from {lab.worker_root}; "
           f"logs in {lab.workdir}")  # fmt: skip
     random.seed(args.seed)
     outcomes = []

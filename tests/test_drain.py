@@ -1,9 +1,15 @@
-"""The lean hand-over from Faust's fetcher to the streams (`stream.adapter.drain`), in-process.
+"""The paths from Faust's fetcher to the engines (`stream.adapter.drain`), in-process.
 
-The fetcher calls `consumer.wait_first(callback(message), consumer.suspend_flow.wait())` for
-every message; these tests call it the same way with hand-overs that complete at once, that
-wait, that fail, and that a rebalance (the suspend flag) abandons. The worker tests
-(test_pipeline, test_chaos, test_ritual_engine, test_http) run it against Kafka.
+The direct drain: one fetch (a fake `getmany` answer of real aiokafka records) goes to the sink
+in one call, only the records it processed are acknowledged (what Faust's commit reads), records
+already read and fetches overtaken by a rebalance are dropped, other topics take Faust's path,
+and a rebalance waits for the batch in progress.
+
+The lean hand-over: the fetcher calls
+`consumer.wait_first(callback(message), consumer.suspend_flow.wait())` for every message; these
+tests call it the same way with hand-overs that complete at once, that wait, that fail, and that
+a rebalance (the suspend flag) abandons. The worker tests run the direct drain against Kafka
+(and test_chaos's kill -9 case both drains).
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from stream.adapter import offsets
 from stream.adapter.app import create_app
-from stream.adapter.drain import LeanConsumer, _resume
+from stream.adapter.drain import DirectConsumer, LeanConsumer, _resume
+from stream.core.engine import Record
 from stream.settings import Settings
 
 
@@ -24,9 +33,103 @@ def consumer(**overrides: Any) -> Any:
     return create_app(settings).app.consumer
 
 
-def test_the_worker_uses_the_lean_consumer_unless_disabled() -> None:
-    assert isinstance(consumer(), LeanConsumer)
+def test_the_worker_uses_the_direct_drain_unless_told_otherwise() -> None:
+    assert isinstance(consumer(), DirectConsumer)
+    lean = consumer(drain="lean")
+    assert isinstance(lean, LeanConsumer) and not isinstance(lean, DirectConsumer)
     assert not isinstance(consumer(drain="faust"), LeanConsumer)
+
+
+def _record(topic: str, partition: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(topic, partition, offset, 1_700_000_000_000 + offset, 0,
+                          f"c{offset}".encode(), b"{}", None, 2, 2, [("h", b"v")])  # fmt: skip
+
+
+def _direct(fetched: dict[TopicPartition, list[ConsumerRecord]],
+            keep: Any = lambda r: True) -> tuple[Any, list[list[Record]], list[Any]]:  # fmt: skip
+    """A never-started direct consumer whose next fetch answers `fetched`; the sink records
+    each batch and reports as processed the records `keep` accepts."""
+    c = consumer()
+    batches: list[list[Record]] = []
+    through_faust: list[Any] = []
+
+    async def sink(records: list[Record]) -> list[Record]:
+        batches.append(records)
+        return [r for r in records if keep(r)]
+
+    async def wait_next_records(timeout: float) -> Any:
+        return fetched, set(fetched)
+
+    async def callback(message: Any) -> None:
+        through_faust.append(message)
+
+    c.direct_topics = frozenset({"in.clicks", "in.clock"})
+    c.direct_sink = sink
+    c._wait_next_records = wait_next_records
+    c.highwater = lambda tp: 100
+    c.callback = callback
+    return c, batches, through_faust
+
+
+def test_a_fetch_goes_to_the_sink_in_one_call_and_processed_records_are_acknowledged() -> None:
+    clicks0, clicks1 = TopicPartition("in.clicks", 0), TopicPartition("in.clicks", 1)
+    changelog = TopicPartition("app-customers-changelog", 0)
+    fetched = {
+        clicks0: [_record("in.clicks", 0, o) for o in (10, 11, 12, 13)],
+        clicks1: [_record("in.clicks", 1, o) for o in (5, 6)],
+        changelog: [_record("app-customers-changelog", 0, 0)],
+    }
+    # The shell holds back offset 12 of partition 0 (as after a hole): 13 is processed.
+    c, batches, through_faust = _direct(fetched, keep=lambda r: (r.partition, r.offset) != (0, 12))
+    c._committed_offset[clicks0] = 10
+    c._read_offset[clicks1] = 6  # offset 5 was read before: dropped, as Faust drops it
+    offsets.install()
+
+    asyncio.run(c._fetch_once())
+
+    assert len(batches) == 1  # one call for the whole fetch
+    assert [(r.partition, r.offset) for r in batches[0]] == [(0, 10), (0, 11), (0, 12), (0, 13),
+                                                             (1, 6)]  # fmt: skip
+    first = batches[0][0]
+    assert (first.topic, first.key, first.value, first.headers) == (
+        "in.clicks", b"c10", b"{}", (("h", b"v"),))
+    assert first.timestamp_ms == 1_700_000_000_010
+    assert [m.offset for m in through_faust] == [0]  # the changelog took Faust's path
+    # Acknowledged under the client's own partition objects, only what was processed:
+    assert all(isinstance(tp, TopicPartition) for tp in c._acked)
+    assert sorted(c._acked[clicks0]) == [10, 11, 13] and c._acked[clicks1] == [6]
+    # so the commit stops before the held-back offset (stream.adapter.offsets).
+    assert c._new_offset(clicks0) == 12
+    assert c._read_offset[clicks0] == 13 and c.direct_idle.is_set()
+
+
+def test_a_fetch_overtaken_by_a_rebalance_is_dropped() -> None:
+    clicks0 = TopicPartition("in.clicks", 0)
+    c, batches, _ = _direct({clicks0: [_record("in.clicks", 0, 0)]})
+    c.flow_active = False  # a rebalance stopped the flow while the fetch was in flight
+    asyncio.run(c._fetch_once())
+    assert batches == [] and not c._acked[clicks0]
+
+
+def test_a_rebalance_waits_for_the_batch_in_progress() -> None:
+    async def main() -> None:
+        c = consumer()
+        committed: list[str] = []
+
+        async def commit_and_end_transactions() -> None:
+            committed.append("commit")
+
+        c.commit_and_end_transactions = commit_and_end_transactions
+        c.direct_idle.clear()  # a batch is in the sink
+        waiting = asyncio.ensure_future(c.wait_empty())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiting.done() and committed == []
+        c.direct_idle.set()  # the batch is processed
+        await asyncio.wait_for(waiting, 5)
+        assert committed == ["commit"]
+
+    asyncio.run(main())
 
 
 def test_a_handover_that_never_waits_runs_inline() -> None:
