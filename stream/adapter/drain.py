@@ -143,7 +143,6 @@ class DirectConsumer(LeanConsumer):
         self.direct_sink: DirectSink | None = None  # set by the app before the worker starts
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
-        self.direct_batches = 0  # batches handed to the sink (for tests and profiling)
 
     async def wait_empty(self) -> None:
         """Faust's wait for the messages being processed, plus the direct batch in progress
@@ -214,14 +213,14 @@ class DirectConsumer(LeanConsumer):
         if not self.flow_active or self.app.consumer_generation_id != generation:
             return
         assert self.direct_sink is not None
+        for rec in batch:  # before the sink: a seek back inside it must win
+            read_offset[tps[rec.topic, rec.partition]] = rec.offset
         self.direct_idle.clear()
         try:
             done = await self.direct_sink(batch)
         finally:
             self.direct_idle.set()
         self._ack_records(done, tps)
-        for rec in batch:
-            read_offset[tps[rec.topic, rec.partition]] = rec.offset
         if self._commit_every is not None and self._n_acked >= self._commit_every:
             self._n_acked = 0
             await self.commit()
