@@ -277,6 +277,43 @@ def test_lost_writes_are_redone_from_the_redelivered_records() -> None:
     assert summary(driver)[1] == clean[1]
 
 
+def test_an_erased_customer_stays_erased_when_its_records_are_read_again() -> None:
+    """A crash after an erasure, before the input offsets were committed: the consumer re-reads
+    the customer's events, which must not bring it back; a later event does."""
+    erasures = f"{NS}.erasures"
+    cfg = EngineConfig(RULES, clock_for("follow", grace_ms=1000), INPUTS, CONTROL, LIMITS,
+                       erasures_topic=erasures)  # fmt: skip
+    log = Log()
+    gone = [log.event(event(kind, "gone", days=d)) for d, kind in ((0, "purchase"), (1, "click"))]
+    p = gone[0].partition
+    request = {"customer_id": "gone", "request_id": "r-1",
+               "requested_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+    erase = log.append(erasures, p, b"gone", json.dumps(request).encode())
+    driver = MemoryDriver(cfg)
+    driver.pipe([*gone, erase], wall_ms=WALL)
+    assert b"gone" not in driver.customers
+    record = json.loads(driver.control[time_key(p)])
+    assert "gone" not in json.dumps(record)  # only a digest of the id is kept
+    driver.crash()
+    driver.pipe(gone, wall_ms=WALL)  # re-read from a committed offset behind the erasure
+    assert b"gone" not in driver.customers
+    assert driver.counts[("redelivered", gone[0].topic)] == 1
+    back = log.event(event("click", "gone", days=3))  # the customer comes back later
+    driver.pipe([back], wall_ms=WALL)
+    back_state = decode(driver.customers[b"gone"])
+    assert back_state.counts == {"click": 1} and back_state.orders == 0  # only the new event
+    # An engine started where the committed offsets passed the erased records drops the guard.
+    def stored() -> PartitionTime:
+        return PartitionTime.from_json(json.loads(driver.control[time_key(p)]))
+
+    guard = stored().erased
+    assert list(guard.values()) == [{"purchases": 0, "clicks": 0}]
+    past = {topic: log.next.get((topic, p), 0) for topic in INPUTS}
+    assert PartitionEngine(p, cfg, {}, time=stored(), positions=past).time.erased == {}
+    behind = {topic: 0 for topic in INPUTS}
+    assert PartitionEngine(p, cfg, {}, time=stored(), positions=behind).time.erased == guard
+
+
 def test_the_same_event_id_twice_is_folded_once() -> None:
     log = Log()
     evt = event("purchase", "dup", days=0)

@@ -95,9 +95,14 @@ class PartitionTime:
     progress: dict[str, Progress] = field(default_factory=dict)
     replay: Replay | None = None
     replay_done: bool = False
+    # Customers erased since the committed input offsets: a digest of the customer id (never
+    # the id) -> the input offsets folded into its state (short topic name -> offset), so a
+    # record re-read after a crash cannot bring an erased customer back.
+    erased: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict (the control table value)."""
+        extra: dict[str, object] = {"erased": self.erased} if self.erased else {}
         return {
             "clock": self.clock,
             "progress": {t: [p.next_offset, p.last_time] for t, p in self.progress.items()},
@@ -109,6 +114,7 @@ class PartitionTime:
                 "final": self.replay.final,
             },
             "replay_done": self.replay_done,
+            **extra,
         }
 
     @classmethod
@@ -122,7 +128,12 @@ class PartitionTime:
         replay = None
         if isinstance(raw, dict):
             replay = Replay(str(raw["replay_id"]), dict(raw["ends"]), raw.get("final"))
-        return cls(int(body.get("clock") or 0), progress, replay, bool(body.get("replay_done")))  # type: ignore[call-overload]
+        erased = {
+            str(d): {str(t): int(o) for t, o in dict(offs).items()}
+            for d, offs in dict(body.get("erased") or {}).items()  # type: ignore[call-overload]
+        }
+        return cls(int(body.get("clock") or 0), progress, replay, bool(body.get("replay_done")),  # type: ignore[call-overload]
+                   erased)  # fmt: skip
 
 
 class Clock:

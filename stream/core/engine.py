@@ -42,7 +42,7 @@ from schemas.events import EventBase
 from stream.core.clock import Clock, PartitionTime, Progress, Replay
 from stream.core.cloudevents import kafka_headers
 from stream.core.due import DueIndex
-from stream.core.erasure import encode_receipt, parse_request, plan, receipt
+from stream.core.erasure import customer_digest, encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
 from stream.core.partitioning import expected_partition
 from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
@@ -185,6 +185,15 @@ class PartitionEngine:
             time = PartitionTime()
             for topic in config.inputs:
                 time.progress[topic] = Progress(next_offset=(positions or {}).get(topic))
+        elif time.erased and positions:
+            # Committed offsets are never read again: erasure guards behind them are done.
+            short_positions = {
+                config.inputs[t]: o for t, o in positions.items() if t in config.inputs
+            }
+            time.erased = {
+                d: offs for d, offs in time.erased.items()
+                if any((short_positions.get(t) or 0) <= o for t, o in offs.items())
+            }  # fmt: skip
         self.time = time
         self.index = DueIndex()
         self._cache: dict[bytes, CustomerState] = {}
@@ -300,6 +309,12 @@ class PartitionEngine:
             counts[("redelivered", topic)] += 1  # folded before a restart: nothing to do
             self._tick()
             return
+        if state is None and self.time.erased and key is not None:
+            erased = self.time.erased.get(customer_digest(key))
+            if erased is not None and erased.get(short, -1) >= record.offset:
+                counts[("redelivered", topic)] += 1  # folded, then erased: stays erased
+                self._tick()
+                return
         outcome = accept(
             key,
             record.value,
@@ -379,6 +394,10 @@ class PartitionEngine:
             return
         state = self._state(key)
         deleted = plan(state, projection=self.projection is not None)
+        if state is not None and state.offsets:
+            guard = self.time.erased.setdefault(customer_digest(key), {})
+            for short, offset in state.offsets.items():
+                guard[short] = max(guard.get(short, -1), offset)
         self._cache.pop(key, None)
         self._dirty.discard(key)
         self._touched.discard(key)

@@ -9,6 +9,7 @@ hands in the instant it erased at.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,12 @@ from pydantic import ValidationError
 from schemas.erasure import Deleted, ErasureRequest
 from stream.core.ingest import Rejection
 from stream.core.state import CustomerState
+
+
+def customer_digest(key: bytes) -> str:
+    """What the partition keeps of an erased customer until its records can no longer be
+    re-read: a digest, so the id itself is gone with the state."""
+    return hashlib.sha256(b"engage-erased:" + key).hexdigest()[:32]
 
 
 def parse_request(key: bytes | None, value: bytes | None) -> ErasureRequest | Rejection:
