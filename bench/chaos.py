@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -565,17 +566,35 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
 # --- b: a kill in a group, a third worker joins ---------------------------------------------
 
 
+def _paced_produce(bootstrap: str, records: list[Any], rate: float) -> None:
+    """Produce `records` at about `rate` per second, in slices of half a second."""
+    step = max(1, int(rate / 2))
+    started = time.monotonic()
+    for i in range(0, len(records), step):
+        produce(bootstrap, records[i : i + step])
+        ahead = started + (i + step) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)  # pacing the load, not waiting for a condition
+
+
 def experiment_b(lab: Lab) -> Outcome:
     """Two workers; one killed at 40 %; a third started 20 s later."""
     out = Outcome("b", "two workers, one kill -9 at 40 %, a third joins 20 s later")
     clean = clean_run(lab)
     namespace = app_id = unique("chaos-b")
     ensure_topics(lab, namespace)
-    produce(lab.bootstrap, routed(namespace, lab.lines()))
-    total = len(lab.lines())
+    records = list(routed(namespace, lab.lines()))
+    total = len(records)
+    # A fifth up front, the rest paced while the workers run, so the kill at 40 % leaves a
+    # backlog on the killed worker's partitions however fast the workers are.
+    produce(lab.bootstrap, records[: total // 5])
+    feeder = threading.Thread(
+        target=_paced_produce, args=(lab.bootstrap, records[total // 5 :], 2000.0), daemon=True
+    )
     workers = [lab.worker(app_id, namespace), lab.worker(app_id, namespace)]
     try:
         _start_all(workers, 300)
+        feeder.start()
         wait_for(
             lambda: (
                 total - backlog(lab, app_id, namespace) >= 0.4 * total
@@ -623,6 +642,7 @@ def experiment_b(lab: Lab) -> Outcome:
             wait_for(third.ready, timeout=300, what="the third worker's /readyz")
             third_ready = time.monotonic() - killed_at
         out.figures["third worker ready, s after the kill"] = third_ready or "not started"
+        feeder.join(timeout=lab.timeout)
         alive = [w for w in workers if w.alive()]
         took = wait_settled(lab, app_id, namespace, alive=lambda: bool(alive), timeout=lab.timeout)
         out.figures["seconds to settle"] = "did not settle" if took is None else took
