@@ -113,10 +113,18 @@ class ReplayRun:
                 )
             time.sleep(0.2)
 
-    def restart_worker(self, i: int, *, kill: bool = False, timeout: float = 300.0) -> float:
+    def restart_worker(
+        self,
+        i: int,
+        *,
+        kill: bool = False,
+        timeout: float = 300.0,
+        while_down: Callable[[], object] | None = None,
+    ) -> float:
         """Stop worker i (SIGKILL when `kill`: no shutdown code runs) and start it again with
         the same settings, as an orchestrator would after a crash; returns the seconds until
-        it is ready. The chaos suite uses it to prove a replay survives a crash."""
+        it is ready. `while_down` runs between the two (what the dead worker left). The chaos
+        suite uses it to prove a replay survives a crash."""
         proc = self.procs[i]
         if proc.poll() is None:
             if kill:
@@ -124,6 +132,8 @@ class ReplayRun:
             else:
                 proc.terminate()
             proc.wait(timeout=30)
+        if while_down is not None:
+            while_down()
         started = time.monotonic()
         self.procs[i] = self._spawn(i, self.ports[i])
         self._wait_ready(timeout)
