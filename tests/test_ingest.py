@@ -255,6 +255,18 @@ def test_generated_hostile_messages_earn_their_reason(seed: int, category: str) 
     assert isinstance(out, Rejection) and out.reason == item.reason, (category, out)
 
 
+def test_a_schema_violation_is_not_completed_by_the_original_events_fields() -> None:
+    """A broken `tier_changed` built from a loyalty event that has a tier of its own was once a
+    valid event (folded, never dead-lettered) in the chaos suite."""
+    import random
+
+    base = event("loyalty", action="joined", tier="bronze")
+    for seed in range(200):
+        item = make("schema_violation", base, random.Random(seed), NOW)
+        out = accept(item.key, item.value, NOW, LIMITS)
+        assert isinstance(out, Rejection) and out.reason == "schema_violation", (seed, out)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     kind=st.sampled_from(EVENT_TYPES),
