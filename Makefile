@@ -5,6 +5,8 @@
 #   make tools   programs tests need besides the stack, when missing (chromium, for the report)
 #   make test    ruff, then pytest (unit + integration tests against the stack)
 #   make demo    the end-to-end demo, ending with an HTML report   make bench   the benchmark
+#   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
+#                event, due index, RSS); STARTUP_ARGS="--customers 100000" for a smaller table
 #   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
 #                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make status  state of the stack             make down    stop the stack (data kept)
@@ -25,7 +27,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv stack tools status test demo bench chaos down lint clean
+.PHONY: venv stack tools status test demo bench bench-startup chaos down lint clean
 
 venv: $(STAMP)
 
@@ -54,6 +56,10 @@ demo: venv stack
 
 bench: venv stack
 	$(PY) bench/throughput.py $(BENCH_ARGS)
+
+STARTUP_ARGS ?=
+bench-startup: venv stack
+	$(PY) bench/startup.py $(STARTUP_ARGS)
 
 CHAOS_ARGS ?=
 chaos: venv stack

@@ -82,44 +82,50 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
     def scan(
         self, partitions: Iterable[int], *, chunk: int = 2000
     ) -> Iterator[list[tuple[bytes, bytes]]]:
-        """The stored (key, value) pairs of `partitions`, `chunk` at a time, for reads that
-        must not hold the event loop nor copy a whole table: each chunk is read as the table is
-        at that moment, so the caller may await between chunks while the table is written.
-
-        `rocksdb://` keeps one database per partition: each is read in key order, a fresh
-        iterator per chunk (none is held across an await, so a revoked partition's database
-        can close), and a revoked partition ends its part of the scan. `memory://` keeps one
-        dict for all partitions: its keys are listed once (a list of references) and every
-        value is read when its chunk is; entries of other partitions come too (the caller
-        sorts them by the partition each state records)."""
-        store = self.data
-        dbs = getattr(store, "_dbs", None)
-        if dbs is None:  # memory://
-            data = store.data
-            keys = list(data)
-            for i in range(0, len(keys), chunk):
-                out = []
-                for key in keys[i : i + chunk]:
-                    value = data.get(key)
-                    if value is not None:
-                        out.append((key, value))
-                yield out
-            return
-        for partition in partitions:
-            after: bytes | None = None
-            while True:
-                out, more = _rocksdb_chunk(dbs.get(partition), store.offset_key, after, chunk)
-                if out:
-                    after = out[-1][0]
-                    yield out
-                if not more:
-                    break
+        """The stored (key, value) pairs of `partitions`, `chunk` at a time (`scan_store`)."""
+        return scan_store(self.data, partitions, chunk=chunk)
 
     def remove(self, key: bytes, partition: int) -> None:
         """Delete `key` (a tombstone on changelog partition `partition`)."""
         with self._on_partition(partition):
             if key in self.data:
                 del self[key]
+
+
+def scan_store(
+    store: Any, partitions: Iterable[int], *, chunk: int = 2000
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The stored (key, value) pairs of a Faust table store, `chunk` at a time, for reads that
+    must neither hold the event loop nor copy a whole table: each chunk is read as the table is
+    when it is read, so the caller may await between chunks while the table is written.
+
+    `rocksdb://` keeps one database per partition: each of `partitions` is read in key order,
+    with a fresh iterator per chunk (none is held across an await, so a revoked partition's
+    database can close), and a partition revoked meanwhile ends its part of the scan.
+    `memory://` keeps one dict for all partitions: its keys are listed once (references only)
+    and each value is read with its chunk; entries of every partition come (the caller sorts
+    them by the partition each state records)."""
+    dbs = getattr(store, "_dbs", None)
+    if dbs is None:  # memory://
+        data = store.data
+        keys = list(data)
+        for i in range(0, len(keys), chunk):
+            out = []
+            for key in keys[i : i + chunk]:
+                value = data.get(key)
+                if value is not None:
+                    out.append((key, value))
+            yield out
+        return
+    for partition in partitions:
+        after: bytes | None = None
+        while True:
+            out, more = _rocksdb_chunk(dbs.get(partition), store.offset_key, after, chunk)
+            if out:
+                after = out[-1][0]
+                yield out
+            if not more:
+                break
 
 
 def _rocksdb_chunk(
