@@ -85,6 +85,8 @@ class BatchShell:
         self.failure: BaseException | None = None
         self.batches = 0
         self.rebuild_chunk = 2000  # stored customers read per step of a due-index rebuild
+        self.rebuild_delay_s = 1.0  # see _rebuild_soon
+        self._to_rebuild: dict[int, PartitionEngine] = {}
         self._rebuilds: set[asyncio.Task[None]] = set()
 
     # --- the agent's one call -----------------------------------------------------------------
@@ -188,9 +190,8 @@ class BatchShell:
         re-sending their outboxes) in the background. Returns the replay statuses to say again
         (sent after a flush by the caller)."""
         statuses: list[Output] = []
-        started: dict[int, PartitionEngine] = {}
         for p in partitions:
-            engine = self.engines[p] = started[p] = PartitionEngine(
+            engine = self.engines[p] = self._to_rebuild[p] = PartitionEngine(
                 p,
                 self.config,
                 PartitionStore(self.customers, p),
@@ -199,19 +200,27 @@ class BatchShell:
                 projection=self.projection,
             )
             statuses.extend(self._apply(engine.start_rebuild()))
-        task = asyncio.ensure_future(self._rebuild(started))
+            self.metrics.rebuilding.inc()
+        task = asyncio.ensure_future(self._rebuild_soon())
         self._rebuilds.add(task)  # a reference, or the task may be collected mid-way
         task.add_done_callback(self._rebuilds.discard)
         log.info("engine started on partitions %s", sorted(partitions))
         return statuses
+
+    async def _rebuild_soon(self) -> None:
+        """The partitions of one assignment start at their first batches, a tick or so apart:
+        wait a moment, then rebuild all those started meanwhile in one scan (with `memory://`
+        every scan reads the whole table, whatever partitions it is for)."""
+        await asyncio.sleep(self.rebuild_delay_s)
+        engines, self._to_rebuild = self._to_rebuild, {}
+        if engines:
+            await self._rebuild(engines)
 
     async def _rebuild(self, engines: dict[int, PartitionEngine]) -> None:
         """Give these engines their partitions' stored customers, a chunk between batches,
         then finish their rebuilds. Stops early for partitions revoked meanwhile. A failure
         with partitions still assigned marks the shell failed, like a failed batch, so /healthz
         asks for a restart: left half-built, the index would never wake some customers."""
-        gauge = self.metrics.rebuilding
-        gauge.inc(len(engines))
         started, read = time.perf_counter(), 0
         live = dict(engines)
         try:
@@ -242,7 +251,7 @@ class BatchShell:
                 log.exception("rebuilding the due index failed: stopping (see /healthz)")
                 self.failure = exc
         finally:
-            gauge.dec(len(engines))
+            self.metrics.rebuilding.dec(len(engines))
 
     def _stored_time(self, p: int) -> PartitionTime | None:
         raw = self.control.read(time_key(p), p)
@@ -280,6 +289,8 @@ class BatchShell:
         gone = set(partitions)
         for p in gone:
             self.engines.pop(p, None)
+            if self._to_rebuild.pop(p, None) is not None:  # its rebuild had not begun
+                self.metrics.rebuilding.dec()
         for tp in [tp for tp in self.expected if tp.partition in gone]:
             del self.expected[tp]
 

@@ -101,7 +101,8 @@ def scan_store(
 
     `rocksdb://` keeps one database per partition: each of `partitions` is read in key order,
     with a fresh iterator per chunk (none is held across an await, so a revoked partition's
-    database can close), and a partition revoked meanwhile ends its part of the scan.
+    database can close), and a partition revoked meanwhile ends its part of the scan. A scan
+    does not fill RocksDB's block cache (it would push out what point reads need).
     `memory://` keeps one dict for all partitions: its keys are listed once (references only)
     and each value is read with its chunk; entries of every partition come (the caller sorts
     them by the partition each state records)."""
@@ -117,10 +118,16 @@ def scan_store(
                     out.append((key, value))
             yield out
         return
+    import rocksdict  # only with rocksdb://: the `rocksdb` extra
+
+    options = rocksdict.ReadOptions()
+    options.fill_cache(False)
     for partition in partitions:
         after: bytes | None = None
         while True:
-            out, more = _rocksdb_chunk(dbs.get(partition), store.offset_key, after, chunk)
+            db = dbs.get(partition)
+            out, more = _rocksdb_chunk(db, store.offset_key, after, chunk, options)
+            del db  # no database held across the caller's awaits
             if out:
                 after = out[-1][0]
                 yield out
@@ -129,14 +136,14 @@ def scan_store(
 
 
 def _rocksdb_chunk(
-    db: Any, skip: bytes, after: bytes | None, chunk: int
+    db: Any, skip: bytes, after: bytes | None, chunk: int, options: Any
 ) -> tuple[list[tuple[bytes, bytes]], bool]:
     """Up to `chunk` entries of a partition's database after key `after`, and whether more
     may follow; (nothing, False) once the database is gone (revoked)."""
     if db is None:
         return [], False
     out: list[tuple[bytes, bytes]] = []
-    for key, value in db.items() if after is None else db.items(from_key=after):
+    for key, value in db.items(from_key=after, read_opt=options):
         if key in (after, skip):
             continue
         out.append((key, value))
