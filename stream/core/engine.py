@@ -31,7 +31,7 @@ Guarantees it gives the shell, whatever the batch boundaries:
   reads it: its outbox re-sent, and every item due by the last sweep of the index processed
   (`_visit`), which is what the index would have done with it. A customer the rebuild reaches
   first is registered and woken at the next sweep. So the decisions and states are the same
-  as with a rebuild before the first record (`tests/test_engine.py` checks it), and the first
+  as with a rebuild before the first record (`tests/test_rebuild.py` checks it), and the first
   record need not wait for a million customers to be read.
 """
 
@@ -544,9 +544,9 @@ class PartitionEngine:
         past its due instant; processing in ritual order up to the last one is the same)."""
         self._visited.add(key)
         self._resend(key, state)
-        self._register(state)
         swept = self._swept
         if swept is None or (due := next_due(state.r)) is None or due > swept:
+            self._register(state)
             return state
         try:
             r, decisions, outcomes = advance(state.r, state.customer_id, swept, self._ctx)
@@ -557,7 +557,7 @@ class PartitionEngine:
             return state
         new = msgspec.structs.replace(state, r=r)
         self._decided(key, new, decisions, outcomes)
-        self._put(key, new)
+        self._put(key, new)  # registers it at its next due instant
         return new
 
     def _resend(self, key: bytes, state: CustomerState) -> None:
