@@ -170,9 +170,10 @@ _PEEK = msgspec.json.Decoder(_Peek)
 
 
 def peek(raw: bytes) -> Peek:
-    """A `Peek` of an encoded state: about ten times cheaper than `decode` (the decoder skips
-    every field it is not asked for), so a restart rebuilds the index of a million customers
-    in seconds. Raises like `decode` on an unreadable value."""
+    """A `Peek` of an encoded state: two to three times cheaper than `decode` (the decoder
+    skips every field it is not asked for) and four small values to keep instead of a whole
+    state, so a restart rebuilds the index of a million customers in seconds. Raises like
+    `decode` on an unreadable value."""
     p = _PEEK.decode(raw)
     times = [t.at for t in p.r.timers] + [e.at for e in p.r.pending]
     return Peek(p.customer_id, p.partition, min(times) if times else None, bool(p.outbox))
