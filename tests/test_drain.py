@@ -8,8 +8,7 @@ and a rebalance waits for the batch in progress.
 The lean hand-over: the fetcher calls
 `consumer.wait_first(callback(message), consumer.suspend_flow.wait())` for every message; these
 tests call it the same way with hand-overs that complete at once, that wait, that fail, and that
-a rebalance (the suspend flag) abandons. The worker tests run the direct drain against Kafka
-(and test_chaos's kill -9 case both drains).
+a rebalance (the suspend flag) abandons. The worker tests run the direct drain against Kafka.
 """
 
 from __future__ import annotations
