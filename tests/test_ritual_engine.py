@@ -261,15 +261,9 @@ def test_live_we_noticed_is_decided_within_two_seconds(make_worker, tmp_path: Pa
     assert 0 <= delay_s <= 2.0, delay_s
 
 
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
-def test_restart_between_purchase_and_check_in_decides_it_once(
-    make_worker, tmp_path: Path, store: str
-) -> None:
-    """The check-in falls due after the restart: the second worker knows of it only through
-    its due index, rebuilt in the background from the recovered table (with rocksdb://, from
-    the data dir the first worker left, one database per partition)."""
+def test_restart_between_purchase_and_check_in_decides_it_once(make_worker, tmp_path: Path) -> None:
     rules = str(rules_file(tmp_path, delay="25s"))
-    first = make_worker(ENGAGE_RULES_FILE=rules, ENGAGE_STORE=store).start()
+    first = make_worker(ENGAGE_RULES_FILE=rules).start()
     now = datetime.now(UTC)
     produce_events(
         first.bootstrap,
@@ -289,9 +283,8 @@ def test_restart_between_purchase_and_check_in_decides_it_once(
     first.stop()
     assert not decided("three_days_later")  # not due yet when the worker stopped
     second = make_worker(
-        app_id=first.app_id, namespace=first.namespace, ENGAGE_RULES_FILE=rules,
-        ENGAGE_STORE=store,
-    ).start()  # fmt: skip
+        app_id=first.app_id, namespace=first.namespace, ENGAGE_RULES_FILE=rules
+    ).start()
     wait_for(lambda: decided("three_days_later"), timeout=60, what="the check-in")
     wait_for(
         lambda: second.metric("engage_ritual_decisions_total") >= 1,

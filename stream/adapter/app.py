@@ -290,11 +290,11 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         if clock == 0:
             return  # replay before its declaration: no "now" to read segments at
         snap = Snapshot()
-        try:  # a chunk at a time: a large table must neither stall the stream nor be copied
-            for chunk in table.scan(sorted(shell.engines), chunk=500):
-                for _key, raw in chunk:
-                    add_to_snapshot(snap, decode(raw), clock, rules.profile)
-                await asyncio.sleep(0)
+        try:
+            for i, raw in enumerate(list(table.data.values())):
+                add_to_snapshot(snap, decode(raw), clock, rules.profile)
+                if i % 500 == 499:
+                    await asyncio.sleep(0)  # a large table must not stall the stream
         except Exception:  # a timer that raises stops the whole Faust app: log, keep going
             log.exception("segment refresh failed")
             return

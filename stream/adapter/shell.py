@@ -13,14 +13,10 @@ partitions' slices, hands every slice to that partition's `PartitionEngine`, the
    producer before every commit.
 
 Highwater marks, the wall clock and due timers are read once per partition per batch. A newly
-assigned partition processes its first batch at once; its due index is rebuilt from the
-recovered table in a background task (`_rebuild`), a chunk of the table between batches, which
-also re-sends the unacknowledged decisions it finds (the engine catches up any customer a record
-reads before the rebuild does: see `stream.core.engine`). So a restart with a million customers
-does not wait for them all to be read before its first event. An exception in the shell itself
-(the engine turns any per-record failure into a dead letter) stops the agent without
-acknowledging the batch and turns /healthz unhealthy, so an orchestrator restarts the worker and
-the batch is read again.
+assigned partition first rebuilds its due index from the recovered table and re-sends its
+unacknowledged decisions. An exception in the shell itself (the engine turns any per-record
+failure into a dead letter) stops the agent without acknowledging the batch and turns /healthz
+unhealthy, so an orchestrator restarts the worker and the batch is read again.
 """
 
 from __future__ import annotations
@@ -48,7 +44,7 @@ from stream.core.engine import (
     Record,
     time_key,
 )
-from stream.core.state import peek
+from stream.core.state import CustomerState, decode
 from stream.telemetry.kpis import Kpis
 from stream.telemetry.metrics import PipelineMetrics
 
@@ -84,10 +80,6 @@ class BatchShell:
         self.last_batch = time.monotonic()  # progress, for /healthz
         self.failure: BaseException | None = None
         self.batches = 0
-        self.rebuild_chunk = 2000  # stored customers read per step of a due-index rebuild
-        self.rebuild_delay_s = 1.0  # see _rebuild_soon
-        self._to_rebuild: dict[int, PartitionEngine] = {}
-        self._rebuilds: set[asyncio.Task[None]] = set()
 
     # --- the agent's one call -----------------------------------------------------------------
 
@@ -186,12 +178,11 @@ class BatchShell:
     # --- partitions ---------------------------------------------------------------------------
 
     async def _start(self, partitions: list[int]) -> list[Output]:
-        """New partitions: resume their clocks, start rebuilding their due indexes (and
-        re-sending their outboxes) in the background. Returns the replay statuses to say again
-        (sent after a flush by the caller)."""
-        statuses: list[Output] = []
+        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox.
+        Returns the replay statuses to say again (sent after a flush by the caller)."""
+        wanted = set(partitions)
         for p in partitions:
-            engine = self.engines[p] = self._to_rebuild[p] = PartitionEngine(
+            self.engines[p] = PartitionEngine(
                 p,
                 self.config,
                 PartitionStore(self.customers, p),
@@ -199,59 +190,23 @@ class BatchShell:
                 positions=self._committed(p),
                 projection=self.projection,
             )
-            statuses.extend(self._apply(engine.start_rebuild()))
-            self.metrics.rebuilding.inc()
-        task = asyncio.ensure_future(self._rebuild_soon())
-        self._rebuilds.add(task)  # a reference, or the task may be collected mid-way
-        task.add_done_callback(self._rebuilds.discard)
+        states: dict[int, list[CustomerState]] = {p: [] for p in partitions}
+        for i, raw in enumerate(list(self.customers.data.values())):
+            if i % 2000 == 1999:
+                await asyncio.sleep(0)  # a large table must not stall the event loop
+            try:
+                state = decode(raw)
+            except Exception:
+                log.exception("an unreadable customer state in the table")
+                continue
+            if state.partition in wanted:
+                states[state.partition].append(state)
+        statuses: list[Output] = []
+        for p in partitions:
+            result = self.engines[p].recover(states[p])
+            statuses.extend(self._apply(result))
         log.info("engine started on partitions %s", sorted(partitions))
         return statuses
-
-    async def _rebuild_soon(self) -> None:
-        """The partitions of one assignment start at their first batches, a tick or so apart:
-        wait a moment, then rebuild all those started meanwhile in one scan (with `memory://`
-        every scan reads the whole table, whatever partitions it is for)."""
-        await asyncio.sleep(self.rebuild_delay_s)
-        engines, self._to_rebuild = self._to_rebuild, {}
-        if engines:
-            await self._rebuild(engines)
-
-    async def _rebuild(self, engines: dict[int, PartitionEngine]) -> None:
-        """Give these engines their partitions' stored customers, a chunk between batches,
-        then finish their rebuilds. Stops early for partitions revoked meanwhile. A failure
-        with partitions still assigned marks the shell failed, like a failed batch, so /healthz
-        asks for a restart: left half-built, the index would never wake some customers."""
-        started, read = time.perf_counter(), 0
-        live = dict(engines)
-        try:
-            for chunk in self.customers.scan(sorted(engines), chunk=self.rebuild_chunk):
-                live = {p: e for p, e in live.items() if self.engines.get(p) is e}
-                if not live:
-                    return
-                slices: dict[int, list[Any]] = {}
-                for key, raw in chunk:
-                    try:
-                        pk = peek(raw)
-                    except Exception:
-                        log.error("an unreadable customer state in the table")
-                        continue
-                    if pk.partition in live:
-                        slices.setdefault(pk.partition, []).append((key, raw, pk))
-                for p, entries in slices.items():
-                    self._apply(live[p].rebuild(entries))
-                read += len(chunk)
-                await asyncio.sleep(0)  # batches go first
-            live = {p: e for p, e in live.items() if self.engines.get(p) is e}
-            for engine in live.values():
-                engine.finish_rebuild()
-            log.info("due index of partitions %s rebuilt: %d stored customers read in %.1f s",
-                     sorted(live), read, time.perf_counter() - started)  # fmt: skip
-        except Exception as exc:
-            if any(self.engines.get(p) is e for p, e in live.items()):
-                log.exception("rebuilding the due index failed: stopping (see /healthz)")
-                self.failure = exc
-        finally:
-            self.metrics.rebuilding.dec(len(engines))
 
     def _stored_time(self, p: int) -> PartitionTime | None:
         raw = self.control.read(time_key(p), p)
@@ -289,8 +244,6 @@ class BatchShell:
         gone = set(partitions)
         for p in gone:
             self.engines.pop(p, None)
-            if self._to_rebuild.pop(p, None) is not None:  # its rebuild had not begun
-                self.metrics.rebuilding.dec()
         for tp in [tp for tp in self.expected if tp.partition in gone]:
             del self.expected[tp]
 

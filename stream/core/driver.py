@@ -4,10 +4,7 @@ The analogue of Kafka Streams' TopologyTestDriver. Tests (and the core-only benc
 records through `PartitionEngine`s exactly as the Faust adapter does (one engine per partition,
 states written once per batch, clock records into the control table, sends acknowledged after
 the batch), and can simulate a crash: `crash()` forgets everything in memory and optionally the
-acknowledgements in flight, like a `kill -9` before the producer answered. With `lazy=True` a new
-engine starts with an empty due index, as the worker does, and `rebuild_step(n)` gives each
-rebuilding engine its next n stored customers (between batches, like the worker's background
-rebuild).
+acknowledgements in flight, like a `kill -9` before the producer answered.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from stream.core.engine import (
     Record,
     time_key,
 )
-from stream.core.state import decode, peek
+from stream.core.state import decode
 
 
 @dataclass
@@ -42,8 +39,6 @@ class MemoryDriver:
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     unacked: list[Output] = field(default_factory=list)
-    lazy: bool = False
-    scans: dict[int, list[bytes]] = field(default_factory=dict)  # keys left to rebuild from
 
     def engine(self, partition: int) -> PartitionEngine:
         """The partition's engine; a new one resumes from the tables (like an assignment)."""
@@ -55,28 +50,8 @@ class MemoryDriver:
                 partition, self.config, self.customers, time=time, projection=self.projection
             )
             self.engines[partition] = engine
-            if self.lazy:
-                self._apply(engine.start_rebuild())
-                self.scans[partition] = list(self.customers)
-            else:
-                self._apply(engine.recover(decode(v) for v in list(self.customers.values())))
+            self._apply(engine.recover(decode(v) for v in list(self.customers.values())))
         return engine
-
-    def rebuild_step(self, n: int) -> None:
-        """Give every rebuilding engine its next `n` stored customers (read as they are now);
-        an engine that has had them all finishes its rebuild."""
-        for partition, keys in list(self.scans.items()):
-            engine = self.engines[partition]
-            entries = []
-            for key in keys[:n]:
-                raw = self.customers.get(key)
-                if raw is not None:
-                    entries.append((key, raw, peek(raw)))
-            del keys[:n]
-            self._apply(engine.rebuild(entries))
-            if not keys:
-                engine.finish_rebuild()
-                del self.scans[partition]
 
     def pipe(
         self,
@@ -133,7 +108,6 @@ class MemoryDriver:
     def crash(self, *, lose_unacked: bool = True) -> None:
         """Forget all in-memory state (engines, due indexes, sends not yet acknowledged)."""
         self.engines.clear()
-        self.scans.clear()
         if lose_unacked:
             self.unacked.clear()
 

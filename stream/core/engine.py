@@ -24,15 +24,6 @@ Guarantees it gives the shell, whatever the batch boundaries:
 * Batch-size independence. The clock moves and due items run after every record (cheap: a heap
   peek), exactly as a per-message worker would, so one batch or many give the same states and
   decisions for the same highwater marks and wall clock.
-* A fast start. The due index lives in memory only; after an assignment it can be rebuilt at
-  once (`recover`) or a slice of the table at a time (`start_rebuild`, `rebuild`,
-  `finish_rebuild`) while records are processed. During such a rebuild the clock moves as
-  usual, and a customer the index does not know yet is caught up the moment a record first
-  reads it: its outbox re-sent, and every item due by the last sweep of the index processed
-  (`_visit`), which is what the index would have done with it. A customer the rebuild reaches
-  first is registered and woken at the next sweep. So the decisions and states are the same
-  as with a rebuild before the first record (`tests/test_rebuild.py` checks it), and the first
-  record need not wait for a million customers to be read.
 """
 
 from __future__ import annotations
@@ -58,7 +49,6 @@ from stream.core.rituals import Context, advance, encode_decision, next_due, on_
 from stream.core.rules import Rules
 from stream.core.state import (
     CustomerState,
-    Peek,
     Sent,
     decode,
     encode,
@@ -218,71 +208,26 @@ class PartitionEngine:
         self._wall_ms: int | None = None
         self._wall: datetime = datetime.now(UTC)  # replaced by every batch's wall clock
         self._ctx = Context(self.rules)
-        # The due index is being rebuilt (`start_rebuild`): the customers caught up already,
-        # by a record reading them or by the rebuild re-sending their outbox.
-        self._rebuilding = False
-        self._visited: set[bytes] = set()
-        self._swept: int | None = None  # the clock of the last sweep of the index (_run_due)
 
     # --- entry points -------------------------------------------------------------------------
 
     def recover(self, states: Iterable[CustomerState]) -> BatchResult:
-        """After an assignment, before any record: rebuild the due index at once and re-send
-        every decision whose send was never acknowledged (each counted as `resent`)."""
-        result = self._result = self.start_rebuild()
+        """After an assignment: rebuild the due index and re-send every decision whose send
+        was never acknowledged (each counted as `resent`)."""
+        result = BatchResult(self.partition, clock=self.time.clock)
         for state in states:
             if state.partition != self.partition:
                 continue
             self._register(state)
-            self._resend(state.customer_id.encode(), state)
-        self.finish_rebuild()
-        return result
-
-    def start_rebuild(self) -> BatchResult:
-        """After an assignment: records may be processed at once, while `rebuild` is given
-        the partition's stored customers a slice at a time, then `finish_rebuild` is called.
-        Returns what to send first (a replay status to say again)."""
-        self._rebuilding = True
-        self._visited.clear()
-        result = BatchResult(self.partition, clock=self.time.clock)
+            for sent in state.outbox:
+                result.outputs.extend(self._sends(state.customer_id.encode(), sent))
+                result.counts[("resent",)] += 1
         pt = self.time
         if pt.replay is not None and pt.replay_done and self.policy.name == "replay":
             # The clock record saying "done" may have reached the changelog while the status
             # itself died with the worker: say it again (`engage replay` keeps one per partition).
             result.outputs.append(self._replay_status())
         return result
-
-    @property
-    def rebuilding(self) -> bool:
-        """True between `start_rebuild` and `finish_rebuild`."""
-        return self._rebuilding
-
-    def rebuild(self, entries: Iterable[tuple[bytes, bytes, Peek]]) -> BatchResult:
-        """Register a slice of the stored customers (key, encoded state, `state.peek` of it)
-        in the due index, and re-send their unacknowledged decisions. Entries of other
-        partitions, and customers a record has read since `start_rebuild`, are skipped; any
-        order and any slicing will do, but every stored customer must come once before
-        `finish_rebuild`. Call between batches."""
-        result = self._result = BatchResult(self.partition, clock=self.time.clock)
-        visited, partition = self._visited, self.partition
-        full = self.projection is not None  # its wake-ups need the whole state
-        for key, raw, pk in entries:
-            if pk.partition != partition or key in visited:
-                continue
-            if not (full or pk.outbox):
-                self.index.register(pk.customer_id, pk.due)
-                continue
-            state = decode(raw)
-            self._register(state)
-            if state.outbox:
-                visited.add(key)  # not twice, should a record read it before the end
-                self._resend(key, state)
-        return result
-
-    def finish_rebuild(self) -> None:
-        """Every stored customer has been given to `rebuild`: the index is complete."""
-        self._rebuilding = False
-        self._visited.clear()
 
     def acknowledge(self, customer: bytes, nudge_ids: Iterable[str]) -> bytes | None:
         """Every send of these decisions is acknowledged: drop them from the customer's outbox.
@@ -495,7 +440,6 @@ class PartitionEngine:
         self._run_due(self._advance())
 
     def _run_due(self, clock: int) -> None:
-        self._swept = clock
         for cid in self.index.pop_due(clock):
             try:
                 self._wake(cid, clock)
@@ -548,43 +492,9 @@ class PartitionEngine:
                 return None
             raw = self.store.get(key)
             if raw is None:
-                if self._rebuilding:
-                    self._visited.add(key)  # a new customer: its outbox is this session's
                 return None
             state = self._cache[key] = decode(raw)
-            if self._rebuilding and key not in self._visited:
-                state = self._visit(key, state)
         return state
-
-    def _visit(self, key: bytes, state: CustomerState) -> CustomerState:
-        """A customer read for the first time while the index is being rebuilt: do what the
-        complete index would have done with it by now. Re-send its outbox, register it, and
-        process what fell due by the last sweep (the index would have woken it at each sweep
-        past its due instant; processing in ritual order up to the last one is the same)."""
-        self._visited.add(key)
-        self._resend(key, state)
-        swept = self._swept
-        if swept is None or (due := next_due(state.r)) is None or due > swept:
-            self._register(state)
-            return state
-        try:
-            r, decisions, outcomes = advance(state.r, state.customer_id, swept, self._ctx)
-        except Exception as exc:  # as in _run_due: the state stays as it was
-            log.error("waking a customer failed on partition %s: %s", self.partition,
-                      type(exc).__name__)  # fmt: skip
-            self._result.counts[("wake_errors",)] += 1
-            return state
-        new = msgspec.structs.replace(state, r=r)
-        self._decided(key, new, decisions, outcomes)
-        self._put(key, new)  # registers it at its next due instant
-        return new
-
-    def _resend(self, key: bytes, state: CustomerState) -> None:
-        """Send again every decision of the outbox (never acknowledged), counted `resent`."""
-        result = self._result
-        for sent in state.outbox:
-            result.outputs.extend(self._sends(key, sent))
-            result.counts[("resent",)] += 1
 
     def _put(self, key: bytes, state: CustomerState) -> None:
         self._cache[key] = state

@@ -15,7 +15,6 @@ import hashlib
 import math
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import NamedTuple
 
 import msgspec
 
@@ -135,48 +134,6 @@ def encode(state: CustomerState) -> bytes:
 
 def decode(raw: bytes) -> CustomerState:
     return _DECODER.decode(raw)
-
-
-class _Due(msgspec.Struct, array_like=True):
-    """A timer or queued event of `RitualState`, as far as its first field (`due`, `at`)."""
-
-    at: int
-
-
-class _DueItems(msgspec.Struct):
-    timers: list[_Due] = []
-    pending: list[_Due] = []
-
-
-class _Peek(msgspec.Struct):
-    customer_id: str
-    r: _DueItems = msgspec.field(default_factory=_DueItems)
-    partition: int = -1
-    outbox: list[msgspec.Raw] = []
-
-
-class Peek(NamedTuple):
-    """What rebuilding a partition's due index needs of a stored state, read without decoding
-    the rest: whose it is, where it lives, its earliest due instant (`rituals.next_due`) and
-    whether its outbox holds decisions to re-send."""
-
-    customer_id: str
-    partition: int
-    due: int | None
-    outbox: bool
-
-
-_PEEK = msgspec.json.Decoder(_Peek)
-
-
-def peek(raw: bytes) -> Peek:
-    """A `Peek` of an encoded state: two to three times cheaper than `decode` (the decoder
-    skips every field it is not asked for) and four small values to keep instead of a whole
-    state, so a restart rebuilds the index of a million customers in seconds. Raises like
-    `decode` on an unreadable value."""
-    p = _PEEK.decode(raw)
-    times = [t.at for t in p.r.timers] + [e.at for e in p.r.pending]
-    return Peek(p.customer_id, p.partition, min(times) if times else None, bool(p.outbox))
 
 
 def new_state(customer_id: str) -> CustomerState:

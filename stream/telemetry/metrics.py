@@ -141,13 +141,6 @@ class PipelineMetrics:
             ["found"],
             registry=r,
         )
-        self.rebuilding = Gauge(
-            "engage_partitions_rebuilding",
-            "Assigned partitions whose due index is still being rebuilt from the customers "
-            "table (in the background; events are processed meanwhile, and a customer's due "
-            "timers run once it has been read).",
-            registry=r,
-        )
         self.rebalances = Counter(
             "engage_rebalances_total", "Partition revocations seen by this worker.", registry=r
         )
