@@ -7,6 +7,8 @@
 #   make demo    the end-to-end demo, ending with an HTML report   make bench   the benchmark
 #   make bench-venv  .venv-bench, the benchmark's own virtualenv with Quix Streams
 #                (requirements-bench.lock; made by `make bench`, never needed by the product)
+#   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
+#                event, RSS); STARTUP_ARGS="--customers 100000" for a smaller table
 #   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
 #                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make status  state of the stack             make down    stop the stack (data kept)
@@ -30,7 +32,7 @@ STAMP := $(VENV)/.stamp
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
 
-.PHONY: venv bench-venv stack tools status test demo bench chaos down lint clean
+.PHONY: venv bench-venv stack tools status test demo bench bench-startup chaos down lint clean
 
 venv: $(STAMP)
 
@@ -68,6 +70,10 @@ demo: venv stack
 
 bench: venv stack bench-venv
 	$(PY) bench/throughput.py $(BENCH_ARGS)
+
+STARTUP_ARGS ?=
+bench-startup: venv stack
+	$(PY) bench/startup.py $(STARTUP_ARGS)
 
 CHAOS_ARGS ?=
 chaos: venv stack
