@@ -8,13 +8,13 @@ engine (`MemoryDriver`, every timer processed up to now, every decision acknowle
 cloned under N customer ids, each on the partition murmur2 gives its key (as the worker checks).
 Then, for each store, it starts `python -m stream worker` and measures:
 
-* ready: from starting the process to `/readyz` answering 200 (table recovery included);
+* ready: from starting the process to `/readyz` answering 200: table recovery, then every
+  assigned partition's engine started (its due index rebuilt from the stored customers, each
+  peeked at, a chunk at a time, and its unacknowledged decisions re-sent);
 * first event: from /readyz 200 to `engage_events_processed_total` counting one click of an
   existing customer, produced by the bench right after ready (a producer already connected);
-  a partition's first batch waits for its due-timer index, rebuilt by decoding every stored
-  customer of the table once;
-* index: from /readyz 200 to every partition's engine started (its clock gauge set: the index
-  is rebuilt before a partition's first batch);
+* index: from /readyz 200 to every partition's clock gauge set (0 when the engines start
+  before ready, as they do with the default direct drain);
 * RSS: the worker's resident memory (VmRSS) at ready, after the first event, after the rebuild.
 
 `rocksdb://` runs twice: a first start with an empty data dir (it reads the whole changelog),
@@ -154,7 +154,7 @@ class Row:
 
 
 def rebuilt(worker: Worker) -> bool:
-    """Every partition's engine started (its due index is rebuilt before its first batch)."""
+    """Every partition's engine started (its clock gauge set)."""
     clocks = worker.metric("engage_partition_clock_seconds") > 0 and all(
         worker.metric("engage_partition_clock_seconds", partition=str(p)) > 0
         for p in range(PARTITIONS)
@@ -257,8 +257,7 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> list[Row]:
                     bootstrap=bootstrap, app_id=app_id, namespace=namespace,
                     log_path=tmp / f"worker-{i}.log", partitions=PARTITIONS,
                     web_port=free_port(),
-                    extra_env={"ENGAGE_STORE": store, "ENGAGE_DATA_DIR": str(data_dir),
-                               "ENGAGE_REDIS_ENABLED": "false"},
+                    extra_env={"ENGAGE_STORE": store, "ENGAGE_DATA_DIR": str(data_dir)},
                 )  # fmt: skip
                 try:
                     customer = f"su-{(i * 7919 + 42) % args.customers:07d}"
@@ -306,7 +305,7 @@ def main() -> int:
     else:
         from stream.tools.devstack import ensure_up
 
-        bootstrap = ensure_up(("kafka",))["kafka"]
+        bootstrap = ensure_up(("kafka", "redis"))["kafka"]
     with tempfile.TemporaryDirectory(prefix="engage-startup-") as tmpdir:
         tmp = Path(os.environ.get("BENCH_LOGS") or tmpdir)  # BENCH_LOGS: keep the logs
         tmp.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,11 @@ def test_a_fetch_goes_to_the_sink_in_one_call_and_processed_records_are_acknowle
                                                              (1, 6)]  # fmt: skip
     first = batches[0][0]
     assert (first.topic, first.key, first.value, first.headers) == (
-        "in.clicks", b"c10", b"{}", (("h", b"v"),))
+        "in.clicks",
+        b"c10",
+        b"{}",
+        (("h", b"v"),),
+    )
     assert first.timestamp_ms == 1_700_000_000_010
     assert [m.offset for m in through_faust] == [0]  # the changelog took Faust's path
     # Acknowledged under the client's own partition objects, only what was processed:

@@ -21,10 +21,12 @@ from hypothesis import strategies as st
 from schemas.events import TOPIC_SUFFIX
 from stream.core.clock import FollowClock, LiveClock, PartitionTime, ReplayClock, clock_for
 from stream.core.driver import MemoryDriver
-from stream.core.engine import EngineConfig, PartitionEngine, Record, time_key
+from stream.core.engine import EngineConfig, PartitionEngine, Record, by_partition, time_key
 from stream.core.ingest import Limits
+from stream.core.rituals import next_due
 from stream.core.rules import Rules
-from stream.core.state import decode, to_ms
+from stream.core.state import CustomerState, Peek, decode, peek, to_ms
+from stream.serving.projection import next_segment_change
 from tests.factory import T0, event, raw
 
 NS = "t"
@@ -260,6 +262,83 @@ def test_a_crash_before_acknowledgement_resends_under_the_same_nudge_id() -> Non
     assert len([o for o in driver.sent if o.name == "decisions"]) == 2 * len(first)
 
 
+class SegmentWakes:
+    """The worker's projection, as far as the due index sees it: segment change wake-ups."""
+
+    def enqueue(self, customer_id: str, state: bytes | None, clock_ms: int) -> None:
+        pass
+
+    def next_change(self, state: CustomerState | Peek, clock_ms: int) -> int | None:
+        return next_segment_change(state, clock_ms)
+
+
+def stored_unacknowledged(seed: int) -> MemoryDriver:
+    """A driver whose stored customers have pending timers, queued events and outboxes."""
+    records = replay_log(seed, events=80).records
+    driver = MemoryDriver(config(), projection=SegmentWakes())
+    driver.pipe(records[: len(records) // 2], wall_ms=WALL)
+    driver.pipe(records[len(records) // 2 :], wall_ms=WALL, ack=False)
+    return driver
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000))
+def test_a_peek_holds_what_the_due_index_needs_of_a_state(seed: int) -> None:
+    driver = stored_unacknowledged(seed)
+    assert any(decode(v).outbox for v in driver.customers.values())
+    assert any(next_due(decode(v).r) is not None for v in driver.customers.values())
+    for value in driver.customers.values():
+        state, pk = decode(value), peek(value)
+        assert (pk.customer_id, pk.partition) == (state.customer_id, state.partition)
+        assert pk.due == next_due(state.r)
+        assert bool(pk.outbox) == bool(state.outbox)
+        for days in (0, 3, 20, 45, 100, 400):
+            clock = state.last_seen + days * 86_400_000
+            assert next_segment_change(pk, clock) == next_segment_change(state, clock)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), data=st.data())
+def test_recovering_in_any_chunks_gives_the_index_and_resends_of_a_whole_recovery(
+    seed: int, data: st.DataObject
+) -> None:
+    """A restart reads a large table a chunk at a time, every partition mixed in with
+    `memory://`: the due index and the re-sent decisions are those of reading it whole."""
+    driver = stored_unacknowledged(seed)
+    stored = [*driver.customers.items(), (b"garbage", b"{not a state")]
+    stored = data.draw(st.permutations(stored))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stored)), max_size=6)))
+    for p in range(PARTITIONS):
+        time = PartitionTime.from_json(json.loads(driver.control[time_key(p)]))
+        whole = PartitionEngine(p, config(), driver.customers, time=time, projection=SegmentWakes())
+        slices, bad = by_partition(stored)
+        assert bad == 1
+        at_once = [whole.recover(slices.get(p, [])), whole.recovered()]
+        chunked = PartitionEngine(
+            p, config(), driver.customers, time=time, projection=SegmentWakes()
+        )
+        results = []
+        for a, b in itertools.pairwise([0, *cuts, len(stored)]):
+            for q, part in by_partition(stored[a:b])[0].items():
+                if q == p:
+                    results.append(chunked.recover(part))
+        results.append(chunked.recovered())
+        assert chunked.index._wake == whole.index._wake
+        expected = {}  # what registering each whole decoded state would give
+        for value in driver.customers.values():
+            state = decode(value)
+            if state.partition == p:
+                wakes = [next_due(state.r), next_segment_change(state, time.clock)]
+                if any(w is not None for w in wakes):
+                    expected[state.customer_id] = min(w for w in wakes if w is not None)
+        assert whole.index._wake == expected
+        sends = sorted((o.name, o.nudge_id or "") for r in at_once for o in r.outputs)
+        assert sorted((o.name, o.nudge_id or "") for r in results for o in r.outputs) == sends
+        assert sum(r.counts[("resent",)] for r in results) == sum(
+            len(decode(v).outbox) for v in driver.customers.values() if decode(v).partition == p
+        )
+
+
 def test_lost_writes_are_redone_from_the_redelivered_records() -> None:
     """A kill -9 after processing but before the changelog got the batch: the consumer
     re-reads from its committed offset and the states come out as without the crash."""
@@ -302,6 +381,7 @@ def test_an_erased_customer_stays_erased_when_its_records_are_read_again() -> No
     driver.pipe([back], wall_ms=WALL)
     back_state = decode(driver.customers[b"gone"])
     assert back_state.counts == {"click": 1} and back_state.orders == 0  # only the new event
+
     # An engine started where the committed offsets passed the erased records drops the guard.
     def stored() -> PartitionTime:
         return PartitionTime.from_json(json.loads(driver.control[time_key(p)]))

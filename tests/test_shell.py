@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 from stream.adapter.app import Engage
 from stream.settings import Settings
@@ -146,6 +149,11 @@ class _Table:
     def remove(self, key: bytes, partition: int) -> None:
         self.data.pop(key, None)
 
+    def scan(self, partitions: list[int], *, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        items = list(self.data.items())
+        for i in range(0, len(items), chunk):
+            yield items[i : i + chunk]
+
 
 class _Topic:
     def send_soon(self, **kwargs: object) -> None:
@@ -209,3 +217,79 @@ def test_records_after_offsets_the_consumer_skipped_are_not_folded_before_them()
     asyncio.run(shell.handle([message(o) for o in range(4)]))
     assert decode(customers.data[b"cara"]).counts == {"click": 4}
     assert consumer.seeks == [(tp, 0)]
+
+
+class _Recording(_Topic):
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send_soon(self, **kwargs: object) -> None:
+        self.sent.append(kwargs)
+
+    async def send(self, **kwargs: object) -> None:
+        self.sent.append(kwargs)
+
+
+def _started_shell(revoke_after_first_chunk: int | None = None) -> tuple[Any, Any, Any]:
+    """A shell over a table a crashed worker left (timers due later, decisions whose sends
+    were never acknowledged), started on both partitions by `prepare`, 3 customers a chunk."""
+    import asyncio
+
+    from stream.adapter.shell import BatchShell
+    from stream.telemetry.kpis import Kpis
+    from stream.telemetry.metrics import PipelineMetrics
+    from tests.test_engine import config, stored_unacknowledged
+
+    driver = stored_unacknowledged(3)
+    customers, control = _Table(), _Table()
+    customers.data, control.data = dict(driver.customers), dict(driver.control)
+    topics = {n: _Recording() for n in ("decisions", "nudges", "dlq", "replay_status",
+                                        "erasure_receipts")}  # fmt: skip
+
+    async def flush() -> None:
+        pass
+
+    app = SimpleNamespace(consumer=_Consumer({}), producer=SimpleNamespace(flush=flush))
+    metrics = PipelineMetrics()
+    shell = BatchShell(
+        app=app, config=config(), customers=customers, control=control,  # type: ignore[arg-type]
+        topics=topics, metrics=metrics, kpis=Kpis(metrics.registry),
+    )  # fmt: skip
+    shell.scan_chunk = 3
+    if revoke_after_first_chunk is not None:
+        scan = customers.scan
+
+        def scan_revoking(partitions: list[int], *, chunk: int) -> Iterator[list]:
+            for i, part in enumerate(scan(partitions, chunk=chunk)):
+                yield part
+                if i == 0:
+                    shell.forget({revoke_after_first_chunk})
+
+        customers.scan = scan_revoking  # type: ignore[method-assign]
+    asyncio.run(shell.prepare({0, 1}))
+    return shell, topics, driver
+
+
+def test_prepare_starts_the_assigned_partitions_and_resends_each_outbox_once() -> None:
+    """The direct drain starts newly assigned partitions before their first fetch (so /readyz
+    waits for the due-index rebuild): every unacknowledged decision is re-sent once, and a
+    second prepare of the same partitions does nothing."""
+    import asyncio
+
+    from stream.core.state import decode
+
+    shell, topics, driver = _started_shell()
+    assert shell.started({0, 1}) and not shell.started({0, 1, 2})
+    outboxes = sorted(s.nudge_id for v in driver.customers.values() for s in decode(v).outbox)
+    assert outboxes
+    resent = sorted(json.loads(m["value"])["nudge_id"] for m in topics["decisions"].sent)
+    assert resent == outboxes
+    assert shell.metrics.resent._value.get() == len(outboxes)
+    before = {name: len(t.sent) for name, t in topics.items()}
+    asyncio.run(shell.prepare({0, 1}))
+    assert {name: len(t.sent) for name, t in topics.items()} == before
+
+
+def test_a_partition_revoked_while_its_table_is_read_is_not_started() -> None:
+    shell, _topics, _driver = _started_shell(revoke_after_first_chunk=1)
+    assert shell.started({0}) and not shell.started({1})

@@ -33,7 +33,7 @@ from stream.core.engine import EngineConfig, Record
 from stream.core.ingest import Limits
 from stream.core.profile import view
 from stream.core.rules import Rules, load_rules
-from stream.core.state import CustomerState, decode, to_ms
+from stream.core.state import CustomerState, Peek, decode, to_ms
 from stream.kafka_client import faust_options
 from stream.serving.projection import RedisProjector, next_segment_change
 from stream.settings import Settings
@@ -59,7 +59,7 @@ class RedisProjection:
         """Hand the latest state to the projector's background loop (no I/O here)."""
         self.projector.enqueue(customer_id, state, clock_ms)
 
-    def next_change(self, state: CustomerState, clock_ms: int) -> int | None:
+    def next_change(self, state: CustomerState | Peek, clock_ms: int) -> int | None:
         """When the customer's segments next change by themselves: a wake-up for Redis."""
         return next_segment_change(state, clock_ms, self.rules.profile)
 
@@ -77,7 +77,7 @@ class Engage:
     not_ready_since: float | None = None
 
     def is_ready(self) -> bool:
-        """Recovered and assigned (/readyz)."""
+        """Recovered, assigned and started (/readyz)."""
         app = self.app
         try:
             assigned = bool(app.consumer.assignment())
@@ -88,7 +88,18 @@ class Engage:
             and not app.rebalancing
             and not app.in_recovery
             and app.tables.recovery.completed.is_set()
+            and self._engines_started()
         )
+
+    def _engines_started(self) -> bool:
+        """With the direct drain, the engines of the assigned partitions are started (due
+        indexes rebuilt) before the first fetch: ready means able to process at once."""
+        consumer = self.app.consumer
+        if not isinstance(consumer, DirectConsumer):
+            return True  # the other drains start a partition at its first batch
+        inputs = self.shell.config.inputs
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic in inputs}
+        return self.shell.started(assigned)
 
     def health(self) -> tuple[bool, str]:
         """Alive and making progress (/healthz): false once the agent has stopped on an
@@ -226,6 +237,17 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             await asyncio.Event().wait()  # never acknowledge this batch
             raise
 
+    async def prepare(partitions: set[int]) -> None:
+        """The direct drain's start of newly assigned partitions (`BatchShell.prepare`); an
+        error stops there, like a failed batch."""
+        try:
+            await shell.prepare(partitions)
+        except Exception as exc:
+            log.exception("starting partitions failed: stopping (see /healthz)")
+            shell.failure = exc
+            await asyncio.Event().wait()
+            raise
+
     @app.agent(stream_topics, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
         """Batches to the engines. With the direct drain the consumer hands the batches over
@@ -236,6 +258,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         if isinstance(consumer, DirectConsumer):
             consumer.direct_topics = frozenset(stream_topics.topics)
             consumer.direct_sink = direct
+            consumer.direct_prepare = prepare
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_within_s
         ):
@@ -283,21 +306,35 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
                 ):
                     await clock_topic.send(value=value, partition=p)
 
+    next_refresh = [0.0]  # monotonic time before which the segment gauges are not read again
+
     @app.timer(settings.kpi_interval_s)
     async def refresh_segments() -> None:
-        """Segment gauges from this worker's own partitions: reads only, never writes."""
+        """Segment gauges from this worker's own partitions: reads only, never writes.
+
+        A full read of the table is the one cost here that grows with the customers (a few
+        seconds for a million): it is read a chunk at a time with the stream served between
+        chunks, and after a read that took T the next waits at least 9 T, so the gauges never
+        take more than a tenth of the worker's time (with a million customers they refresh
+        every minute or so instead of every `ENGAGE_KPI_INTERVAL_S`)."""
+        if time.monotonic() < next_refresh[0]:
+            return
         clock = to_ms(wall_now()) if settings.mode == "live" else shell.latest_clock()
         if clock == 0:
             return  # replay before its declaration: no "now" to read segments at
         snap = Snapshot()
+        started = time.monotonic()
         try:
-            for i, raw in enumerate(list(table.data.values())):
-                add_to_snapshot(snap, decode(raw), clock, rules.profile)
-                if i % 500 == 499:
-                    await asyncio.sleep(0)  # a large table must not stall the stream
+            for chunk in table.scan(sorted(shell.engines), chunk=500):
+                for _key, raw in chunk:
+                    add_to_snapshot(snap, decode(raw), clock, rules.profile)
+                await asyncio.sleep(0)  # a large table must not stall the stream
         except Exception:  # a timer that raises stops the whole Faust app: log, keep going
             log.exception("segment refresh failed")
             return
+        finally:
+            took = time.monotonic() - started
+            next_refresh[0] = time.monotonic() + 9 * took
         kpis.publish(snap)
 
     @app.on_partitions_revoked.connect

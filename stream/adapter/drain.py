@@ -6,13 +6,15 @@ it in the agent's stream buffer, from which the stream yields it as an event and
 afterwards: about 100 µs per message on the development machine, more than the engine's own
 work. The direct drain takes each fetch (`getmany`: up to `ENGAGE_CONSUMER_MAX_POLL_RECORDS`
 records) of the worker's own topics (inputs, clock, erasures) and hands it, as plain `Record`s,
-to one callback (the batch shell), then acknowledges the records it processed with Faust's own
-bookkeeping, so offsets are committed by Faust exactly as before. Records of every other topic
-(the tables' changelogs during recovery) take Faust's path. Faust keeps group membership,
-rebalances, fetching, pausing, seeking, commits, the tables and their recovery; the agent over
-the same topics stays declared (it makes Faust subscribe to and assign them) and receives
-nothing. A rebalance waits for the batch in progress (`wait_empty`), and a fetch made before a
-rebalance is dropped, as Faust drops it (the new assignment starts from the committed offsets).
+to one callback (the batch shell; before the first fetch after a rebalance, another callback
+starts the engines of the partitions assigned), then acknowledges the records it processed
+with Faust's own bookkeeping, so offsets are committed by Faust exactly as before. Records of
+every other topic (the tables' changelogs during recovery) take Faust's path. Faust keeps
+group membership, rebalances, fetching, pausing, seeking, commits, the tables and their
+recovery; the agent over the same topics stays declared (it makes Faust subscribe to and
+assign them) and receives nothing. A rebalance waits for the batch in progress
+(`wait_empty`), and a fetch made before a rebalance is dropped, as Faust drops it (the new
+assignment starts from the committed offsets).
 
 **The lean hand-over** (`LeanConsumer`, `ENGAGE_DRAIN=lean`, and for the other topics of the
 direct drain).
@@ -56,6 +58,8 @@ log = logging.getLogger("engage")
 
 # The batch shell: processes records and returns those it processed (to be acknowledged).
 DirectSink = Callable[[list[Record]], Awaitable[Sequence[Record]]]
+# The batch shell again: starts the engines of the assigned partitions not started yet.
+DirectPrepare = Callable[[set[int]], Awaitable[None]]
 
 
 class SuspendFlow(asyncio.Event):
@@ -141,6 +145,7 @@ class DirectConsumer(LeanConsumer):
         super().__init__(*args, **kwargs)
         self.direct_topics: frozenset[str] = frozenset()
         self.direct_sink: DirectSink | None = None  # set by the app before the worker starts
+        self.direct_prepare: DirectPrepare | None = None  # likewise
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
 
@@ -179,7 +184,18 @@ class DirectConsumer(LeanConsumer):
             raise
 
     async def _fetch_once(self) -> None:
-        """One `getmany`: direct topics' records to the sink, the rest through the callback."""
+        """One `getmany`: direct topics' records to the sink, the rest through the callback.
+        Once a rebalance has ended (recovery done, seeks made), the partitions assigned are
+        prepared first (`direct_prepare`), like a batch (a rebalance waits for it)."""
+        if self.direct_prepare is not None and self.flow_active and not self.app.rebalancing:
+            direct = self.direct_topics
+            assigned = {tp.partition for tp in self.assignment() if tp.topic in direct}
+            if assigned:
+                self.direct_idle.clear()
+                try:
+                    await self.direct_prepare(assigned)
+                finally:
+                    self.direct_idle.set()
         records, active = await self._wait_next_records(1.0)
         if not records or self.should_stop:
             return

@@ -22,6 +22,7 @@ unhealthy, so an orchestrator restarts the worker and the batch is read again.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -42,9 +43,9 @@ from stream.core.engine import (
     PartitionEngine,
     Projection,
     Record,
+    by_partition,
     time_key,
 )
-from stream.core.state import CustomerState, decode
 from stream.telemetry.kpis import Kpis
 from stream.telemetry.metrics import PipelineMetrics
 
@@ -80,6 +81,8 @@ class BatchShell:
         self.last_batch = time.monotonic()  # progress, for /healthz
         self.failure: BaseException | None = None
         self.batches = 0
+        self.scan_chunk = 2000  # stored customers read per step of a due-index rebuild
+        self._starting: set[int] = set()  # partitions whose engines `_start` is building
 
     # --- the agent's one call -----------------------------------------------------------------
 
@@ -129,12 +132,7 @@ class BatchShell:
             highwaters = self._highwaters(p) if uses_highwaters else None
             result = engine.process(part, highwaters=highwaters, wall_ms=now_ms)
             replay_done.extend(self._apply(result))
-        if replay_done:
-            await self.app.producer.flush()  # every decision is out before the news that it is
-            for out in replay_done:
-                await self.topics[REPLAY_STATUS].send(
-                    key=out.key, value=out.value, partition=int(out.key or b"0")
-                )
+        await self._say(replay_done)
         for tp, offset in holes.items():
             log.warning("the consumer skipped offsets of %s[%s] from %s: reading them again",
                         tp.topic, tp.partition, offset)  # fmt: skip
@@ -177,12 +175,39 @@ class BatchShell:
 
     # --- partitions ---------------------------------------------------------------------------
 
+    async def prepare(self, partitions: Iterable[int]) -> None:
+        """Start the engines of newly assigned partitions before their first fetch (the direct
+        drain calls it once a rebalance has ended), so /readyz says ready only once they can
+        process at once: the due-index rebuild of a large table is part of starting, not of
+        the first batch."""
+        new = sorted(p for p in set(partitions) if p not in self.engines)
+        if new:
+            await self._say(await self._start(new))
+
+    def started(self, partitions: Iterable[int]) -> bool:
+        """True when every one of these partitions has its engine (/readyz)."""
+        starting = self._starting
+        return all(p in self.engines and p not in starting for p in partitions)
+
     async def _start(self, partitions: list[int]) -> list[Output]:
-        """New partitions: resume their clocks, rebuild due indexes, re-send the outbox.
-        Returns the replay statuses to say again (sent after a flush by the caller)."""
-        wanted = set(partitions)
+        """New partitions: resume their clocks, rebuild their due indexes from the table and
+        re-send their outboxes. Returns the replay statuses to say again (after a flush).
+
+        The table is read a chunk at a time (`PartitionedTable.scan`: one partition's database
+        after another with `rocksdb://`), each stored customer peeked at rather than decoded,
+        and the event loop runs between chunks (HTTP pages, heartbeats). A partition revoked
+        meanwhile is dropped from the rest of the read."""
+        self._starting.update(partitions)
+        try:
+            return await self._start_engines(partitions)
+        finally:
+            self._starting.difference_update(partitions)
+
+    async def _start_engines(self, partitions: list[int]) -> list[Output]:
+        started = time.perf_counter()
+        engines: dict[int, PartitionEngine] = {}
         for p in partitions:
-            self.engines[p] = PartitionEngine(
+            engines[p] = self.engines[p] = PartitionEngine(
                 p,
                 self.config,
                 PartitionStore(self.customers, p),
@@ -190,23 +215,44 @@ class BatchShell:
                 positions=self._committed(p),
                 projection=self.projection,
             )
-        states: dict[int, list[CustomerState]] = {p: [] for p in partitions}
-        for i, raw in enumerate(list(self.customers.data.values())):
-            if i % 2000 == 1999:
-                await asyncio.sleep(0)  # a large table must not stall the event loop
-            try:
-                state = decode(raw)
-            except Exception:
-                log.exception("an unreadable customer state in the table")
-                continue
-            if state.partition in wanted:
-                states[state.partition].append(state)
+        read = 0
+        for chunk in self.customers.scan(partitions, chunk=self.scan_chunk):
+            live = {p: e for p, e in engines.items() if self.engines.get(p) is e}
+            if len(live) < len(engines):
+                engines = live
+                if not engines:
+                    return []
+            read += len(chunk)
+            gc.disable()  # a chunk makes thousands of short-lived acyclic objects: no cycle
+            try:  # collections in the middle (they scan the whole heap: a third of the time)
+                slices, unreadable = by_partition(chunk)
+                for p, stored in slices.items():  # memory:// holds every partition in one dict
+                    engine = engines.get(p)
+                    if engine is not None:
+                        self._apply(engine.recover(stored))
+            finally:
+                gc.enable()
+            if unreadable:
+                self.metrics.unreadable_states.inc(unreadable)
+                log.error("%d unreadable customer states in the table: they wake nobody",
+                          unreadable)  # fmt: skip
+            await asyncio.sleep(0)
         statuses: list[Output] = []
-        for p in partitions:
-            result = self.engines[p].recover(states[p])
-            statuses.extend(self._apply(result))
-        log.info("engine started on partitions %s", sorted(partitions))
+        for p, engine in engines.items():
+            if self.engines.get(p) is engine:
+                statuses.extend(self._apply(engine.recovered()))
+        log.info("engine started on partitions %s: %d stored customers read in %.1f s",
+                 sorted(engines), read, time.perf_counter() - started)  # fmt: skip
         return statuses
+
+    async def _say(self, replay_done: list[Output]) -> None:
+        """Send replay statuses, once every decision queued before them is out (a flush)."""
+        if replay_done:
+            await self.app.producer.flush()  # every decision is out before the news that it is
+            for out in replay_done:
+                await self.topics[REPLAY_STATUS].send(
+                    key=out.key, value=out.value, partition=int(out.key or b"0")
+                )
 
     def _stored_time(self, p: int) -> PartitionTime | None:
         raw = self.control.read(time_key(p), p)

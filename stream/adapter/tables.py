@@ -13,7 +13,7 @@ partitioner differs from the Java client's.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,11 +79,77 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
         with self._on_partition(partition):
             return self.data.get(key)  # type: ignore[no-any-return]
 
+    def scan(
+        self, partitions: Iterable[int], *, chunk: int = 2000
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The stored (key, value) pairs of `partitions`, `chunk` at a time (`scan_store`)."""
+        return scan_store(self.data, partitions, chunk=chunk)
+
     def remove(self, key: bytes, partition: int) -> None:
         """Delete `key` (a tombstone on changelog partition `partition`)."""
         with self._on_partition(partition):
             if key in self.data:
                 del self[key]
+
+
+def scan_store(
+    store: Any, partitions: Iterable[int], *, chunk: int = 2000
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The stored (key, value) pairs of a Faust table store, `chunk` at a time, for reads that
+    must neither hold the event loop nor copy a whole table: each chunk is read as the table is
+    when it is read, so the caller may await between chunks while the table is written.
+
+    `rocksdb://` keeps one database per partition: each of `partitions` is read in key order,
+    with a fresh iterator per chunk (none is held across an await, so a revoked partition's
+    database can close), and a partition revoked meanwhile ends its part of the scan. A scan
+    does not fill RocksDB's block cache (it would push out what point reads need).
+    `memory://` keeps one dict for all partitions: its keys are listed once (references only)
+    and each value is read with its chunk; entries of every partition come (the caller sorts
+    them by the partition each state records)."""
+    dbs = getattr(store, "_dbs", None)
+    if dbs is None:  # memory://
+        data = store.data
+        keys = list(data)
+        for i in range(0, len(keys), chunk):
+            out = []
+            for key in keys[i : i + chunk]:
+                value = data.get(key)
+                if value is not None:
+                    out.append((key, value))
+            yield out
+        return
+    import rocksdict  # only with rocksdb://: the `rocksdb` extra
+
+    options = rocksdict.ReadOptions()
+    options.fill_cache(False)
+    for partition in partitions:
+        after: bytes | None = None
+        while True:
+            db = dbs.get(partition)
+            out, more = _rocksdb_chunk(db, store.offset_key, after, chunk, options)
+            del db  # no database held across the caller's awaits
+            if out:
+                after = out[-1][0]
+                yield out
+            if not more:
+                break
+
+
+def _rocksdb_chunk(
+    db: Any, skip: bytes, after: bytes | None, chunk: int, options: Any
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Up to `chunk` entries of a partition's database after key `after`, and whether more
+    may follow; (nothing, False) once the database is gone (revoked)."""
+    if db is None:
+        return [], False
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in db.items(from_key=after, read_opt=options):
+        if key in (after, skip):
+            continue
+        out.append((key, value))
+        if len(out) >= chunk:
+            return out, True
+    return out, False
 
 
 class PartitionStore:

@@ -22,6 +22,7 @@ from stream.core.engine import (
     PartitionEngine,
     Projection,
     Record,
+    by_partition,
     time_key,
 )
 from stream.core.state import decode
@@ -50,7 +51,9 @@ class MemoryDriver:
                 partition, self.config, self.customers, time=time, projection=self.projection
             )
             self.engines[partition] = engine
-            self._apply(engine.recover(decode(v) for v in list(self.customers.values())))
+            stored, _unreadable = by_partition(list(self.customers.items()))
+            self._apply(engine.recover(stored.get(partition, [])))
+            self._apply(engine.recovered())
         return engine
 
     def pipe(
@@ -65,11 +68,11 @@ class MemoryDriver:
 
         `ack=False` leaves the batch's sends unacknowledged (their outbox entries stay).
         """
-        by_partition: dict[int, list[Record]] = {}
+        slices: dict[int, list[Record]] = {}
         for record in records:
-            by_partition.setdefault(record.partition, []).append(record)
+            slices.setdefault(record.partition, []).append(record)
         results = []
-        for partition, batch in by_partition.items():
+        for partition, batch in slices.items():
             engine = self.engine(partition)
             result = engine.process(batch, highwaters=highwaters, wall_ms=wall_ms)
             self._apply(result)

@@ -49,12 +49,14 @@ from stream.core.rituals import Context, advance, encode_decision, next_due, on_
 from stream.core.rules import Rules
 from stream.core.state import (
     CustomerState,
+    Peek,
     Sent,
     decode,
     encode,
     fold,
     is_duplicate,
     new_state,
+    peek,
     to_ms,
 )
 
@@ -123,7 +125,7 @@ class Projection(Protocol):
         """Record the customer's latest state for a later write."""
         ...
 
-    def next_change(self, state: CustomerState, clock_ms: int) -> int | None:
+    def next_change(self, state: CustomerState | Peek, clock_ms: int) -> int | None:
         """When the customer's segments next change by themselves (a wake-up), if ever."""
         ...
 
@@ -140,6 +142,29 @@ class EngineConfig:
     erasures_topic: str | None = None  # erasure requests, co-partitioned with the inputs
     namespace: str = ""  # the topic namespace (CloudEvents source)
     partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
+
+
+#: A stored customer as a restart reads it: (key, encoded state, `Peek` of the state).
+Stored = tuple[bytes, bytes, Peek]
+
+
+def by_partition(chunk: Iterable[tuple[bytes, bytes]]) -> tuple[dict[int, list[Stored]], int]:
+    """Peek at a chunk of stored (key, encoded state) pairs and group them by the partition
+    each state records, for `PartitionEngine.recover`; also returns how many were unreadable
+    (a value no version of the worker wrote: it wakes nobody, and is counted)."""
+    out: dict[int, list[Stored]] = {}
+    bad = 0
+    for key, raw in chunk:
+        try:
+            pk = peek(raw)
+        except Exception:
+            bad += 1
+            continue
+        part = out.get(pk.partition)
+        if part is None:
+            part = out[pk.partition] = []
+        part.append((key, raw, pk))
+    return out, bad
 
 
 def time_key(partition: int) -> bytes:
@@ -211,21 +236,41 @@ class PartitionEngine:
 
     # --- entry points -------------------------------------------------------------------------
 
-    def recover(self, states: Iterable[CustomerState]) -> BatchResult:
-        """After an assignment: rebuild the due index and re-send every decision whose send
-        was never acknowledged (each counted as `resent`)."""
-        result = BatchResult(self.partition, clock=self.time.clock)
-        for state in states:
-            if state.partition != self.partition:
+    def recover(self, stored: Iterable[Stored]) -> BatchResult:
+        """After an assignment, before the first record: register stored customers in the
+        due index and re-send every decision whose send was never acknowledged (each counted
+        as `resent`). A partition's customers may come in slices, one call each (a large table
+        is read a chunk at a time: `by_partition` peeks at a chunk); entries of other
+        partitions are skipped. Then `recovered`.
+
+        Only a customer with an outbox is decoded whole: for the others the `Peek` (due
+        instants and activity fields) is all the index needs."""
+        result = self._result = BatchResult(self.partition, clock=self.time.clock)
+        partition, index, projection = self.partition, self.index, self.projection
+        clock = self.time.clock
+        for key, raw, pk in stored:
+            if pk.partition != partition:
                 continue
-            self._register(state)
-            for sent in state.outbox:
-                result.outputs.extend(self._sends(state.customer_id.encode(), sent))
-                result.counts[("resent",)] += 1
+            due = pk.due
+            if projection is not None:
+                change = projection.next_change(pk, clock)
+                if change is not None and (due is None or change < due):
+                    due = change
+            index.register(pk.customer_id, due)
+            if pk.outbox:
+                for sent in decode(raw).outbox:
+                    result.outputs.extend(self._sends(key, sent))
+                    result.counts[("resent",)] += 1
+        return result
+
+    def recovered(self) -> BatchResult:
+        """Every stored customer has been given to `recover`. Returns what to say after the
+        re-sends: a finished replay's status, said again (the clock record saying "done" may
+        have reached the changelog while the status itself died with the worker; `engage
+        replay` keeps one per partition)."""
+        result = BatchResult(self.partition, clock=self.time.clock)
         pt = self.time
         if pt.replay is not None and pt.replay_done and self.policy.name == "replay":
-            # The clock record saying "done" may have reached the changelog while the status
-            # itself died with the worker: say it again (`engage replay` keeps one per partition).
             result.outputs.append(self._replay_status())
         return result
 

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.core.profile import QUADRANTS, STAGES, view
 from stream.core.rules import DEFAULT_RULES, ProfileRules, Rules
-from stream.core.state import MS_PER_DAY, CustomerState, decode
+from stream.core.state import MS_PER_DAY, CustomerState, Peek, decode
 
 log = logging.getLogger("engage")
 
@@ -179,7 +179,7 @@ async def _queue_write(
 
 
 def next_segment_change(
-    state: CustomerState, clock_ms: int, rules: ProfileRules = DEFAULT_RULES
+    state: CustomerState | Peek, clock_ms: int, rules: ProfileRules = DEFAULT_RULES
 ) -> int | None:
     """The first instant after `clock_ms` at which the stage or quadrant may change by itself.
 
@@ -189,7 +189,8 @@ def next_segment_change(
     last state change would keep such a customer in its old set forever, so the worker can
     register this instant in its due index and enqueue the customer again then. The instant
     is a bound, not a promise: a signal ageing out may leave the sentiment as it was, and the
-    score crossing is computed in floating point (re-asking at the answer converges).
+    score crossing is computed in floating point (re-asking at the answer converges). It reads
+    only activity fields, which a `Peek` has too (a restart's index rebuild decodes no more).
     """
     day = MS_PER_DAY
     at = max(clock_ms, state.last_seen)

@@ -135,6 +135,12 @@ class PipelineMetrics:
             "Due items of a customer that raised while processed (logged, skipped).",
             registry=r,
         )
+        self.unreadable_states = Counter(
+            "engage_unreadable_states_total",
+            "Stored customer states a partition start could not read (logged, skipped: "
+            "such a customer is woken by no timer until an event of theirs comes).",
+            registry=r,
+        )
         self.erasures = Counter(
             "engage_erasures_total",
             "Erasure requests honoured, by whether the customer was known (found: true/false).",
