@@ -33,6 +33,7 @@ from typing import Any, Literal, get_args
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, EventBase
+from stream.core import fast_ingest
 from stream.core.partitioning import expected_partition
 
 Reason = Literal[
@@ -81,6 +82,7 @@ def accept(
     *,
     partition: int | None = None,
     partitions: int | None = None,
+    fast: bool = True,
 ) -> EventBase | Rejection:
     """Validate one message; returns the event or the reason it goes to the DLQ. Never raises.
 
@@ -88,9 +90,14 @@ def accept(
     topics' count), a message whose key hashes (murmur2) to another partition is rejected as
     `wrong_partition`: folding it here would split the customer's state across workers. The
     key is checked against `customer_id` first, so a null or different key is `key_mismatch`.
+
+    `fast=False` skips the msgspec fast path (the result is the same either way: the
+    differential tests and `bench/core.py --compare` use it to compare the two).
     """
     try:
-        return _accept(key, value, wall_now, limits, partition=partition, partitions=partitions)
+        return _accept(
+            key, value, wall_now, limits, partition=partition, partitions=partitions, fast=fast
+        )
     except Exception as exc:  # last resort: a message must never stop the partition
         return Rejection("processing_error", f"{type(exc).__name__} while validating the message")
 
@@ -103,6 +110,7 @@ def _accept(
     *,
     partition: int | None,
     partitions: int | None,
+    fast: bool,
 ) -> EventBase | Rejection:
     if value is None:
         return Rejection("malformed_json", "empty message value (no value at all)")
@@ -112,13 +120,12 @@ def _accept(
         return Rejection(
             "oversized", f"value is {len(value)} bytes, limit {limits.max_message_bytes}"
         )
-    parsed = parse_json(value)
-    if isinstance(parsed, Rejection):
-        return parsed
-    try:
-        event: EventBase = EVENT_ADAPTER.validate_python(parsed)  # type: ignore[assignment]
-    except ValidationError as exc:
-        return _classify(exc)
+    event = fast_ingest.decode(value) if fast else None
+    if event is None:
+        full = validate(value)
+        if isinstance(full, Rejection):
+            return full
+        event = full
     if key is None:
         return Rejection("key_mismatch", "message key is missing (it must be the customer_id)")
     if key != event.customer_id.encode("utf-8"):
@@ -134,6 +141,23 @@ def _accept(
     if event.occurred_at - wall_now > limits.max_future_skew:
         ahead = (event.occurred_at - wall_now).total_seconds()
         return Rejection("future_timestamp", f"occurred_at is {ahead:.0f} s ahead of the clock")
+    return event
+
+
+def validate(value: bytes) -> EventBase | Rejection:
+    """The full path: strict JSON parsing, then the pydantic models (the reference).
+
+    `accept` tries `fast_ingest.decode` first (one msgspec pass, several times cheaper), which
+    answers only when it is sure to return the same event; everything else, and every message
+    that is rejected, comes here, so the reason and its message are always this path's.
+    """
+    parsed = parse_json(value)
+    if isinstance(parsed, Rejection):
+        return parsed
+    try:
+        event: EventBase = EVENT_ADAPTER.validate_python(parsed)  # type: ignore[assignment]
+    except ValidationError as exc:
+        return _classify(exc)
     return event
 
 
