@@ -188,8 +188,6 @@ def test_an_unforeseen_failure_is_a_processing_error_naming_only_the_class(
         raise KeyError("secret-payload-value")
 
     monkeypatch.setattr(ingest.EVENT_ADAPTER, "validate_python", explode)
-    # the msgspec fast path takes a valid click; the full path runs when it is not sure
-    monkeypatch.setattr(ingest.fast_ingest, "decode", lambda _: None)
     out = accept(b"c1", raw(event("click")), NOW, LIMITS)
     assert out == Rejection("processing_error", "KeyError while validating the message")
 

@@ -11,7 +11,9 @@ raises, so no message can stop a partition. The checks, in order:
    (before any parsing, so a 1 MB string or a deeply nested document costs nothing);
 2. the bytes must be strict JSON text in UTF-8 (RFC 8259): invalid UTF-8, a byte order mark,
    `NaN`/`Infinity` literals, a lone surrogate escape, an object with the same key twice, or
-   nesting deeper than the parser's limit are `malformed_json`;
+   nesting deeper than the parser's limit are `malformed_json` (the common message, a flat
+   object without escapes, is parsed by msgspec in `fast_ingest`, which declines everything
+   else: the checks and their messages are `parse_json`'s);
 3. the JSON must be an event of a known type (`unknown_type`) with valid fields
    (`schema_violation`, including numbers beyond a field's range and timestamps that cannot be
    represented in UTC);
@@ -91,8 +93,10 @@ def accept(
     `wrong_partition`: folding it here would split the customer's state across workers. The
     key is checked against `customer_id` first, so a null or different key is `key_mismatch`.
 
-    `fast=False` skips the msgspec fast path (the result is the same either way: the
-    differential tests and `bench/core.py --compare` use it to compare the two).
+    The JSON is parsed by `fast_ingest.parse` (msgspec) when it can vouch for the message, by
+    the reference `parse_json` otherwise; both give the same document, so the result is the
+    same either way. `fast=False` always takes the reference (the differential tests and
+    `bench/core.py --compare` use it).
     """
     try:
         return _accept(
@@ -120,12 +124,15 @@ def _accept(
         return Rejection(
             "oversized", f"value is {len(value)} bytes, limit {limits.max_message_bytes}"
         )
-    event = fast_ingest.decode(value) if fast else None
-    if event is None:
-        full = validate(value)
-        if isinstance(full, Rejection):
-            return full
-        event = full
+    parsed = fast_ingest.parse(value) if fast else None
+    if parsed is None:
+        parsed = parse_json(value)
+        if isinstance(parsed, Rejection):
+            return parsed
+    try:
+        event: EventBase = EVENT_ADAPTER.validate_python(parsed)  # type: ignore[assignment]
+    except ValidationError as exc:
+        return _classify(exc)
     if key is None:
         return Rejection("key_mismatch", "message key is missing (it must be the customer_id)")
     if key != event.customer_id.encode("utf-8"):
@@ -141,23 +148,6 @@ def _accept(
     if event.occurred_at - wall_now > limits.max_future_skew:
         ahead = (event.occurred_at - wall_now).total_seconds()
         return Rejection("future_timestamp", f"occurred_at is {ahead:.0f} s ahead of the clock")
-    return event
-
-
-def validate(value: bytes) -> EventBase | Rejection:
-    """The full path: strict JSON parsing, then the pydantic models (the reference).
-
-    `accept` tries `fast_ingest.decode` first (one msgspec pass, several times cheaper), which
-    answers only when it is sure to return the same event; everything else, and every message
-    that is rejected, comes here, so the reason and its message are always this path's.
-    """
-    parsed = parse_json(value)
-    if isinstance(parsed, Rejection):
-        return parsed
-    try:
-        event: EventBase = EVENT_ADAPTER.validate_python(parsed)  # type: ignore[assignment]
-    except ValidationError as exc:
-        return _classify(exc)
     return event
 
 
