@@ -140,6 +140,7 @@ _text = st.text(max_size=30)  # quotes, backslashes, controls, non-ASCII, surrog
         max_size=2,
     ),
     pretty=st.booleans(),
+    ascii_only=st.booleans(),
 )
 def test_builder_events_are_identical(
     kind: str,
@@ -150,13 +151,14 @@ def test_builder_events_are_identical(
     tz: str | None,
     extra: dict[str, Any],
     pretty: bool,
+    ascii_only: bool,
 ) -> None:
     when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micros)
     local = when.astimezone(timezone(timedelta(minutes=offset_min)))
     doc = event(kind, customer, occurred_at=local.isoformat(), **extra)
     if tz is not None:
         doc["tz"] = tz
-    value = json.dumps(doc, indent=1 if pretty else None, ensure_ascii=False).encode(
+    value = json.dumps(doc, indent=1 if pretty else None, ensure_ascii=ascii_only).encode(
         "utf-8", "surrogatepass"
     )
     same(customer.encode("utf-8", "surrogatepass"), value, max(NOW, when))
