@@ -26,6 +26,7 @@ from stream.adapter import offsets
 from stream.adapter.access import guarded
 from stream.adapter.drain import DirectConsumer, LeanApp
 from stream.adapter.faust_sensor import FaustSensor
+from stream.adapter.sender import Sender
 from stream.adapter.shell import BatchShell
 from stream.adapter.tables import PartitionedTable
 from stream.core.clock import clock_for, wall_now
@@ -222,6 +223,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         metrics=metrics,
         kpis=kpis,
         projection=projection,
+        # exactly_once sends through Faust's transactional producers, at-least-once directly
+        sender=Sender(app) if settings.processing_guarantee == "at_least_once" else None,
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, shell, metrics, kpis)

@@ -4,9 +4,12 @@ The agent takes batches (`stream.take_events`), and `BatchShell.handle` splits e
 partitions' slices, hands every slice to that partition's `PartitionEngine`, then:
 
 1. writes each changed customer once, to the changelog partition of the input partition it came
-   from (`PartitionedTable.put`, a `send_soon`), and the partition's clock record;
-2. queues every decision, nudge and dead letter with `send_soon`; a decision's acknowledgement
-   (the send callback) clears it from the customer's outbox with one more write;
+   from, and the partition's clock record;
+2. queues every decision, nudge and dead letter; a decision's acknowledgement (the send
+   callback) clears it from the customer's outbox with one more write. With `at_least_once`
+   the writes' changelog records and the outputs go, in order, straight to the producer
+   (`stream.adapter.sender`) before the batch returns; with `exactly_once` through Faust's
+   `send_soon` (its transactions);
 3. applies the batch's metric counts, once per label set;
 4. returns, and only then does `take_events` acknowledge the batch's offsets, so the offsets
    committed never pass a write or send that was not queued (at-least-once). Faust flushes the
@@ -33,6 +36,7 @@ from typing import Any
 
 from faust.types import TP
 
+from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable, PartitionStore
 from stream.core.clock import PartitionTime, Progress, Replay, wall_ms
 from stream.core.engine import (
@@ -66,8 +70,10 @@ class BatchShell:
         metrics: PipelineMetrics,
         kpis: Kpis,
         projection: Projection | None = None,
+        sender: Sender | None = None,
     ) -> None:
         self.app = app
+        self.sender = sender  # None: Faust's send_soon path (exactly_once, its transactions)
         self.config = config
         self.customers = customers
         self.control = control
@@ -83,6 +89,9 @@ class BatchShell:
         self.batches = 0
         self.scan_chunk = 2000  # stored customers read per step of a due-index rebuild
         self._starting: set[int] = set()  # partitions whose engines `_start` is building
+        names = {name: str(t.get_topic_name()) for name, t in topics.items()} if sender else {}
+        self._topic_names: dict[str, str] = names
+        self._rocksdb = getattr(customers.data, "_dbs", None) is not None  # records offsets
 
     # --- the agent's one call -----------------------------------------------------------------
 
@@ -132,6 +141,7 @@ class BatchShell:
             highwaters = self._highwaters(p) if uses_highwaters else None
             result = engine.process(part, highwaters=highwaters, wall_ms=now_ms)
             replay_done.extend(self._apply(result))
+        await self._send()
         await self._say(replay_done)
         for tp, offset in holes.items():
             log.warning("the consumer skipped offsets of %s[%s] from %s: reading them again",
@@ -232,6 +242,7 @@ class BatchShell:
                         self._apply(engine.recover(stored))
             finally:
                 gc.enable()
+            await self._send()  # the re-sent decisions
             if unreadable:
                 self.metrics.unreadable_states.inc(unreadable)
                 log.error("%d unreadable customer states in the table: they wake nobody",
@@ -241,6 +252,7 @@ class BatchShell:
         for p, engine in engines.items():
             if self.engines.get(p) is engine:
                 statuses.extend(self._apply(engine.recovered()))
+        await self._send()
         log.info("engine started on partitions %s: %d stored customers read in %.1f s",
                  sorted(engines), read, time.perf_counter() - started)  # fmt: skip
         return statuses
@@ -310,7 +322,9 @@ class BatchShell:
 
     def _apply(self, result: BatchResult) -> list[Output]:
         """Queue the batch's writes and sends; returns the replay statuses (sent after a
-        flush by the caller)."""
+        flush by the caller). With a `Sender`, the caller then awaits `sender.send()`."""
+        if self.sender is not None:
+            return self._apply_direct(result, self.sender)
         p = result.partition
         for key in result.erased:
             self.customers.remove(key, p)  # the changelog tombstone
@@ -336,6 +350,48 @@ class BatchShell:
         self._count(result)
         return later
 
+    def _apply_direct(self, result: BatchResult, sender: Sender) -> list[Output]:
+        """`_apply` through the sender: the same writes and sends, in the same order (erasures'
+        tombstones, changed customers, the clock record, then the outputs)."""
+        p = result.partition
+        write = self._write
+        customers = self.customers
+        for key in result.erased:
+            write(customers, key, None, p)
+        for key, raw in result.states.items():
+            write(customers, key, raw, p)
+        if result.time is not None:
+            write(self.control, time_key(p), result.time, p)
+        later: list[Output] = []
+        names = self._topic_names
+        queue = sender.queue
+        for out in result.outputs:
+            if out.name == REPLAY_STATUS:
+                later.append(out)
+                continue
+            callback = None
+            if out.customer is not None and out.nudge_id is not None:
+                ident = (p, out.customer, out.nudge_id)
+                self.inflight[ident] += 1
+                callback = partial(self._sent, ident)
+            queue(names[out.name], key=out.key, value=out.value, headers=out.headers,
+                  callback=callback)  # fmt: skip
+        self._count(result)
+        return later
+
+    def _write(self, table: PartitionedTable, key: bytes, value: bytes | None, p: int) -> None:
+        """A table write (None: a delete) to the local store, its changelog record queued on
+        the sender to the input partition's changelog partition."""
+        assert self.sender is not None
+        table.store(key, value, p)
+        self.sender.queue(table.changelog_name, key=key, value=value, partition=p,
+                          callback=table.persisted if self._rocksdb else None)  # fmt: skip
+
+    async def _send(self) -> None:
+        """Hand what `_apply` queued to the producer (nothing to do on Faust's path)."""
+        if self.sender is not None:
+            await self.sender.send()
+
     def _sent(self, ident: tuple[int, bytes, str], fut: Any) -> None:
         """A decision send was acknowledged; once all of its sends are, clear the outbox."""
         try:
@@ -354,7 +410,11 @@ class BatchShell:
         try:
             raw = engine.acknowledge(customer, [nudge_id])
             if raw is not None:
-                self.customers.put(customer, raw, p)
+                if self.sender is None:
+                    self.customers.put(customer, raw, p)
+                else:  # behind every write queued before it, in one order
+                    self._write(self.customers, customer, raw, p)
+                    self.sender.send_later()
         except Exception:
             log.exception("clearing an acknowledged decision failed")
 

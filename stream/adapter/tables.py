@@ -74,6 +74,29 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
         with self._on_partition(partition):
             self[key] = value
 
+    def store(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """Write `key` (None: delete it) to the local store only: the caller sends the
+        changelog record itself (`stream.adapter.sender`), then calls `persisted` with it."""
+        with self._on_partition(partition):
+            if value is not None:
+                self.data[key] = value
+            elif key in self.data:
+                del self.data[key]
+
+    @property
+    def changelog_name(self) -> str:
+        """The changelog topic's name."""
+        return str(self.changelog_topic.get_topic_name())
+
+    def persisted(self, fut: Any) -> None:
+        """A changelog record sent by `store`'s caller is in Kafka: with `rocksdb://` the
+        store records its offset, so a restart reads the changelog only from there (what
+        Faust's own changelog callback does outside transactions)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        meta = fut.result()
+        self.data.set_persisted_offset(meta.topic_partition, meta.offset)
+
     def read(self, key: bytes, partition: int) -> bytes | None:
         """The value of `key` on `partition`, or None."""
         with self._on_partition(partition):
