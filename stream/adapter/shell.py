@@ -321,38 +321,9 @@ class BatchShell:
     # --- writes, sends, metrics ---------------------------------------------------------------
 
     def _apply(self, result: BatchResult) -> list[Output]:
-        """Queue the batch's writes and sends; returns the replay statuses (sent after a
-        flush by the caller). With a `Sender`, the caller then awaits `sender.send()`."""
-        if self.sender is not None:
-            return self._apply_direct(result, self.sender)
-        p = result.partition
-        for key in result.erased:
-            self.customers.remove(key, p)  # the changelog tombstone
-        put = self.customers.put
-        for key, raw in result.states.items():
-            put(key, raw, p)
-        if result.time is not None:
-            self.control.put(time_key(p), result.time, p)
-        later: list[Output] = []
-        topics = self.topics
-        for out in result.outputs:
-            if out.name == REPLAY_STATUS:
-                later.append(out)
-                continue
-            callback = None
-            if out.customer is not None and out.nudge_id is not None:
-                ident = (p, out.customer, out.nudge_id)
-                self.inflight[ident] += 1
-                callback = partial(self._sent, ident)
-            topics[out.name].send_soon(
-                key=out.key, value=out.value, headers=out.headers, callback=callback
-            )
-        self._count(result)
-        return later
-
-    def _apply_direct(self, result: BatchResult, sender: Sender) -> list[Output]:
-        """`_apply` through the sender: the same writes and sends, in the same order (erasures'
-        tombstones, changed customers, the clock record, then the outputs)."""
+        """Queue the batch's writes and sends: erasures' tombstones, changed customers, the
+        clock record, then the outputs. Returns the replay statuses (sent after a flush by
+        the caller). With a `Sender`, the caller then awaits `_send()`."""
         p = result.partition
         write = self._write
         customers = self.customers
@@ -363,8 +334,7 @@ class BatchShell:
         if result.time is not None:
             write(self.control, time_key(p), result.time, p)
         later: list[Output] = []
-        names = self._topic_names
-        queue = sender.queue
+        output = self._output
         for out in result.outputs:
             if out.name == REPLAY_STATUS:
                 later.append(out)
@@ -374,18 +344,33 @@ class BatchShell:
                 ident = (p, out.customer, out.nudge_id)
                 self.inflight[ident] += 1
                 callback = partial(self._sent, ident)
-            queue(names[out.name], key=out.key, value=out.value, headers=out.headers,
-                  callback=callback)  # fmt: skip
+            output(out, callback)
         self._count(result)
         return later
 
     def _write(self, table: PartitionedTable, key: bytes, value: bytes | None, p: int) -> None:
-        """A table write (None: a delete) to the local store, its changelog record queued on
-        the sender to the input partition's changelog partition."""
-        assert self.sender is not None
+        """A table write (None: a delete), its changelog record to the changelog partition of
+        input partition `p`: queued on the sender, or Faust's `send_soon`."""
+        sender = self.sender
+        if sender is None:
+            if value is None:
+                table.remove(key, p)  # the changelog tombstone
+            else:
+                table.put(key, value, p)
+            return
         table.store(key, value, p)
-        self.sender.queue(table.changelog_name, key=key, value=value, partition=p,
-                          callback=table.persisted if self._rocksdb else None)  # fmt: skip
+        sender.queue(table.changelog_name, key=key, value=value, partition=p,
+                     callback=table.persisted if self._rocksdb else None)  # fmt: skip
+
+    def _output(self, out: Output, callback: Any) -> None:
+        """A decision, nudge, dead letter or receipt: queued on the sender, or `send_soon`."""
+        if self.sender is None:
+            self.topics[out.name].send_soon(
+                key=out.key, value=out.value, headers=out.headers, callback=callback
+            )
+        else:
+            self.sender.queue(self._topic_names[out.name], key=out.key, value=out.value,
+                              headers=out.headers, callback=callback)  # fmt: skip
 
     async def _send(self) -> None:
         """Hand what `_apply` queued to the producer (nothing to do on Faust's path)."""
@@ -410,10 +395,8 @@ class BatchShell:
         try:
             raw = engine.acknowledge(customer, [nudge_id])
             if raw is not None:
-                if self.sender is None:
-                    self.customers.put(customer, raw, p)
-                else:  # behind every write queued before it, in one order
-                    self._write(self.customers, customer, raw, p)
+                self._write(self.customers, customer, raw, p)
+                if self.sender is not None:  # behind every write queued before it: one order
                     self.sender.send_later()
         except Exception:
             log.exception("clearing an acknowledged decision failed")
