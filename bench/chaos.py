@@ -515,17 +515,31 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
     clean = clean_run(lab)
     namespace = app_id = unique("chaos-a")
     ensure_topics(lab, namespace)
-    produce(lab.bootstrap, routed(namespace, lab.lines()))
+    records = list(routed(namespace, lab.lines()))
+    total = len(records)
+    # A tenth up front, the rest paced over about 12 s per kill (a restart takes about 10 s),
+    # so every kill comes while input is still arriving, however fast the worker is.
+    produce(lab.bootstrap, records[: total // 10])
+    rate = max(50.0, (total - total // 10) / (kills * 12.0))
+    feeder = threading.Thread(
+        target=_paced_produce, args=(lab.bootstrap, records[total // 10 :], rate), daemon=True
+    )
     worker = lab.worker(app_id, namespace)
-    per_life = max(len(lab.lines()) // (kills + 2), 1)
+    per_life = max(total // (kills + 2), 1)
     ready_times: list[float] = [restart(worker, 300)]
+    feeder.start()
+    out.figures["input paced at events/s"] = rate
+
+    def finished() -> bool:
+        return not feeder.is_alive() and backlog(lab, app_id, namespace) == 0
+
     counted: list[float | None] = []  # the worker's re-send metric, per process, before a kill
     done = 0
     try:
         for _ in range(kills):
             try:
                 wait_for(
-                    lambda: consumed(worker) >= per_life or backlog(lab, app_id, namespace) == 0,
+                    lambda: consumed(worker) >= per_life or finished(),
                     timeout=lab.timeout,
                     interval=0.1,
                     what="load before the kill",
@@ -533,12 +547,13 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
             except AssertionError:
                 out.failures.append("the worker stopped making progress between kills")
                 break
-            if backlog(lab, app_id, namespace) == 0:
+            if finished():
                 break
             counted.append(resend_metric(worker))  # each process counts its own
             kill9(worker)
             done += 1
             ready_times.append(restart(worker, 300))
+        feeder.join(timeout=lab.timeout)
         took = wait_settled(lab, app_id, namespace, alive=worker.alive, timeout=lab.timeout)
         out.figures["kills under load"] = done
         out.figures["restart-to-ready s (first start, then each restart)"] = ready_times
@@ -882,6 +897,23 @@ def _private_up_again(deadline: float) -> int:
         time.sleep(1.0)
 
 
+def _guard_port(port: int, deadline: float) -> socket.socket | None:
+    """Bind the stopped broker's port (see experiment_e), retrying while it is still held: the
+    broker's last connections, or a client that reconnected to itself meanwhile. None when it
+    stays held until `deadline` (the broker's restart then retries until it can bind)."""
+    while True:
+        guard = socket.socket()
+        guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its TIME-WAITs
+        try:
+            guard.bind(("127.0.0.1", port))
+            return guard
+        except OSError:
+            guard.close()
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)  # the holder lets go within moments: try again
+
+
 def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
     """A private broker stopped for `outage` seconds while `engage emit` produces to it."""
     out = Outcome("e", f"{outage:.0f} s broker outage under engage emit (private broker)")
@@ -919,13 +951,13 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
             # get "connection refused", as from a stopped broker). Otherwise a client that
             # keeps reconnecting can be handed the port as its own ephemeral port, connect to
             # itself and keep the broker from binding it again.
-            guard = socket.socket()
-            guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its TIME-WAITs
-            guard.bind(("127.0.0.1", int(PRIVATE_STACK["ENGAGE_KAFKA_PORT"])))
+            guard = _guard_port(int(PRIVATE_STACK["ENGAGE_KAFKA_PORT"]), down_at + outage)
+            out.figures["port guarded during the outage"] = guard is not None
             while time.monotonic() - down_at < outage:
                 time.sleep(0.5)
             os.kill(emitter.pid, signal.SIGSTOP)  # no reconnect while the port is unguarded
-            guard.close()
+            if guard is not None:
+                guard.close()
             try:
                 back = _private_up_again(deadline=time.monotonic() + 180)
             finally:
