@@ -17,9 +17,11 @@ partitions' slices, hands every slice to that partition's `PartitionEngine`, the
 
 Highwater marks, the wall clock and due timers are read once per partition per batch. A newly
 assigned partition first rebuilds its due index from the recovered table and re-sends its
-unacknowledged decisions. An exception in the shell itself (the engine turns any per-record
-failure into a dead letter) stops the agent without acknowledging the batch and turns /healthz
-unhealthy, so an orchestrator restarts the worker and the batch is read again.
+unacknowledged decisions: with the direct drain before the worker says ready (`prepare`),
+otherwise before the partition's first batch. An exception in the shell itself (the engine
+turns any per-record failure into a dead letter) stops the agent without acknowledging the
+batch and turns /healthz unhealthy, so an orchestrator restarts the worker and the batch is
+read again.
 """
 
 from __future__ import annotations
