@@ -211,9 +211,15 @@ class BatchShell:
         meanwhile is dropped from the rest of the read."""
         self._starting.update(partitions)
         try:
-            return await self._start_engines(partitions)
+            statuses = await self._start_engines(partitions)
         finally:
             self._starting.difference_update(partitions)
+        # What exists now (Faust, the clients, the recovered tables, the due indexes) lives as
+        # long as the worker: out of the cycle collector's scans. Its full collections took
+        # 30-55 ms each, a dozen times in 15 s at 6,000 events/s, and stalled the stream for
+        # that long (the worst event-to-decision latencies); the objects made later are few.
+        gc.freeze()
+        return statuses
 
     async def _start_engines(self, partitions: list[int]) -> list[Output]:
         started = time.perf_counter()
