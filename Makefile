@@ -4,7 +4,8 @@
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
 #   make tools   programs tests need besides the stack, when missing (chromium, for the report)
 #   make test    ruff, then pytest (unit + integration tests against the stack)
-#   make demo    the end-to-end demo, ending with an HTML report   make bench   the benchmark
+#   make demo    the end-to-end demo, ending with an HTML report
+#   make bench   the benchmark: throughput, latency, bytes per customer, then bench-startup
 #   make bench-venv  .venv-bench, the benchmark's own virtualenv with Quix Streams
 #                (requirements-bench.lock; made by `make bench`, never needed by the product)
 #   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
@@ -68,8 +69,12 @@ test: venv stack tools
 demo: venv stack
 	$(PY) -m stream demo
 
+# Throughput, latency and bytes per customer (a few minutes), then start-up with 1,000,000
+# customers (about 10 more; BENCH_STARTUP=0 leaves it out).
+BENCH_STARTUP ?= 1
 bench: venv stack bench-venv
 	$(PY) bench/throughput.py $(BENCH_ARGS)
+	@if [ "$(BENCH_STARTUP)" != 0 ]; then $(PY) bench/startup.py $(STARTUP_ARGS); fi
 
 STARTUP_ARGS ?=
 bench-startup: venv stack
