@@ -93,7 +93,6 @@ class BatchShell:
         self._starting: set[int] = set()  # partitions whose engines `_start` is building
         names = {name: str(t.get_topic_name()) for name, t in topics.items()} if sender else {}
         self._topic_names: dict[str, str] = names
-        self._rocksdb = getattr(customers.data, "_dbs", None) is not None  # records offsets
 
     # --- the agent's one call -----------------------------------------------------------------
 
@@ -368,7 +367,7 @@ class BatchShell:
             return
         table.store(key, value, p)
         sender.queue(table.changelog_name, key=key, value=value, partition=p,
-                     callback=table.persisted if self._rocksdb else None)  # fmt: skip
+                     callback=table.persisted if table.persists_offsets else None)  # fmt: skip
 
     def _output(self, out: Output, callback: Any) -> None:
         """A decision, nudge, dead letter or receipt: queued on the sender, or `send_soon`."""

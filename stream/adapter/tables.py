@@ -88,6 +88,12 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
         """The changelog topic's name."""
         return str(self.changelog_topic.get_topic_name())
 
+    @property
+    def persists_offsets(self) -> bool:
+        """True with `rocksdb://` (one database per partition, which keeps the offset of the
+        last changelog record it holds); `memory://` keeps none, so `persisted` is not needed."""
+        return getattr(self.data, "_dbs", None) is not None
+
     def persisted(self, fut: Any) -> None:
         """A changelog record sent by `store`'s caller is in Kafka: with `rocksdb://` the
         store records its offset, so a restart reads the changelog only from there (what
