@@ -15,12 +15,20 @@ from stream.core.rules import RulesError, load_rules, parse_duration_ms
 def test_the_packaged_rules_are_the_spec_defaults() -> None:
     rules = load_rules()
     r, g = rules.rituals, rules.guardrails
-    assert r.three_days_later.delay == 72 * 3_600_000
-    assert r.we_noticed.inactivity == 30 * 86_400_000
-    assert r.anniversary.local_time == 10 * 60
-    assert r.service_recovery.holdout_percent == 0
-    assert {r.post_purchase_welcome.holdout_percent, r.referral_invite.holdout_percent} == {10}
-    assert r.referral_invite.window == 90 * 86_400_000
+    assert list(r) == [
+        "post_purchase_welcome", "three_days_later", "we_noticed", "anniversary",
+        "service_recovery", "referral_invite", "loyalty_milestone",
+    ]  # fmt: skip
+    assert r["three_days_later"].wait is not None
+    assert r["three_days_later"].wait.for_ == 72 * 3_600_000
+    assert r["we_noticed"].trigger.inactivity == 30 * 86_400_000  # type: ignore[union-attr]
+    assert r["anniversary"].trigger.local_time == 10 * 60  # type: ignore[union-attr]
+    assert r["service_recovery"].holdout_percent == 0
+    assert r["service_recovery"].audience == "service_team"
+    assert {r["post_purchase_welcome"].holdout_percent, r["referral_invite"].holdout_percent} == {
+        10
+    }
+    assert r["referral_invite"].once_per == 90 * 86_400_000
     assert (g.quiet_hours.start, g.quiet_hours.end) == (21 * 60, 8 * 60)
     assert (g.frequency_cap.max_delivered, g.frequency_cap.max_marketing) == (2, 1)
     assert g.lateness == 24 * 3_600_000

@@ -33,23 +33,13 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
-from schemas.nudges import RITUALS
 from stream.core.consent import Choice, apply_consent, refusal
-from stream.core.rules import Rules
+from stream.core.ritual_defs import Compiled, OnEvent, Program, holds, render
+from stream.core.rules import Rules, load_rules
 
-RITUAL_RANK = {name: i for i, name in enumerate(RITUALS)}
 TYPE_RANK = {name: i for i, name in enumerate(EVENT_TYPES)}
-#: ritual -> (audience, category)
-META = {
-    "post_purchase_welcome": ("customer", "care"),
-    "three_days_later": ("customer", "care"),
-    "we_noticed": ("customer", "care"),
-    "anniversary": ("customer", "marketing"),
-    "service_recovery": ("service_team", "recovery"),
-    "referral_invite": ("customer", "marketing"),
-    "loyalty_milestone": ("customer", "marketing"),
-}
-TIMED = frozenset({"three_days_later", "we_noticed", "anniversary"})
+#: The packaged rituals, in tie-breaking order (a rules file may add its own after them).
+RITUALS: tuple[str, ...] = tuple(load_rules().rituals)
 OUTCOME_BITS = {"came_back": 1, "reviewed": 2, "purchased": 4}
 #: "clicked": a click carrying the decision's nudge_id, within the outcome window, counted once
 #: per decision (unique click-through). Only delivered nudges reach customers, so a click on a
@@ -86,6 +76,7 @@ class Pending(msgspec.Struct, array_like=True):
     status: str | None = None
     complaint: bool = False
     tz: str | None = None
+    action: str | None = None  # a click's action
 
 
 class RitualState(msgspec.Struct, omit_defaults=True):
@@ -101,7 +92,7 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     top_tier: int = -1
     open_tickets: list[str] = []  # complaint tickets currently opened or reopened
     deliveries: list[tuple[int, bool]] = []  # (decided_at, marketing) in the cap window
-    referral_at: int = 0  # the last delivered or held-out referral invite
+    referral_at: int = 0  # read from states written before `windows` (upgraded on read)
     watch: list[tuple[int, str, str, int]] = []  # (decided_at, ritual, arm, outcome bits)
     # (decided_at, ritual, arm, nudge_id prefix) of recent delivered or held-out decisions not
     # clicked yet: a click carries only the nudge_id, this says whose ritual and arm it was.
@@ -110,6 +101,8 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     last: dict[str, tuple[int, str]] = {}  # ritual -> (decided_at, status) of its last decision
     delivered: list[tuple[int, str]] = []  # (decided_at, ritual) delivered within the last 7 days
     consent: dict[str, Choice] = {}  # consent as of `at` (ritual time), scope -> choice
+    # ritual -> its last delivered or held-out decision, for rituals with a once-per window
+    windows: dict[str, int] = {}
 
 
 class Step(NamedTuple):
@@ -204,15 +197,15 @@ def quiet_until(ms: int, tz: str | None, rules: Rules) -> int | None:
     return _ms(wake)
 
 
-def anniversary_due(first_day: str, year: int, tz: str | None, rules: Rules) -> int:
-    """`local_time` on the `year`-th anniversary of a local date (29 Feb -> 28 Feb)."""
+def anniversary_due(first_day: str, year: int, tz: str | None, minutes: int) -> int:
+    """`minutes` after local midnight on the `year`-th anniversary of a local date
+    (29 Feb -> 28 Feb in common years)."""
     d = date.fromisoformat(first_day)
     target_year = d.year + year
     day = d.day
     if d.month == 2 and d.day == 29:
         is_leap = target_year % 4 == 0 and (target_year % 100 != 0 or target_year % 400 == 0)
         day = 29 if is_leap else 28
-    minutes = rules.rituals.anniversary.local_time
     local = datetime(target_year, d.month, day, minutes // 60, minutes % 60, tzinfo=_zone(tz))
     return _ms(local)
 
@@ -238,9 +231,22 @@ def _iso(ms: int) -> str:
     return f"{_day_prefix(day)}{hour:02d}:{minute:02d}:{seconds:02d}.{milli:03d}Z"
 
 
+def wait_due(at: int, *, for_ms: int | None, until: int | None, tz: str | None) -> int:
+    """When a wait that starts at `at` ends: `for_ms` later, then the next local `until`."""
+    due = at + (for_ms or 0)
+    if until is None:
+        return due
+    local = _local(due, tz)
+    target = local.replace(hour=until // 60, minute=until % 60, second=0, microsecond=0)
+    if target <= local:
+        day = local.date() + timedelta(days=1)
+        target = datetime(day.year, day.month, day.day, until // 60, until % 60, tzinfo=_zone(tz))
+    return _ms(target)
+
+
 def decision_record(
     *,
-    ritual: str,
+    ritual: Compiled,
     customer_id: str,
     anchor: str,
     due_at: int,
@@ -251,10 +257,10 @@ def decision_record(
     explanation: dict[str, Any],
     rules: Rules,
 ) -> dict[str, Any]:
-    audience, category = META[ritual]
-    return {
-        "nudge_id": nudge_id(ritual, customer_id, anchor),
-        "ritual": ritual,
+    """One decision record; `template` is present only when the ritual names one."""
+    record = {
+        "nudge_id": nudge_id(ritual.name, customer_id, anchor),
+        "ritual": ritual.name,
         "rules_version": rules.version,
         "customer_id": customer_id,
         "anchor": anchor,
@@ -262,12 +268,15 @@ def decision_record(
         "decided_at": _iso(decided_at),
         "status": status,
         "reason": reason,
-        "audience": audience,
-        "category": category,
-        "promotional": category == "marketing",
+        "audience": ritual.audience,
+        "category": ritual.category,
+        "promotional": ritual.category == "marketing",
         "tz": tz or "UTC",
         "explanation": explanation,
     }
+    if ritual.d.template is not None:
+        record["template"] = ritual.d.template
+    return record
 
 
 _PLAIN = (str, int, bool, type(None))
@@ -293,22 +302,99 @@ def encode_decision(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
 
 
+class _Fields:
+    """An event's fields as conditions, anchors and facts name them (read on demand), with
+    the values derived from the customer's state just before the event."""
+
+    __slots__ = ("_derived", "_ev", "_r")
+
+    def __init__(self, ev: Pending, r: RitualState, derived: dict[str, Any]) -> None:
+        self._ev = ev
+        self._r = r
+        self._derived = derived
+
+    def __getitem__(self, name: str) -> Any:
+        ev = self._ev
+        if name in self._derived:
+            return self._derived[name]
+        getter = _FIELD_OF.get((ev.kind, name))
+        if getter is not None:
+            return getter(ev)
+        if name == "event_id":
+            return ev.event_id
+        if name == "type":
+            return ev.kind
+        if name == "at":
+            return _iso(ev.at)
+        if name == "open_complaints":
+            return len(self._r.open_tickets)
+        if name == "first_purchase_day":
+            return self._r.first_purchase_day
+        return None
+
+
+_FIELD_OF: dict[tuple[str, str], Any] = {
+    ("click", "action"): lambda p: p.action,
+    ("click", "nudge_id"): lambda p: p.key,
+    ("purchase", "order_id"): lambda p: p.key,
+    ("review", "order_id"): lambda p: p.key,
+    ("review", "rating"): lambda p: p.score,
+    ("support_contact", "ticket_id"): lambda p: p.key,
+    ("support_contact", "status"): lambda p: p.status,
+    ("support_contact", "complaint"): lambda p: p.complaint,
+    ("survey", "survey"): lambda p: p.key,
+    ("survey", "score"): lambda p: p.score,
+    ("loyalty", "action"): lambda p: p.key,
+    ("loyalty", "tier"): lambda p: p.status,
+}
+
+
+class _State:
+    """The customer state a `cancel_if` condition tests."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, r: RitualState) -> None:
+        self._r = r
+
+    def __getitem__(self, name: str) -> Any:
+        return len(self._r.open_tickets) if name == "open_complaints" else None
+
+
+def upgrade(r: RitualState) -> None:
+    """States written before rituals were data kept the referral invite's once-per instant in
+    `referral_at`; it lives in `windows` now (done on the working copy, before any decision)."""
+    if r.referral_at:
+        r.windows = {"referral_invite": r.referral_at, **r.windows}
+        r.referral_at = 0
+
+
 class _Run:
-    """One pass over a customer's due items; collects the decisions it takes."""
+    """One pass over a customer's due items: the generic evaluator of the rules' rituals.
+
+    Per event, in this order: outcomes and click-through, a new time zone (anniversaries move),
+    inactivity timers, cancellations of waiting decisions, the customer facts rituals read
+    (first purchase, open complaint tickets, top tier), then triggers in the rules' order."""
 
     def __init__(self, r: RitualState, customer_id: str, ctx: Context) -> None:
         self.r = r
         self.customer_id = customer_id
         self.ctx = ctx
-        self.rules = ctx.rules
         self.out: list[dict[str, Any]] = []
         self.outcomes: list[tuple[str, str, str]] = []
+        self.use(ctx.rules)
+        upgrade(r)
 
-    # guardrails, in SPEC order -----------------------------------------------------------------
+    def use(self, rules: Rules) -> None:
+        """Decide with these rules (the version in force at the item's instant)."""
+        self.rules = rules
+        self.program = rules.program
+
+    # guardrails, in order ----------------------------------------------------------------------
 
     def decide(
         self,
-        ritual: str,
+        ritual: Compiled,
         anchor: str,
         due_at: int,
         at: int,
@@ -317,69 +403,67 @@ class _Run:
         cancelled: str | None = None,
     ) -> None:
         r, rules = self.r, self.rules
-        marketing = META[ritual][1] == "marketing"
+        name = ritual.name
         facts = dict(facts)
         status, reason = "delivered", "eligible"
-        audience = META[ritual][0]
+        customer_facing = ritual.audience == "customer"
+        once_per = ritual.d.once_per
+        previous = r.windows.get(name, 0) if once_per is not None else 0
         default = rules.consent.marketing_default
         refused = (
-            refusal(r.consent, marketing=marketing, marketing_default=default)
-            if audience == "customer"
+            refusal(r.consent, marketing=ritual.marketing_consent, marketing_default=default)
+            if customer_facing
             else None
         )
         if cancelled:
             status, reason = "cancelled", cancelled
-        elif (
-            ritual == "referral_invite"
-            and r.referral_at
-            and (at - r.referral_at < rules.rituals.referral_invite.window)
-        ):
+        elif previous and once_per is not None and at - previous < once_per:
             status, reason = "suppressed", "once_per_window"
-            facts["previous_invite_at"] = _iso(r.referral_at)
-        elif refused is not None:  # consent, before any guardrail (SPEC §4 Consent)
+            facts["previous_invite_at"] = _iso(previous)
+        elif refused is not None:  # consent, before any guardrail
             status, reason = "suppressed", "no_consent"
             facts["consent_scope"] = refused.scope
             if refused.event_id is not None:
                 facts["consent_event_id"] = refused.event_id
             else:
                 facts["consent_default"] = default
-        elif (bucket := holdout_bucket(self.customer_id, ritual)) < getattr(
-            rules.rituals, ritual
-        ).holdout_percent:
+        elif (bucket := holdout_bucket(self.customer_id, name)) < ritual.d.holdout_percent:
             status, reason = "held_out", "holdout"
             facts["holdout_bucket"] = bucket
-        elif ritual != "service_recovery":
+        elif customer_facing:
             wake = quiet_until(at, r.tz, rules)
             if wake is not None:
                 facts["deferred_from"] = _iso(at)
-                self._arm(Timer(wake, ritual, anchor, due_at, source, facts))
+                self._arm(Timer(wake, name, anchor, due_at, source, facts))
                 return
             cap = rules.guardrails.frequency_cap
             recent = [m for t, m in r.deliveries if at - cap.window < t <= at]
-            if len(recent) >= cap.max_delivered or (marketing and sum(recent) >= cap.max_marketing):
+            if len(recent) >= cap.max_delivered or (
+                ritual.marketing and sum(recent) >= cap.max_marketing
+            ):
                 status, reason = "suppressed", "frequency_cap"
                 facts["delivered_in_window"] = len(recent)
                 facts["marketing_in_window"] = sum(recent)
             elif (
-                ritual in TIMED
+                ritual.timed
                 and self.ctx.wall_ms is not None
                 and self.ctx.wall_ms - at > rules.guardrails.lateness
             ):
                 status, reason = "expired", "lateness"
-        if status == "delivered" and ritual != "service_recovery":
+        if status == "delivered" and customer_facing:
             window = rules.guardrails.frequency_cap.window
             r.deliveries = [(t, m) for t, m in r.deliveries if at - t < window]
-            r.deliveries.append((at, marketing))
-        if ritual == "referral_invite" and status in {"delivered", "held_out"}:
-            r.referral_at = at
+            r.deliveries.append((at, ritual.marketing))
+        if once_per is not None and status in {"delivered", "held_out"}:
+            r.windows = {**r.windows, name: at}
         facts["source_event_id"] = source
-        self._record(ritual, at, status)
+        self._record(name, at, status)
         if status in {"delivered", "held_out"}:
             arm = "treated" if status == "delivered" else "held_out"
-            r.watch = [*r.watch, (at, ritual, arm, 0)]
-            nid = nudge_id(ritual, self.customer_id, anchor)[:_NUDGE_DIGEST]
-            r.clickable = [*r.clickable, (at, ritual, arm, nid)][-_MAX_CLICKABLE:]
-            self.outcomes.append((ritual, arm, "decided"))
+            r.watch = [*r.watch, (at, name, arm, 0)]
+            nid = nudge_id(name, self.customer_id, anchor)[:_NUDGE_DIGEST]
+            r.clickable = [*r.clickable, (at, name, arm, nid)][-_MAX_CLICKABLE:]
+            self.outcomes.append((name, arm, "decided"))
         self.out.append(
             decision_record(
                 ritual=ritual,
@@ -396,7 +480,7 @@ class _Run:
         )
 
     def _record(self, ritual: str, at: int, status: str) -> None:
-        """The profile's per-ritual last decision and its recent deliveries (SPEC §3)."""
+        """The profile's per-ritual last decision and its recent deliveries."""
         r = self.r
         r.last = {**r.last, ritual: (at, status)}
         if status == "delivered":
@@ -404,23 +488,25 @@ class _Run:
                 (at, ritual)
             ]
 
-    def trigger(
-        self, ritual: str, anchor: str, at: int, facts: dict[str, Any], source: str
-    ) -> None:
-        """An immediate ritual: decided at the triggering event's time, once per anchor."""
-        if not getattr(self.rules.rituals, ritual).enabled or _known(self.r, ritual, anchor):
-            return
-        _remember(self.r, ritual, anchor)
-        self.decide(ritual, anchor, at, at, facts, source)
+    def _cancelled_by_state(self, ritual: Compiled, facts: dict[str, Any]) -> str | None:
+        """The first `cancel_if` the customer's state meets: its reason (the values join the
+        explanation)."""
+        if not ritual.cancel_if:
+            return None
+        state = _State(self.r)
+        for rule, conds in ritual.cancel_if:
+            if holds(conds, state):
+                for name in rule.when:
+                    facts[name] = state[name]
+                return rule.reason
+        return None
 
     def _arm(self, timer: Timer) -> None:
         self.r.timers.append(timer)
 
-    def arm(self, timer: Timer) -> None:
-        """A timed ritual, once per anchor."""
-        if not getattr(self.rules.rituals, timer.ritual).enabled:
-            return
-        if _known(self.r, timer.ritual, timer.anchor):
+    def arm(self, ritual: Compiled, timer: Timer) -> None:
+        """A timed decision, once per anchor."""
+        if not ritual.d.enabled or _known(self.r, timer.ritual, timer.anchor):
             return
         _remember(self.r, timer.ritual, timer.anchor)
         self._arm(timer)
@@ -428,20 +514,19 @@ class _Run:
     # items -------------------------------------------------------------------------------------
 
     def fire(self, timer: Timer) -> None:
-        r = self.r
+        ritual = self.program.by_name.get(timer.ritual)
+        if ritual is None:  # a ritual the rules no longer define: its timers lapse
+            return
         facts = dict(timer.facts)
         cancelled = None
         if timer.cancelled_by:
             facts["cancelled_by_event_id"] = timer.cancelled_by
             cancelled = facts.pop("cancel_reason", "cancelled")
-        if timer.ritual == "referral_invite" and r.open_tickets and not cancelled:
-            cancelled = "open_complaint"
-            facts["open_complaints"] = len(r.open_tickets)
-        self.decide(
-            timer.ritual, timer.anchor, timer.due_at, timer.due, facts, timer.source, cancelled
-        )
-        if timer.ritual == "anniversary":  # the next year's, once (anchors dedupe re-arming)
-            self._arm_anniversary(timer.facts["year"] + 1, timer.source)
+        if not cancelled:
+            cancelled = self._cancelled_by_state(ritual, facts)
+        self.decide(ritual, timer.anchor, timer.due_at, timer.due, facts, timer.source, cancelled)
+        if ritual.anniversary is not None:  # the next year's, once (anchors dedupe re-arming)
+            self._arm_anniversary(ritual, timer.facts["year"] + 1, timer.source)
 
     def apply(self, ev: Pending) -> None:
         """An event's effect on rituals, at its instant in ritual time."""
@@ -449,7 +534,7 @@ class _Run:
         if ev.kind == "consent":  # a preference, not activity: no outcome, no timer moves
             if ev.tz is not None and ev.tz != r.tz:
                 r.tz = ev.tz
-                self._rearm_anniversary()
+                self._rearm_anniversaries()
             r.consent = apply_consent(
                 r.consent, scope=ev.key or "", status=ev.status or "", at=ev.at,
                 event_id=ev.event_id,
@@ -460,38 +545,140 @@ class _Run:
             self._click_through(ev)
         if ev.tz is not None and ev.tz != r.tz:
             r.tz = ev.tz
-            self._rearm_anniversary()
-        self._activity(ev)
+            self._rearm_anniversaries()
+        program = self.program
+        self._inactivity(ev, program)
+        derived: dict[str, Any] = {}
         if ev.kind == "purchase":
-            self._purchase(ev)
-        elif ev.kind == "review":
-            self._cancel_check_ins(ev, order_id=ev.key, reason="review_of_order")
-            if ev.score is not None and ev.score <= self.rules.rituals.service_recovery.rating_max:
-                self.trigger(
-                    "service_recovery",
-                    ev.event_id,
-                    ev.at,
-                    {"trigger": "review", "rating": ev.score},
-                    ev.event_id,
-                )
-            if ev.score is not None and ev.score >= self.rules.rituals.referral_invite.rating_min:
-                self._referral(ev, {"trigger": "review", "rating": ev.score})
+            derived["first_purchase"] = r.first_purchase_at == 0
+        elif ev.kind == "loyalty":
+            new_top = ev.key == "tier_changed" and ev.status in TIERS
+            new_top = new_top and TIERS.index(ev.status or "") > r.top_tier
+            derived["new_top_tier"] = new_top
+            derived["previous_top_tier"] = TIERS[r.top_tier] if r.top_tier >= 0 else None
+        fields = _Fields(ev, r, derived)
+        for ritual, cancel, conds in program.cancels.get(ev.kind, ()):
+            if holds(conds, fields):
+                self._cancel_waiting(ritual, cancel.match, cancel.reason, ev, fields)
+        self._facts(ev, derived)
+        triggers = program.triggers.get(ev.kind)
+        if triggers:
+            fired: set[str] = set()
+            for ritual, trigger, conds in triggers:
+                if ritual.name not in fired and holds(conds, fields):
+                    fired.add(ritual.name)
+                    self._triggered(ritual, trigger, ev, fields)
+        if derived.get("first_purchase"):
+            for ritual in program.anniversaries:
+                self._arm_anniversary(ritual, 1, ev.event_id)
+
+    def _facts(self, ev: Pending, derived: dict[str, Any]) -> None:
+        """The customer facts rituals read, as of this event."""
+        r = self.r
+        if ev.kind == "purchase" and derived["first_purchase"]:
+            r.first_purchase_at = ev.at
+            r.first_purchase_day = _local(ev.at, r.tz).date().isoformat()
         elif ev.kind == "support_contact":
-            self._support(ev)
-        elif ev.kind == "survey":
-            self._survey(ev)
-        elif ev.kind == "loyalty" and ev.key == "tier_changed" and ev.status in TIERS:
-            rank = TIERS.index(ev.status)
-            if rank > r.top_tier:
-                previous = TIERS[r.top_tier] if r.top_tier >= 0 else None
-                r.top_tier = rank
-                self.trigger(
-                    "loyalty_milestone",
-                    f"tier-{ev.status}",
-                    ev.at,
-                    {"tier": ev.status, "previous_top_tier": previous},
-                    ev.event_id,
-                )
+            ticket = ev.key or ""
+            if ev.complaint and ev.status in {"opened", "reopened"}:
+                if ticket not in r.open_tickets:
+                    r.open_tickets = [*r.open_tickets, ticket][-_MAX_TICKETS:]
+            elif ev.status == "resolved" and ticket in r.open_tickets:
+                r.open_tickets = [t for t in r.open_tickets if t != ticket]
+        elif ev.kind == "loyalty" and derived["new_top_tier"]:
+            r.top_tier = TIERS.index(ev.status or "")
+
+    def _triggered(self, ritual: Compiled, trigger: OnEvent, ev: Pending, fields: _Fields) -> None:
+        """An event met a trigger: decide now, or wait."""
+        r = self.r
+        d = ritual.d
+        if not d.enabled:
+            return
+        anchor = str(render(d.anchor, fields))
+        facts = {k: render(v, fields) for k, v in trigger.facts.items()}
+        wait = d.wait
+        if wait is None:
+            if _known(r, ritual.name, anchor):
+                return
+            _remember(r, ritual.name, anchor)
+            cancelled = self._cancelled_by_state(ritual, facts)
+            self.decide(ritual, anchor, ev.at, ev.at, facts, ev.event_id, cancelled)
+            return
+        waiting = [
+            t for t in r.timers
+            if t.ritual == ritual.name and t.due_at > ev.at and not t.cancelled_by
+        ]  # fmt: skip
+        if waiting and d.while_waiting == "ignore":
+            return
+        if waiting and d.while_waiting == "restart":
+            r.timers = [t for t in r.timers if not any(t is w for w in waiting)]
+        due = wait_due(ev.at, for_ms=wait.for_, until=wait.until, tz=r.tz)
+        self.arm(ritual, Timer(due, ritual.name, anchor, due, ev.event_id, facts))
+
+    def _cancel_waiting(
+        self, ritual: Compiled, match: list[str], reason: str, ev: Pending, fields: _Fields
+    ) -> None:
+        """Cancel the ritual's waiting decisions this event concerns (by `match`)."""
+        for timer in self.r.timers:
+            if timer.ritual != ritual.name or timer.cancelled_by:
+                continue
+            if all((value := fields[m]) is None or timer.facts.get(m) == value for m in match):
+                timer.cancelled_by = ev.event_id
+                timer.facts = {**timer.facts, "cancel_reason": reason}
+
+    def _inactivity(self, ev: Pending, program: Program) -> None:
+        """Every activity moves the inactivity timers; one that fell due but waits out quiet
+        hours is moot once the customer is back."""
+        r = self.r
+        for ritual in program.inactivity:
+            for timer in r.timers:
+                if timer.ritual == ritual.name and timer.due_at <= ev.at and not timer.cancelled_by:
+                    timer.cancelled_by = ev.event_id
+                    timer.facts = {**timer.facts, "cancel_reason": "activity_resumed"}
+        if ev.at < r.last_active:
+            return
+        r.last_active = ev.at
+        if not program.inactivity:
+            return
+        names = {ritual.name for ritual in program.inactivity}
+        r.timers = [t for t in r.timers if t.ritual not in names or t.due_at <= ev.at]
+        for ritual in program.inactivity:
+            trigger = ritual.inactivity
+            assert trigger is not None
+            if not ritual.d.enabled:
+                continue
+            due = ev.at + trigger.inactivity
+            fields = _Fields(ev, r, {"inactivity_s": trigger.inactivity // 1000})
+            facts = {k: render(v, fields) for k, v in trigger.facts.items()}
+            anchor = str(render(ritual.d.anchor, fields))
+            self._arm(Timer(due, ritual.name, anchor, due, ev.event_id, facts))
+
+    def _arm_anniversary(self, ritual: Compiled, year: int, source: str) -> None:
+        r = self.r
+        trigger = ritual.anniversary
+        if r.first_purchase_day is None or trigger is None:
+            return
+        due = anniversary_due(r.first_purchase_day, year, r.tz, trigger.local_time)
+        values = {"year": year, "first_purchase_day": r.first_purchase_day,
+                  "source_event_id": source}  # fmt: skip
+        facts = {k: render(v, values) for k, v in trigger.facts.items()}
+        facts.setdefault("year", year)
+        anchor = str(render(ritual.d.anchor, values))
+        self.arm(ritual, Timer(due, ritual.name, anchor, due, source, facts))
+
+    def _rearm_anniversaries(self) -> None:
+        """A new time zone moves the pending anniversaries to their local time in that zone."""
+        r = self.r
+        if not r.first_purchase_day:
+            return
+        for i, t in enumerate(r.timers):
+            ritual = self.program.by_name.get(t.ritual)
+            if ritual is None or ritual.anniversary is None or "deferred_from" in t.facts:
+                continue
+            minutes = ritual.anniversary.local_time
+            due = anniversary_due(r.first_purchase_day, t.facts["year"], r.tz, minutes)
+            if due > r.at:
+                r.timers[i] = msgspec.structs.replace(t, due=due, due_at=due)
 
     def _outcomes(self, ev: Pending) -> None:
         """Count, once per decision, what the customer did within the outcome window."""
@@ -530,137 +717,12 @@ class _Run:
             kept.append(item)
         self.r.clickable = kept
 
-    def _activity(self, ev: Pending) -> None:
-        r = self.r
-        rule = self.rules.rituals.we_noticed
-        for timer in r.timers:  # a deferred "we noticed" is moot once the customer is back
-            if timer.ritual == "we_noticed" and timer.due_at <= ev.at and not timer.cancelled_by:
-                timer.cancelled_by = ev.event_id
-                timer.facts = {**timer.facts, "cancel_reason": "activity_resumed"}
-        if ev.at < r.last_active:
-            return
-        r.last_active = ev.at
-        r.timers = [t for t in r.timers if t.ritual != "we_noticed" or t.due_at <= ev.at]
-        if rule.enabled:
-            due = ev.at + rule.inactivity
-            facts = {
-                "last_event_id": ev.event_id,
-                "last_seen": _iso(ev.at),
-                "inactive_for_s": rule.inactivity // 1000,
-            }
-            self._arm(Timer(due, "we_noticed", ev.event_id, due, ev.event_id, facts))
-
-    def _purchase(self, ev: Pending) -> None:
-        r = self.r
-        order = ev.key or ev.event_id
-        if r.first_purchase_at == 0:
-            r.first_purchase_at = ev.at
-            r.first_purchase_day = _local(ev.at, r.tz).date().isoformat()
-            self.trigger(
-                "post_purchase_welcome", "first_purchase", ev.at, {"order_id": order}, ev.event_id
-            )
-            self._arm_anniversary(1, ev.event_id)
-        delay = self.rules.rituals.three_days_later.delay
-        self.arm(
-            Timer(
-                ev.at + delay,
-                "three_days_later",
-                order,
-                ev.at + delay,
-                ev.event_id,
-                {"order_id": order, "purchase_at": _iso(ev.at)},
-            )
-        )
-
-    def _arm_anniversary(self, year: int, source: str) -> None:
-        r = self.r
-        if r.first_purchase_day is None:
-            return
-        due = anniversary_due(r.first_purchase_day, year, r.tz, self.rules)
-        facts = {"year": year, "first_purchase_day": r.first_purchase_day}
-        self.arm(Timer(due, "anniversary", f"year-{year}", due, source, facts))
-
-    def _rearm_anniversary(self) -> None:
-        """A new time zone moves the pending anniversary to 10:00 in that zone."""
-        r = self.r
-        for i, t in enumerate(r.timers):
-            if (
-                t.ritual == "anniversary"
-                and "deferred_from" not in t.facts
-                and r.first_purchase_day
-            ):
-                due = anniversary_due(r.first_purchase_day, t.facts["year"], r.tz, self.rules)
-                if due > r.at:
-                    r.timers[i] = msgspec.structs.replace(t, due=due, due_at=due)
-
-    def _cancel_check_ins(self, ev: Pending, *, order_id: str | None, reason: str) -> None:
-        for timer in self.r.timers:
-            if timer.ritual != "three_days_later" or timer.cancelled_by:
-                continue
-            if order_id is None or timer.anchor == order_id:
-                timer.cancelled_by = ev.event_id
-                timer.facts = {**timer.facts, "cancel_reason": reason}
-
-    def _support(self, ev: Pending) -> None:
-        r = self.r
-        ticket = ev.key or ""
-        if ev.status == "opened":
-            self._cancel_check_ins(ev, order_id=None, reason="support_contact_opened")
-        if ev.complaint and ev.status in {"opened", "reopened"}:
-            if ticket not in r.open_tickets:
-                r.open_tickets = [*r.open_tickets, ticket][-_MAX_TICKETS:]
-        elif ev.status == "resolved" and ticket in r.open_tickets:
-            r.open_tickets = [t for t in r.open_tickets if t != ticket]
-        if ev.complaint and ev.status == "opened":
-            self.trigger(
-                "service_recovery",
-                ev.event_id,
-                ev.at,
-                {"trigger": "complaint_opened", "ticket_id": ticket},
-                ev.event_id,
-            )
-
-    def _survey(self, ev: Pending) -> None:
-        rr = self.rules.rituals
-        score = ev.score if ev.score is not None else -1
-        if ev.key == "nps":
-            if score <= rr.service_recovery.nps_max:
-                self.trigger(
-                    "service_recovery",
-                    ev.event_id,
-                    ev.at,
-                    {"trigger": "nps", "score": score},
-                    ev.event_id,
-                )
-            if score >= rr.referral_invite.nps_min:
-                self._referral(ev, {"trigger": "nps", "score": score})
-        elif ev.key == "csat" and score <= rr.service_recovery.csat_max:
-            self.trigger(
-                "service_recovery",
-                ev.event_id,
-                ev.at,
-                {"trigger": "csat", "score": score},
-                ev.event_id,
-            )
-
-    def _referral(self, ev: Pending, facts: dict[str, Any]) -> None:
-        r = self.r
-        anchor = ev.event_id
-        if not self.rules.rituals.referral_invite.enabled or _known(r, "referral_invite", anchor):
-            return
-        _remember(r, "referral_invite", anchor)
-        cancelled = None
-        if r.open_tickets:
-            cancelled = "open_complaint"
-            facts = {**facts, "open_complaints": len(r.open_tickets)}
-        self.decide("referral_invite", anchor, ev.at, ev.at, facts, ev.event_id, cancelled)
-
 
 def pending_of(event: EventBase, at: int) -> Pending:
     """The ritual-relevant part of an event."""
     p = Pending(at=at, kind=event.type, event_id=event.event_id, tz=event.tz)  # type: ignore[attr-defined]
     if isinstance(event, Click):
-        p.key = event.nudge_id
+        p.key, p.action = event.nudge_id, event.action
     elif isinstance(event, Purchase):
         p.key = event.order_id
     elif isinstance(event, Review):
@@ -676,8 +738,9 @@ def pending_of(event: EventBase, at: int) -> Pending:
     return p
 
 
-def _timer_order(t: Timer) -> tuple[int, int, int, str]:
-    return (t.due, 0, RITUAL_RANK[t.ritual], t.anchor)
+def _timer_order(t: Timer, program: Program) -> tuple[int, int, int, str]:
+    ritual = program.by_name.get(t.ritual)
+    return (t.due, 0, ritual.rank if ritual is not None else len(program.rituals), t.anchor)
 
 
 def _pending_order(p: Pending) -> tuple[int, int, int, str]:
@@ -701,23 +764,29 @@ def advance(r: RitualState, customer_id: str, clock: int, ctx: Context) -> Step:
 def _advance_owned(s: RitualState, customer_id: str, clock: int, ctx: Context) -> Step:
     """`advance` on a state the caller already copied (`on_event`): one copy per event."""
     run = _Run(s, customer_id, ctx)
+    dated = ctx.rules.effective_from is not None  # several versions: each item picks its own
     while True:
         timers = [t for t in s.timers if t.due <= clock]
         events = [p for p in s.pending if p.at <= clock]
         if not timers and not events:
             break
-        first_timer = min(timers, key=_timer_order) if timers else None
+        program = run.program
+        first_timer = min(timers, key=lambda t: _timer_order(t, program)) if timers else None
         first_event = min(events, key=_pending_order) if events else None
         if first_timer is not None and (
-            first_event is None or _timer_order(first_timer) < _pending_order(first_event)
+            first_event is None or _timer_order(first_timer, program) < _pending_order(first_event)
         ):
             s.timers.remove(first_timer)
             s.at = max(s.at, first_timer.due)
+            if dated:
+                run.use(ctx.rules.at(first_timer.due))
             run.fire(first_timer)
         else:
             assert first_event is not None
             s.pending.remove(first_event)
             s.at = max(s.at, first_event.at)
+            if dated:
+                run.use(ctx.rules.at(first_event.at))
             run.apply(first_event)
     return Step(s, run.out, run.outcomes)
 

@@ -6,13 +6,14 @@ so one versioned file decides both how state is read and what it triggers.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -21,6 +22,32 @@ from pydantic import (
 )
 
 from schemas.events import CLICK_ACTIONS, Click, EventBase, Loyalty
+
+# Durations, local times and the ritual definitions live in `ritual_defs` (re-exported here:
+# callers read rules through this module).
+from stream.core.ritual_defs import (
+    ADJUSTABLE,
+    ANNIVERSARY_FIELDS,
+    COMMON_FIELDS,
+    EVENT_FIELDS,
+    INACTIVITY_FIELDS,
+    RITUAL_NAME,
+    STATE_FIELDS,
+    TRIGGER_TAGS,
+    Duration,
+    LocalTime,
+    OnAnniversary,
+    OnEvent,
+    OnInactivity,
+    Percent,
+    Program,
+    RitualDef,
+    compile_conditions,
+    holds,
+    parse_duration_ms,
+    parse_local_time,
+    template_names,
+)
 
 
 class ProfileRules(BaseModel):
@@ -98,85 +125,13 @@ class ProfileRules(BaseModel):
 DEFAULT_RULES = ProfileRules()
 
 
-# --- rituals (SPEC §4) ------------------------------------------------------------------------
+# --- rituals ------------------------------------------------------------------------------------
 
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_duration_ms(value: object) -> int:
-    """'72h', '30d', '1500ms', '90s' or a number of seconds -> milliseconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value * 1000)
-    text = str(value).strip()
-    for unit in ("ms", "s", "m", "h", "d"):
-        number = text.removesuffix(unit)
-        if number != text:
-            try:
-                return int(float(number) * _UNITS_MS[unit])
-            except ValueError:
-                break
-    raise ValueError(f"not a duration: {value!r} (use e.g. 72h, 30d, 90s, 500ms)")
-
-
-def parse_local_time(value: object) -> int:
-    """'08:00' -> minutes after local midnight."""
-    hours, _, minutes = str(value).partition(":")
-    try:
-        h, m = int(hours), int(minutes or 0)
-    except ValueError:
-        raise ValueError(f"not a local time: {value!r} (use HH:MM)") from None
-    if not (0 <= h < 24 and 0 <= m < 60):
-        raise ValueError(f"not a local time: {value!r}")
-    return h * 60 + m
-
-
-Duration = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
-LocalTime = Annotated[int, BeforeValidator(parse_local_time)]
-Percent = Annotated[float, Field(ge=0, le=100)]
+__all__ = ["Duration", "LocalTime", "Percent", "parse_duration_ms", "parse_local_time"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RitualRule(_Strict):
-    enabled: bool = True
-    holdout_percent: Percent = 10.0
-
-
-class ThreeDaysLater(RitualRule):
-    delay: Duration = parse_duration_ms("72h")
-
-
-class WeNoticed(RitualRule):
-    inactivity: Duration = parse_duration_ms("30d")
-
-
-class Anniversary(RitualRule):
-    local_time: LocalTime = parse_local_time("10:00")
-
-
-class ServiceRecovery(RitualRule):
-    holdout_percent: Percent = 0.0
-    nps_max: int = Field(default=6, ge=0, le=10)
-    rating_max: int = Field(default=2, ge=1, le=5)
-    csat_max: int = Field(default=2, ge=1, le=5)
-
-
-class ReferralInvite(RitualRule):
-    nps_min: int = Field(default=9, ge=0, le=10)
-    rating_min: int = Field(default=5, ge=1, le=5)
-    window: Duration = parse_duration_ms("90d")
-
-
-class Rituals(_Strict):
-    post_purchase_welcome: RitualRule = RitualRule()
-    three_days_later: ThreeDaysLater = ThreeDaysLater()
-    we_noticed: WeNoticed = WeNoticed()
-    anniversary: Anniversary = Anniversary()
-    service_recovery: ServiceRecovery = ServiceRecovery()
-    referral_invite: ReferralInvite = ReferralInvite()
-    loyalty_milestone: RitualRule = RitualRule()
 
 
 class QuietHours(_Strict):
@@ -203,18 +158,29 @@ class ConsentRules(_Strict):
     marketing_default: Literal["opted_in", "opted_out"] = "opted_in"
 
 
-class Rules(_Strict):
-    """The one versioned rules file: its version is stamped on every decision."""
+MAX_RITUALS = 64
 
-    version: str = Field(min_length=1, max_length=64)
+
+class Rules(_Strict):
+    """The one versioned rules file: its version is stamped on every decision.
+
+    `effective_from` (ms) makes the file apply from that instant of ritual time; `previous`
+    is then the rules in force before it (read from the file the `previous` key names)."""
+
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+    effective_from: int | None = None
+    previous: Rules | None = None
     profile: ProfileRules = ProfileRules()
-    rituals: Rituals = Rituals()
+    rituals: dict[str, RitualDef] = Field(
+        default_factory=lambda: packaged_rituals(), max_length=MAX_RITUALS
+    )
     guardrails: Guardrails = Guardrails()
     consent: ConsentRules = ConsentRules()
     outcome_window: Duration = Field(
         default=parse_duration_ms("7d"),
         description="How long after a decision the customer's activity counts as its outcome.",
     )
+    _program: Program | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _profile_knows_consent_default(self) -> Rules:
@@ -225,26 +191,431 @@ class Rules(_Strict):
         object.__setattr__(self, "profile", profile)
         return self
 
+    @property
+    def program(self) -> Program:
+        """The rituals compiled for the evaluator (once per rules object)."""
+        if self._program is None:
+            self._program = Program.of(self.rituals)
+        return self._program
+
+    def at(self, ms: int) -> Rules:
+        """The rules in force at instant `ms` of ritual time."""
+        rules = self
+        while rules.effective_from is not None and ms < rules.effective_from:
+            if rules.previous is None:
+                break
+            rules = rules.previous
+        return rules
+
+    def chain(self) -> list[Rules]:
+        """This version and every earlier one it names, newest first."""
+        out, rules = [], self
+        while rules is not None:
+            out.append(rules)
+            rules = rules.previous
+        return out
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """Every version a decision of these rules can carry (a bounded label set)."""
+        return tuple(r.version for r in self.chain())
+
+    @property
+    def ritual_names(self) -> tuple[str, ...]:
+        """Every ritual of every version, in order (a bounded label set)."""
+        names: dict[str, None] = {}
+        for rules in reversed(self.chain()):
+            names.update(dict.fromkeys(rules.rituals))
+        return tuple(names)
+
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
 
 
-def load_rules(path: str | Path | None = None) -> Rules:
-    """Read and validate a rules file (YAML); raises RulesError with every problem listed."""
-    source = Path(path) if path else DEFAULT_RULES_FILE
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise RulesError(f"cannot read rules file {source}: {exc}") from None
-    try:
-        return Rules.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise RulesError(f"invalid rules file {source}:\n" + "\n".join(problems)) from None
-
-
 class RulesError(ValueError):
-    """A rules file that cannot be used; the message lists what is wrong."""
+    """A rules file that cannot be used; `problems` lists each as `FILE:LINE:COL: message`."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def load_rules(path: str | Path | None = None) -> Rules:
+    """Read and validate a rules file (YAML) and the versions it names as `previous`; raises
+    RulesError listing every problem, so nothing is ever half-loaded."""
+    source = Path(path) if path else DEFAULT_RULES_FILE
+    rules, problems = _load(source, seen=())
+    if problems or rules is None:
+        raise RulesError(
+            f"invalid rules file {source}:\n" + "\n".join(f"  {p}" for p in problems), problems
+        )
+    return rules
+
+
+def check_rules_file(path: str | Path) -> list[str]:
+    """Every problem of a rules file (and of the files it names as `previous`), each as
+    `FILE:LINE:COL: message`; an empty list when the file is valid."""
+    _rules, problems = _load(Path(path), seen=())
+    return problems
+
+
+# --- reading a file -------------------------------------------------------------------------------
+
+Path_ = tuple[str | int, ...]
+
+
+def _load(source: Path, seen: tuple[Path, ...]) -> tuple[Rules | None, list[str]]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{source}:1:1: cannot read rules file: {_plain(exc)}"]
+    doc = _Doc(source, text)
+    if doc.problems:
+        return None, doc.problems
+    data = doc.data
+    if not isinstance(data, dict):
+        return None, [doc.at((), "a rules file is a mapping (version, rituals, guardrails, ...)")]
+    problems: list[str] = []
+    data = dict(data)
+    rituals, origins = _rituals(data.get("rituals"), doc, problems)
+    data["rituals"] = rituals
+    previous: Rules | None = None
+    if "effective_from" in data:
+        data["effective_from"] = _instant(data["effective_from"], doc, problems)
+    if data.get("previous") is not None:
+        target = (source.parent / str(data["previous"])).resolve()
+        if target in seen or target == source.resolve():
+            problems.append(doc.at(("previous",), "names a file already in the chain (a cycle)"))
+        else:
+            previous, more = _load(target, (*seen, source.resolve()))
+            problems += more
+    data.pop("previous", None)
+    if data.get("effective_from") is not None and "previous" not in doc.data:
+        problems.append(
+            doc.at(("effective_from",), "needs `previous`: the rules file in force before it")
+        )
+    try:
+        rules = Rules.model_validate({**data, "previous": None})
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p not in TRIGGER_TAGS)
+            where = _origin(loc, origins)
+            problems.append(doc.at(where, _message(where, err["msg"])))
+        return None, problems
+    problems += _semantic(rules, doc)
+    if previous is not None:
+        if previous.version == rules.version:
+            problems.append(doc.at(("version",), "must differ from the previous file's version"))
+        if previous.effective_from is not None and (
+            rules.effective_from is None or rules.effective_from <= previous.effective_from
+        ):
+            problems.append(doc.at(("effective_from",), "must be later than the previous file's"))
+        object.__setattr__(rules, "previous", previous)
+    return (None if problems else rules), problems
+
+
+def _origin(loc: Path_, origins: dict[Path_, Path_]) -> Path_:
+    """Where in the file a value at `loc` came from (a parameter set elsewhere)."""
+    for n in range(len(loc), 2, -1):
+        if loc[:n] in origins:
+            return origins[loc[:n]]
+    return loc
+
+
+def _message(loc: Path_, msg: str) -> str:
+    return f"{'.'.join(str(p) for p in loc) or '(file)'}: {msg}"
+
+
+def _plain(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+def _instant(value: object, doc: _Doc, problems: list[str]) -> int | None:
+    from datetime import datetime
+
+    try:
+        moment = (
+            value
+            if isinstance(value, datetime)
+            else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        )
+        if moment.tzinfo is None:
+            raise ValueError
+    except ValueError:
+        problems.append(
+            doc.at(("effective_from",), "not an instant (use e.g. 2026-12-10T00:00:00Z)")
+        )
+        return None
+    return int(moment.timestamp() * 1000)
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> dict[str, dict[str, Any]]:
+    """The packaged rituals' raw entries (before parameters are substituted)."""
+    data = yaml.safe_load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
+    return dict(data["rituals"])
+
+
+@lru_cache(maxsize=1)
+def _packaged_defs() -> dict[str, RitualDef]:
+    raw, _origins = _rituals({}, _Doc(DEFAULT_RULES_FILE, ""), [])
+    return {name: RitualDef.model_validate(entry) for name, entry in raw.items()}
+
+
+def packaged_rituals() -> dict[str, RitualDef]:
+    """The packaged rituals, validated: what a `Rules` built in code has by default."""
+    return dict(_packaged_defs())
+
+
+def _rituals(
+    raw: object, doc: _Doc, problems: list[str]
+) -> tuple[dict[str, Any], dict[Path_, Path_]]:
+    """The file's rituals over the packaged ones: an entry with a trigger defines a ritual (a
+    new one, or one replacing the packaged ritual of that name); an entry without adjusts the
+    packaged ritual (`enabled`, `holdout_percent`, `template`, `once_per` and its `params`).
+    Packaged rituals the file does not name stay as packaged. Also returns, for error
+    locations, where each ritual's keys come from in this file."""
+    packaged = _packaged()
+    out: dict[str, Any] = {name: dict(entry) for name, entry in packaged.items()}
+    origins: dict[Path_, Path_] = {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(doc.at(("rituals",), "a mapping of ritual name to definition"))
+        return out, origins
+    for name, entry in raw.items():
+        here: Path_ = ("rituals", name)
+        if not isinstance(name, str) or not re.fullmatch(RITUAL_NAME, name):
+            problems.append(
+                doc.at(here, f"ritual name {name!r}: lowercase letters, digits and _ (<= 48)")
+            )
+            continue
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            problems.append(doc.at(here, "a ritual is a mapping"))
+            continue
+        if "trigger" in entry or "triggers" in entry:
+            out[name] = dict(entry)
+        elif name in packaged:
+            base = dict(packaged[name])
+            params = dict(base.get("params") or {})
+            for key, value in entry.items():
+                if key == "params" and isinstance(value, dict):
+                    unknown = set(value) - set(params)
+                    for k in sorted(unknown, key=str):
+                        problems.append(
+                            doc.at((*here, "params", k), _unknown_param(name, k, params))
+                        )
+                    params.update({k: v for k, v in value.items() if k in params})
+                elif key in ADJUSTABLE:
+                    base[key] = value
+                elif key in params:
+                    params[key] = value
+                    origins[("rituals", name, key)] = (*here, key)
+                else:
+                    problems.append(doc.at((*here, key), _unknown_param(name, key, params)))
+            base["params"] = params
+            out[name] = base
+        else:
+            problems.append(
+                doc.at(here, f"ritual {name!r} is not packaged, so it needs a `trigger`")
+            )
+            continue
+    for name, entry in out.items():
+        params = entry.get("params") or {}
+        where = {}
+        entry_out = _substitute(entry, params, (), where)
+        for path, param in where.items():
+            src = ("rituals", name, param)
+            origins[("rituals", name, *path)] = origins.get(src) or (
+                ("rituals", name, "params", param)
+                if doc.has(("rituals", name, "params", param))
+                else ("rituals", name, *path)
+            )
+        missing = sorted({p for p in where.values() if p not in params})
+        for param in missing:
+            problems.append(doc.at(("rituals", name), f"${param} names no entry of `params`"))
+        out[name] = entry_out
+    return out, origins
+
+
+def _unknown_param(name: str, key: object, params: dict[str, Any]) -> str:
+    known = ", ".join([*ADJUSTABLE, *params])
+    return (
+        f"rituals.{name}.{key}: unknown key (a ritual without `trigger` adjusts the packaged "
+        f"one: {known})"
+    )
+
+
+def _substitute(value: Any, params: dict[str, Any], path: Path_, where: dict) -> Any:
+    """`$name` strings replaced by the ritual's parameter `name`; records where."""
+    if isinstance(value, str) and value.startswith("$") and path[:1] != ("params",):
+        where[path] = value[1:]
+        return params.get(value[1:], value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, params, (*path, k), where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, params, (*path, i), where) for i, v in enumerate(value)]
+    return value
+
+
+def _semantic(rules: Rules, doc: _Doc) -> list[str]:
+    """What the schema cannot see: fields an event type does not have, conditions that are
+    never true, templates naming unknown fields, duplicate rituals."""
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for name, d in rules.rituals.items():
+        here: Path_ = ("rituals", name)
+
+        def bad(path: Path_, msg: str, here: Path_ = here, name: str = name) -> None:
+            out.append(doc.at((*here, *path), f"rituals.{name}.{'.'.join(map(str, path))}: {msg}"))
+
+        key = d.model_dump_json(exclude={"enabled", "holdout_percent", "template", "params"})
+        if key in seen:
+            bad((), f"duplicates ritual {seen[key]!r} (same trigger, wait, anchor and rules)")
+        seen.setdefault(key, name)
+        triggers = d.all_triggers
+        tkey = "trigger" if d.trigger is not None else "triggers"
+        names_for_all: set[str] | None = None
+        for i, t in enumerate(triggers):
+            tpath: Path_ = (tkey,) if d.trigger is not None else (tkey, i)
+            if isinstance(t, OnEvent):
+                fields = _event_fields(t.kinds)
+                _check_when(t.when, t.kinds, (*tpath, "when"), bad)
+            elif isinstance(t, OnInactivity):
+                fields = set(INACTIVITY_FIELDS)
+            else:
+                fields = set(ANNIVERSARY_FIELDS)
+            fields |= set(STATE_FIELDS)
+            for fact, value in t.facts.items():
+                for ref in template_names(value) if isinstance(value, str) else []:
+                    if ref not in fields:
+                        bad(
+                            (*tpath, "facts", fact),
+                            f"{{{ref}}} is not a field here ({_known(fields)})",
+                        )
+            names_for_all = fields if names_for_all is None else names_for_all & fields
+        for ref in template_names(d.anchor):
+            if names_for_all is not None and ref not in names_for_all:
+                bad(
+                    ("anchor",),
+                    f"{{{ref}}} is not a field of every trigger ({_known(names_for_all)})",
+                )
+        if any(isinstance(t, OnAnniversary) for t in triggers) and "year" not in template_names(
+            d.anchor
+        ):
+            bad(("anchor",), "an anniversary anchor must name {year} (one decision per year)")
+        if any(isinstance(t, OnInactivity) for t in triggers) and "event_id" not in template_names(
+            d.anchor
+        ):
+            bad(("anchor",), "an inactivity anchor must name {event_id} (one decision per spell)")
+        facts = set().union(*(t.facts for t in triggers))
+        for i, c in enumerate(d.cancel):
+            _check_when(c.when, c.kinds, ("cancel", i, "when"), bad)
+            fields = _event_fields(c.kinds)
+            for m in c.match:
+                if m not in fields:
+                    bad(
+                        ("cancel", i, "match"),
+                        f"{m!r} is not a field of {'/'.join(c.kinds)} events",
+                    )
+                elif m not in facts:
+                    bad(
+                        ("cancel", i, "match"), f"{m!r} must be one of the trigger's facts to match"
+                    )
+        for i, c in enumerate(d.cancel_if):
+            for field_ in c.when:
+                if field_ != "open_complaints":
+                    bad(("cancel_if", i, "when", field_), "state conditions test open_complaints")
+        if d.audience == "service_team" and d.consent == "marketing":
+            bad(("consent",), "a service-team ritual never asks for the customer's consent")
+    return out
+
+
+def _event_fields(kinds: tuple[str, ...]) -> set[str]:
+    """Fields every one of these event types has."""
+    sets = [set(EVENT_FIELDS[k]) | set(COMMON_FIELDS) for k in kinds]
+    return set.intersection(*sets) if sets else set()
+
+
+def _known(fields: set[str]) -> str:
+    return "known: " + ", ".join(sorted(fields))
+
+
+def _check_when(when: dict, kinds: tuple[str, ...], path: Path_, bad: Any) -> None:
+    """Unknown fields, and conditions no event of these types can meet (unreachable)."""
+    fields = _event_fields(kinds) - {"at"}
+    for name, test in when.items():
+        if name not in fields:
+            bad((*path, name), f"not a field of {'/'.join(kinds)} events ({_known(fields)})")
+            continue
+        for kind in kinds:
+            allowed = EVENT_FIELDS[kind].get(name)
+            if kind == "survey" and name == "score" and "survey" in when:
+                low, high = _survey_range(when["survey"])
+                allowed = tuple(range(low, high + 1))
+            if allowed is None:
+                continue
+            conds = compile_conditions({name: test})
+            if not any(holds(conds, {name: v}) for v in allowed):
+                bad((*path, name), f"never true for a {kind} event (possible values: "
+                    f"{', '.join(map(str, allowed))})")  # fmt: skip
+
+
+def _survey_range(test: Any) -> tuple[int, int]:
+    from schemas.events import SURVEY_RANGES
+
+    kinds = [k for k in SURVEY_RANGES if holds(compile_conditions({"s": test}), {"s": k})]
+    if not kinds:
+        return (0, -1)
+    return min(SURVEY_RANGES[k][0] for k in kinds), max(SURVEY_RANGES[k][1] for k in kinds)
+
+
+class _Doc:
+    """A YAML document with the line and column of every key, and its duplicate keys."""
+
+    def __init__(self, source: Path, text: str) -> None:
+        self.source = source
+        self.marks: dict[Path_, tuple[int, int]] = {}
+        self.problems: list[str] = []
+        self.data: Any = None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            what = getattr(exc, "problem", None) or "not YAML"
+            self.problems.append(f"{source}:{line}:{col}: not valid YAML: {what}")
+            return
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[object] = set()
+            for k, v in node.value:
+                key = k.value
+                if key in keys:
+                    where = f"{self.source}:{k.start_mark.line + 1}:{k.start_mark.column + 1}"
+                    label = ".".join(map(str, (*path, key)))
+                    self.problems.append(f"{where}: {label}: duplicate key (defined twice)")
+                keys.add(key)
+                self.marks[(*path, key)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+                self._walk(v, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._walk(v, (*path, i))
+
+    def has(self, path: Path_) -> bool:
+        """Whether the file itself has this key."""
+        return path in self.marks
+
+    def at(self, path: Path_, message: str) -> str:
+        """`FILE:LINE:COL: message` at the deepest part of `path` the file has."""
+        for n in range(len(path), -1, -1):
+            mark = self.marks.get(tuple(path[:n]))
+            if mark is not None:
+                return f"{self.source}:{mark[0]}:{mark[1]}: {message}"
+        return f"{self.source}:1:1: {message}"
