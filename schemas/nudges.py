@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: The packaged rituals (the rules file may define more: any name matching `RITUAL_NAME`).
 Ritual = Literal[
     "post_purchase_welcome",
     "three_days_later",
@@ -16,8 +17,9 @@ Ritual = Literal[
     "referral_invite",
     "loyalty_milestone",
 ]
+RITUAL_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 Status = Literal["delivered", "held_out", "suppressed", "expired", "cancelled"]
-#: SPEC §4 table order: it breaks ties between timers due at the same instant.
+#: The packaged rituals in their rules-file order (which breaks ties between timers).
 RITUALS: tuple[str, ...] = get_args(Ritual)
 STATUSES: tuple[str, ...] = get_args(Status)
 
@@ -67,7 +69,12 @@ class Decision(BaseModel):
     )
 
     nudge_id: str = Field(pattern=r"^[0-9a-f]{64}$")
-    ritual: Ritual
+    ritual: str = Field(
+        pattern=RITUAL_NAME,
+        description="The ritual's name in the rules file: one of the packaged rituals ("
+        + ", ".join(get_args(Ritual))
+        + ") or one the rules file defines.",
+    )
     rules_version: str
     customer_id: str = Field(min_length=1, max_length=128)
     anchor: str = Field(min_length=1)
@@ -87,6 +94,11 @@ class Decision(BaseModel):
     tz: str = Field(description="The customer's IANA time zone at the decision.")
     explanation: dict[str, Any] = Field(
         description="The exact state values and event ids that made the rule fire; no free text."
+    )
+    template: str | None = Field(
+        default=None,
+        description="The ritual's `template` key from the rules file, for the messaging system "
+        "(present only when the ritual names one).",
     )
 
 

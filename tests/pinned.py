@@ -53,8 +53,11 @@ guardrails:
 SEEDS = (1, 2, 3)
 
 
-def decisions(lines: list[bytes], rules: Rules, *, batch: int = 700) -> list[bytes]:
-    """Every decision of an in-process replay of `lines`, sorted by nudge_id."""
+def decisions(
+    lines: list[bytes], rules: Rules, *, batch: int = 700, final: int | None = None
+) -> list[bytes]:
+    """Every decision of an in-process replay of `lines`, sorted by nudge_id; the clocks end
+    at `final` (default: a year after the last event)."""
     config = EngineConfig(
         rules, clock_for("replay", grace_ms=1000), INPUTS, CONTROL,
         Limits(max_future_skew=timedelta(days=365 * 200)),
@@ -73,7 +76,7 @@ def decisions(lines: list[bytes], rules: Rules, *, batch: int = 700) -> list[byt
         last = max(last, to_ms(_instant(evt["occurred_at"])))
     for i in range(0, len(records), batch):
         driver.pipe(records[i : i + batch], wall_ms=WALL)
-    final = last + YEAR_MS
+    final = last + YEAR_MS if final is None else final
     declarations = []
     for p in range(PARTITIONS):
         ends = {t: nxt.get((t, p), 0) for t in INPUTS}

@@ -141,11 +141,19 @@ def test_lift_intervals_in_the_summary() -> None:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     Kpis(registry)
-    for arm, decided, came_back in (("treated", 70, 56), ("held_out", 80, 48)):
-        metrics.outcome_child("we_noticed", arm, "decided").inc(decided)
-        metrics.outcome_child("we_noticed", arm, "came_back").inc(came_back)
-    metrics.outcome_child("we_noticed", "treated", "clicked").inc(14)
+    # the same counts split over two rules versions: 40/30 + 30/26 treated, 50/30 + 30/18 held out
+    for version, arm, decided, came_back in (
+        ("v1", "treated", 40, 30), ("v2", "treated", 30, 26),
+        ("v1", "held_out", 50, 30), ("v2", "held_out", 30, 18),
+    ):  # fmt: skip
+        metrics.outcome_child("we_noticed", arm, "decided", version).inc(decided)
+        metrics.outcome_child("we_noticed", arm, "came_back", version).inc(came_back)
+    metrics.outcome_child("we_noticed", "treated", "clicked", "v1").inc(14)
     s = summary(registry)
+    by_version = s["lift_by_rules_version"]
+    assert by_version["v2"]["we_noticed"]["came_back"]["treated"] == 30
+    assert by_version["v2"]["we_noticed"]["came_back"]["held_out_successes"] == 18
+    assert by_version["v1"]["we_noticed"]["came_back"]["treated"] == 40
     came_back = s["lift"]["we_noticed"]["came_back"]
     assert came_back["difference"] == {"estimate": 0.2, "lower": 0.0524, "upper": 0.3339}
     assert came_back["verdict"] == "significant"

@@ -109,6 +109,7 @@ CLOSED_LABELS: dict[str, Any] = {
     "action": set(CLICK_ACTIONS),
     "prompted": {"true", "false"},
     "ritual": set(RITUALS),
+    "rules_version": set(load_rules().versions),  # the worker runs the packaged rules
     "status": set(STATUSES),
     "arm": {"treated", "held_out"},
     "table": {"customers", "control"},
@@ -195,7 +196,7 @@ def daytime_zone(moment: datetime) -> str:
 
 def customer_ids(prefix: str, treated: int, held_out: int) -> list[str]:
     """Customer ids, `held_out` of them in post_purchase_welcome's holdout bucket (SPEC §4)."""
-    percent = load_rules(None).rituals.post_purchase_welcome.holdout_percent
+    percent = load_rules(None).rituals["post_purchase_welcome"].holdout_percent
     held: list[str] = []
     others: list[str] = []
     i = 0

@@ -65,7 +65,7 @@ class Sim:
         self.cid, self.ctx = cid, ctx
         self.r = RitualState()
         self.out: list[dict[str, Any]] = []
-        self.outcomes: list[tuple[str, str, str]] = []
+        self.outcomes: list[tuple[str, str, str]] = []  # (ritual, arm, outcome)
 
     def send(self, kind: str, when: str, clock: str | None = None, **fields: Any) -> Sim:
         evt = EVENT_ADAPTER.validate_python(event(kind, self.cid, occurred_at=when, **fields))
@@ -73,13 +73,14 @@ class Sim:
             self.r, self.cid, evt, ms(when), ms(clock or when), self.ctx
         )
         self.out += got
-        self.outcomes += outcomes
+        self.outcomes += [o[:3] for o in outcomes]
+        assert all(o[3] in self.ctx.rules.versions for o in outcomes)
         return self
 
     def until(self, when: str) -> Sim:
         self.r, got, outcomes = advance(self.r, self.cid, ms(when), self.ctx)
         self.out += got
-        self.outcomes += outcomes
+        self.outcomes += [o[:3] for o in outcomes]
         return self
 
     def of(self, ritual: str) -> list[dict[str, Any]]:

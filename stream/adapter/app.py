@@ -183,7 +183,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     # bytes key and value types make Faust use the raw codec: we encode values ourselves.
     table = _table(app, "customers", settings)
     control = _table(app, "control", settings)
-    metrics = PipelineMetrics()
+    metrics = PipelineMetrics(rules=rules)
     metrics.registry.register(FaustSensor(app))
     kpis = Kpis(metrics.registry)
     projection = None

@@ -417,9 +417,9 @@ class BatchShell:
             elif name == "consumed":
                 m.consumed_child(key[1]).inc(n)
             elif name == "decision":
-                m.decision_child(key[1], key[2]).inc(n)
+                m.decision_child(key[1], key[2], key[3]).inc(n)
             elif name == "outcome":
-                m.outcome_child(key[1], key[2], key[3]).inc(n)
+                m.outcome_child(key[1], key[2], key[3], key[4]).inc(n)
             elif name == "dlq":
                 m.dlq_child(key[1]).inc(n)
             elif name == "duplicate":

@@ -561,11 +561,11 @@ class PartitionEngine:
         key: bytes,
         state: CustomerState,
         decisions: list[dict[str, Any]],
-        outcomes: list[tuple[str, str, str]],
+        outcomes: list[tuple[str, str, str, str]],
     ) -> None:
         counts = self._result.counts
-        for ritual, arm, outcome in outcomes:
-            counts[("outcome", ritual, arm, outcome)] += 1
+        for ritual, arm, outcome, version in outcomes:
+            counts[("outcome", ritual, arm, outcome, version)] += 1
         if not decisions:
             return
         outbox = list(state.outbox)
@@ -578,7 +578,7 @@ class PartitionEngine:
             outbox.append(sent)
             self._result.outputs.extend(self._sends(key, sent, record))
             self._result.decided.append(record)
-            counts[("decision", record["ritual"], record["status"])] += 1
+            counts[("decision", record["ritual"], record["status"], record["rules_version"])] += 1
             if self._rereading:
                 counts[("resent",)] += 1
         state.outbox = outbox

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from schemas.events import CLICK_ACTIONS, SURVEY_RANGES, TIERS
+from schemas.nudges import RITUAL_NAME as NAME_PATTERN
 
 # --- durations and local times ----------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class CancelIf(Strict):
     reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
 
 
-RITUAL_NAME = r"^[a-z][a-z0-9_]{0,47}$"
+RITUAL_NAME = NAME_PATTERN
 #: Keys an entry that only adjusts a packaged ritual may set (besides its `params`).
 ADJUSTABLE = ("enabled", "holdout_percent", "template", "once_per")
 

@@ -111,7 +111,7 @@ class Step(NamedTuple):
 
     state: RitualState
     decisions: list[dict[str, Any]]
-    outcomes: list[tuple[str, str, str]]
+    outcomes: list[tuple[str, str, str, str]]  # (ritual, arm, outcome, rules version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +381,7 @@ class _Run:
         self.customer_id = customer_id
         self.ctx = ctx
         self.out: list[dict[str, Any]] = []
-        self.outcomes: list[tuple[str, str, str]] = []
+        self.outcomes: list[tuple[str, str, str, str]] = []
         self.use(ctx.rules)
         upgrade(r)
 
@@ -463,7 +463,7 @@ class _Run:
             r.watch = [*r.watch, (at, name, arm, 0)]
             nid = nudge_id(name, self.customer_id, anchor)[:_NUDGE_DIGEST]
             r.clickable = [*r.clickable, (at, name, arm, nid)][-_MAX_CLICKABLE:]
-            self.outcomes.append((name, arm, "decided"))
+            self.outcomes.append((name, arm, "decided", rules.version))
         self.out.append(
             decision_record(
                 ritual=ritual,
@@ -693,9 +693,10 @@ class _Run:
             if ev.at > at + window:
                 continue  # the window has closed
             if ev.at > at:
+                version = self.ctx.rules.at(at).version  # the rules the decision was made by
                 for name, bit in OUTCOME_BITS.items():
                     if bits & bit and not seen & bit:
-                        self.outcomes.append((ritual, arm, name))
+                        self.outcomes.append((ritual, arm, name, version))
                 seen |= bits
             kept.append((at, ritual, arm, seen))
         self.r.watch = kept
@@ -711,7 +712,7 @@ class _Run:
             if ev.at > at + window:
                 continue
             if nid is not None and digest == nid and ev.at >= at:
-                self.outcomes.append((ritual, arm, "clicked"))
+                self.outcomes.append((ritual, arm, "clicked", self.ctx.rules.at(at).version))
                 nid = None  # one decision per click
                 continue
             kept.append(item)

@@ -286,6 +286,8 @@ def _load(source: Path, seen: tuple[Path, ...]) -> tuple[Rules | None, list[str]
         target = (source.parent / str(data["previous"])).resolve()
         if target in seen or target == source.resolve():
             problems.append(doc.at(("previous",), "names a file already in the chain (a cycle)"))
+        elif not target.is_file():
+            problems.append(doc.at(("previous",), f"previous: no such file {target}"))
         else:
             previous, more = _load(target, (*seen, source.resolve()))
             problems += more
@@ -352,7 +354,7 @@ def _instant(value: object, doc: _Doc, problems: list[str]) -> int | None:
 @lru_cache(maxsize=1)
 def _packaged() -> dict[str, dict[str, Any]]:
     """The packaged rituals' raw entries (before parameters are substituted)."""
-    data = yaml.safe_load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
+    data = yaml.load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
     return dict(data["rituals"])
 
 
@@ -571,6 +573,34 @@ def _survey_range(test: Any) -> tuple[int, int]:
     return min(SURVEY_RANGES[k][0] for k in kinds), max(SURVEY_RANGES[k][1] for k in kinds)
 
 
+MAX_RULES_BYTES = 1 << 20
+MAX_DEPTH = 64
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets (an upper bound: quotes are not skipped), so a
+    hostile file cannot make the YAML parser work for minutes."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, reading timestamps as text (an instant is parsed and checked here,
+    with a message, instead of failing inside the YAML library)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 class _Doc:
     """A YAML document with the line and column of every key, and its duplicate keys."""
 
@@ -579,14 +609,31 @@ class _Doc:
         self.marks: dict[Path_, tuple[int, int]] = {}
         self.problems: list[str] = []
         self.data: Any = None
+        if len(text) > MAX_RULES_BYTES:
+            self.problems.append(f"{source}:1:1: larger than {MAX_RULES_BYTES} bytes")
+            return
+        if _flow_depth(text) > MAX_DEPTH:
+            self.problems.append(f"{source}:1:1: nested more than {MAX_DEPTH} levels deep")
+            return
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(text)
+            for event in yaml.parse(text, Loader=_Loader):
+                if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                    mark = event.start_mark
+                    self.problems.append(
+                        f"{source}:{mark.line + 1}:{mark.column + 1}: YAML anchors and aliases "
+                        "are not supported in a rules file"
+                    )
+                    return
+            node = yaml.compose(text, Loader=_Loader)
+            self.data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = getattr(exc, "problem", None) or "not YAML"
             self.problems.append(f"{source}:{line}:{col}: not valid YAML: {what}")
+            return
+        except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+            self.problems.append(f"{source}:1:1: not a usable YAML document ({type(exc).__name__})")
             return
         if node is not None:
             self._walk(node, ())

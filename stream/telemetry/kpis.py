@@ -43,7 +43,7 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.lift import lift as lift_of
 from stream.core.profile import (
@@ -54,7 +54,7 @@ from stream.core.profile import (
     quadrant,
     sentiment,
 )
-from stream.core.rituals import OUTCOME_BITS
+from stream.core.rituals import OUTCOME_BITS, RITUALS
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
 
@@ -405,6 +405,16 @@ class Samples:
         """The sum of the samples of `name` whose labels include `labels`."""
         return sum(v for lbl, v in self.values.get(name, []) if labels.items() <= lbl.items())
 
+    def rituals(self) -> list[str]:
+        """The packaged rituals, then any other ritual these samples name (a rules file's
+        own rituals), in a stable order."""
+        seen = dict.fromkeys(RITUALS)
+        for name in ("engage_ritual_decisions_total", "engage_ritual_outcomes_total"):
+            for lbl, _v in self.values.get(name, []):
+                if "ritual" in lbl:
+                    seen.setdefault(lbl["ritual"])
+        return list(seen)
+
     def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for lbl, v in self.values.get(name, []):
@@ -431,7 +441,7 @@ def _quantile(buckets: dict[str, float], q: float) -> float | None:
     return lower
 
 
-def ritual_lift(get: Any) -> dict[str, dict[str, dict[str, Any]]]:
+def ritual_lift(get: Any, rituals: Iterable[str] = RITUALS) -> dict[str, dict[str, dict[str, Any]]]:
     """Per ritual and outcome: both arms' rates with Wilson intervals, the difference with
     Newcombe's interval, the ratio with the Katz interval, and a verdict (`stream.core.lift`).
 
@@ -439,7 +449,7 @@ def ritual_lift(get: Any) -> dict[str, dict[str, dict[str, Any]]]:
     the same function serves a worker's registry, Prometheus and the report.
     """
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for ritual in RITUALS:
+    for ritual in rituals:
         treated = int(get(ritual, "treated", "decided"))
         held = int(get(ritual, "held_out", "decided"))
         out[ritual] = {
@@ -476,8 +486,9 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     def outcome(ritual: str, arm: str, name: str) -> float:
         return get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome=name)
 
+    rituals = m.rituals()
     lift: dict[str, dict[str, float | None]] = {}
-    for ritual in RITUALS:
+    for ritual in rituals:
         rates = {}
         for arm in ("treated", "held_out"):
             decided = outcome(ritual, arm, "decided")
@@ -525,14 +536,24 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
             }
             for arm in ("treated", "held_out")
         }
-        for ritual in RITUALS
+        for ritual in rituals
     }
     decisions = {
         ritual: {
             st: get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in STATUSES
         }
-        for ritual in RITUALS
+        for ritual in rituals
     }
+    by_version: dict[str, dict[str, dict[str, Any]]] = {}
+    for version in sorted(m.by("engage_ritual_outcomes_total", "rules_version")):
+
+        def versioned(ritual: str, arm: str, name: str, version: str = version) -> float:
+            return get(
+                "engage_ritual_outcomes_total",
+                ritual=ritual, arm=arm, outcome=name, rules_version=version,
+            )  # fmt: skip
+
+        by_version[version] = ritual_lift(versioned, rituals)
     lag_buckets = m.by("engage_end_to_end_lag_seconds_bucket", "le")
     watermark = [v for _, v in m.values.get("engage_watermark_lag_seconds", [])]
     opt_outs = {
@@ -585,7 +606,8 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
         "score_bands": {b: get("engage_customers_by_score_band", band=b) for b in SCORE_BANDS},
         "ritual_decisions": decisions,
         "ritual_lift": lift,
-        "lift": ritual_lift(outcome),
+        "lift": ritual_lift(outcome, rituals),
+        "lift_by_rules_version": by_version,
         "pipeline": {
             "consumed": get("engage_events_consumed_total"),
             "processed": m.by("engage_events_processed_total", "outcome"),

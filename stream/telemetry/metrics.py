@@ -1,6 +1,7 @@
 """Pipeline metrics (SPEC §5), with label children cached up front.
 
-Labels are small closed sets (topic, type, outcome, reason), never ids: the series count does not
+Labels are small closed sets (topic, type, outcome, reason; rituals and rules versions come
+from the loaded rules files, at most 64 rituals a file), never ids: the series count does not
 grow with customers. Children are resolved once per label tuple, so the per-event cost is a dict
 lookup and an increment, not prometheus-client's label validation.
 """
@@ -11,9 +12,10 @@ from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.rituals import OUTCOMES
+from stream.core.rules import Rules, load_rules
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (
@@ -42,7 +44,11 @@ LATENCY_BUCKETS = (
 class PipelineMetrics:
     """The worker's own metrics, in a registry of its own (one per app instance)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, rules: Rules | None = None
+    ) -> None:
+        """`rules` names the rituals and rules versions whose series exist from the start
+        (the packaged rituals when not given)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.consumed = Counter(
@@ -100,8 +106,8 @@ class PipelineMetrics:
         )
         self.decisions = Counter(
             "engage_ritual_decisions_total",
-            "Ritual decisions, by ritual and status.",
-            ["ritual", "status"],
+            "Ritual decisions, by ritual, status and the version of the rules that made them.",
+            ["ritual", "status", "rules_version"],
             registry=r,
         )
         self.outcomes = Counter(
@@ -109,7 +115,7 @@ class PipelineMetrics:
             "Per ritual and arm (treated = delivered, held_out): decisions, and customers who "
             "within the outcome window came back, reviewed, purchased or clicked the nudge itself "
             "(clicked: click-through). Lift is a ratio of these.",
-            ["ritual", "arm", "outcome"],
+            ["ritual", "arm", "outcome", "rules_version"],
             registry=r,
         )
         self.watermark_lag = Gauge(
@@ -152,13 +158,13 @@ class PipelineMetrics:
         )
         for reason in REASONS:
             self.dlq.labels(reason)
-        for ritual in RITUALS:
+        rules = rules if rules is not None else load_rules()
+        for ritual in rules.ritual_names:
             for arm in ("treated", "held_out"):
                 for outcome in OUTCOMES:
-                    self.outcomes.labels(ritual, arm, outcome)
-        for ritual in RITUALS:
+                    self.outcomes.labels(ritual, arm, outcome, rules.version)
             for status in STATUSES:
-                self.decisions.labels(ritual, status)
+                self.decisions.labels(ritual, status, rules.version)
 
     @cache  # noqa: B019 - bounded by the closed label sets; lives as long as the worker
     def consumed_child(self, topic: str) -> Counter:
@@ -177,16 +183,16 @@ class PipelineMetrics:
         return self.duplicates.labels(kind)
 
     @cache  # noqa: B019
-    def decision_child(self, ritual: str, status: str) -> Counter:
-        return self.decisions.labels(ritual, status)
+    def decision_child(self, ritual: str, status: str, version: str) -> Counter:
+        return self.decisions.labels(ritual, status, version)
 
     @cache  # noqa: B019
     def partition_clock_child(self, partition: int) -> Gauge:
         return self.partition_clock.labels(str(partition))
 
     @cache  # noqa: B019
-    def outcome_child(self, ritual: str, arm: str, outcome: str) -> Counter:
-        return self.outcomes.labels(ritual, arm, outcome)
+    def outcome_child(self, ritual: str, arm: str, outcome: str, version: str) -> Counter:
+        return self.outcomes.labels(ritual, arm, outcome, version)
 
     @cache  # noqa: B019
     def erasures_child(self, found: bool) -> Counter:

@@ -579,7 +579,7 @@ def render(data: ReportData) -> str:
         _tile("Watermark lag (max)", fmt(pipeline.get("watermark_lag_seconds_max"), 1, " s")),
     ]
     lift_rows = []
-    for ritual in RITUALS:
+    for ritual in [*RITUALS, *(r for r in lift if r not in RITUALS)]:
         for outcome, item in lift.get(ritual, {}).items():
             if not (item["treated"] or item["held_out"]):
                 continue

@@ -337,7 +337,9 @@ def summary_table(decisions: list[dict[str, Any]]) -> Table:
         table.add_column(status, justify="right")
     from stream.core.rituals import RITUALS
 
-    for ritual in RITUALS:
+    names = dict.fromkeys(RITUALS)
+    names.update(dict.fromkeys(sorted({d["ritual"] for d in decisions})))
+    for ritual in names:
         row = [
             str(counts.get((ritual, st), 0))
             for st in ("delivered", "held_out", "suppressed", "expired", "cancelled")
