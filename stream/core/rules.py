@@ -303,8 +303,15 @@ def _load(source: Path, seen: tuple[Path, ...]) -> tuple[Rules | None, list[str]
             loc = tuple(p for p in err["loc"] if p not in TRIGGER_TAGS)
             where = _origin(loc, origins)
             problems.append(doc.at(where, _message(where, err["msg"])))
-        return None, problems
-    problems += _semantic(rules, doc)
+        # the rituals that are valid on their own still get their semantic checks
+        valid = {}
+        for name, entry in (rituals or {}).items():
+            try:
+                valid[name] = RitualDef.model_validate(entry)
+            except ValidationError:
+                continue
+        return None, problems + _semantic(valid, doc)
+    problems += _semantic(rules.rituals, doc)
     if previous is not None:
         if previous.version == rules.version:
             problems.append(doc.at(("version",), "must differ from the previous file's version"))
@@ -461,12 +468,12 @@ def _substitute(value: Any, params: dict[str, Any], path: Path_, where: dict) ->
     return value
 
 
-def _semantic(rules: Rules, doc: _Doc) -> list[str]:
+def _semantic(rituals: dict[str, RitualDef], doc: _Doc) -> list[str]:
     """What the schema cannot see: fields an event type does not have, conditions that are
     never true, templates naming unknown fields, duplicate rituals."""
     out: list[str] = []
     seen: dict[str, str] = {}
-    for name, d in rules.rituals.items():
+    for name, d in rituals.items():
         here: Path_ = ("rituals", name)
 
         def bad(path: Path_, msg: str, here: Path_ = here, name: str = name) -> None:
