@@ -241,7 +241,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, shell, metrics, kpis)
     # The token guards the whole web application, whatever registers a route on it.
-    app.on_webserver_init = lambda web: guard(web.web_app, token)  # type: ignore[method-assign]
+    app.on_webserver_init = lambda web: guard(web.web_app, token)
 
     async def direct(records: list[Record]) -> list[Record]:
         """The direct drain's batches to the engines (see `stream.adapter.drain`). An error of
