@@ -60,7 +60,10 @@ class Settings(BaseSettings):
         "`engage topics` and the worker (unset: the broker's default).",
     )
     dlq_retention_days: float | None = Field(
-        default=None, gt=0, description="retention.ms of the DLQ (it holds raw payloads)."
+        default=None,
+        gt=0,
+        description="retention.ms of the DLQ (it holds raw payloads) and of the webhook "
+        "forwarder's DLQ (`{namespace}.forward-dlq`, nudges it could not deliver).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -236,6 +239,11 @@ class Settings(BaseSettings):
         return self.topic("dlq")
 
     @property
+    def forward_dlq_topic(self) -> str:
+        """Nudges `engage forward` could not deliver (refused, expired)."""
+        return self.topic("forward-dlq")
+
+    @property
     def nudges_topic(self) -> str:
         return self.topic("nudges")
 
@@ -276,7 +284,9 @@ class Settings(BaseSettings):
             out[self.decisions_topic] = ms
             out[self.nudges_topic] = ms
         if self.dlq_retention_days is not None:
-            out[self.dlq_topic] = int(self.dlq_retention_days * 86_400_000)
+            ms = int(self.dlq_retention_days * 86_400_000)
+            out[self.dlq_topic] = ms
+            out[self.forward_dlq_topic] = ms
         return out
 
     def all_topics(self) -> list[str]:

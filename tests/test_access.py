@@ -57,6 +57,7 @@ def test_retention_settings_name_the_audit_and_dlq_topics() -> None:
         "engage.nudge-decisions": 30 * 86_400_000,
         "engage.nudges": 30 * 86_400_000,
         "engage.dlq": 7 * 86_400_000,
+        "engage.forward-dlq": 7 * 86_400_000,
     }
     assert {"engage.erasures", "engage.erasure-receipts", "engage.consent"} <= set(s.all_topics())
 

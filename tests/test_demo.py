@@ -4,6 +4,7 @@ with the closed loop (customers react to the nudges they receive; held-out ones 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,46 @@ from pathlib import Path
 import pytest
 
 from stream.core.rituals import RITUALS
+from stream.tools.demo import redacted, stack_line
 from tests.harness import ROOT, free_port
 
-pytestmark = pytest.mark.integration
+
+def test_printed_addresses_carry_no_credentials() -> None:
+    line = stack_line(
+        {
+            "kafka": "127.0.0.1:9092",
+            "redis": "redis://:hunter2@127.0.0.1:6379/0",
+            "prometheus": "http://admin:s3cr3t@127.0.0.1:9090",
+            "kafka_sasl": "127.0.0.1:9094",
+            "kafka_sasl_username": "engage",
+            "kafka_sasl_password": "Zx9-generated",
+        }
+    )
+    assert "hunter2" not in line and "s3cr3t" not in line and "Zx9-generated" not in line
+    assert "redis://***@127.0.0.1:6379/0" in line and "kafka_sasl 127.0.0.1:9094" in line
+    text = "see rediss://user:pw@h:1/0 and https://tok@example.test/x, not a@b"
+    assert redacted(text) == "see rediss://***@h:1/0 and https://***@example.test/x, not a@b"
 
 
+@pytest.mark.integration
+def test_demo_prints_no_password_of_the_stack(stack: dict, tmp_path: Path) -> None:
+    """The `stack up:` line of a real run, against the running stack: its worker is given a
+    rules file that does not exist, so the demo stops right after saying where the stack is."""
+    if "kafka_sasl_password" not in stack:
+        pytest.skip("the broker under test has no SASL listener (ENGAGE_TEST_BOOTSTRAP)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "demo", "--plain", "--web-port", str(free_port())],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ENGAGE_RULES_FILE": str(tmp_path / "missing.yaml")},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert "stack up" in out and stack["kafka"] in out, out[-3000:]
+    assert proc.returncode != 0  # the worker did not start
+    leaked = stack["kafka_sasl_password"] in out  # (not in the assertion: it would print it)
+    assert not leaked, "the demo printed the stack's SASL password"
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_demo_decides_every_ritual_and_measures_a_lift(stack: dict, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"

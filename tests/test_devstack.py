@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -220,3 +221,33 @@ def test_tools_are_a_closed_list() -> None:
     assert devstack.TOOLS == {"chromium": {"chromium": "chromium"}}
     with pytest.raises(devstack.ConfigError, match="unknown tools"):
         devstack.ensure_tools(("firefox",))
+
+
+def test_files_holding_the_sasl_password_are_owner_only(tmp_path: Path) -> None:
+    """server.properties carries the password in its JAAS line: 0600, in a 0700 directory,
+    also when an older devstack left them readable by everyone."""
+    kafka = devstack.Kafka(load_settings(devstack_dir=tmp_path))
+    conf = kafka.layout.conf
+    conf.mkdir(parents=True)
+    conf.chmod(0o755)
+    kafka.server_properties.write_text("# an older devstack's copy\n")
+    kafka.server_properties.chmod(0o644)
+    kafka.write_config()
+    password = kafka.sasl_password()
+    assert password in kafka.server_properties.read_text()
+    for path in (kafka.server_properties, kafka.sasl_secret_file):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+    assert oct(conf.stat().st_mode & 0o777) == "0o700"
+    # A fresh directory gets the same modes from the start.
+    fresh = devstack.Kafka(load_settings(devstack_dir=tmp_path / "fresh"))
+    fresh.write_config()
+    assert oct(fresh.server_properties.stat().st_mode & 0o777) == "0o600"
+    assert oct(fresh.layout.conf.stat().st_mode & 0o777) == "0o700"
+    # What `up` does for a broker already running: tighten in place, rewrite nothing.
+    kafka.server_properties.chmod(0o644)
+    conf.chmod(0o755)
+    before = kafka.server_properties.read_text()
+    kafka.protect_secrets()
+    assert oct(kafka.server_properties.stat().st_mode & 0o777) == "0o600"
+    assert oct(conf.stat().st_mode & 0o777) == "0o700"
+    assert kafka.server_properties.read_text() == before

@@ -10,10 +10,15 @@ screenshot is saved next to the report.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +81,64 @@ def test_help_prints_usage_and_starts_nothing(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert none.returncode == 2 and "--prometheus" in none.stderr
+
+
+@contextmanager
+def kpis_server(redirects: dict[str, str]) -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """A /kpis endpoint on 127.0.0.1 that redirects the paths in `redirects` (302) and answers
+    the sample summary elsewhere; yields its base URL and the (path, Authorization) it saw."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            target = redirects.get(self.path)
+            body = b"" if target else json.dumps(sample_summary()).encode()
+            self.send_response(302 if target else 200)
+            if target:
+                self.send_header("Location", target)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_token_from_the_environment_never_to_another_host(tmp_path: Path) -> None:
+    token = "report-token-1"
+    with kpis_server({}) as (other, other_seen):
+        # The worker's address redirects: once within itself, then to another host:port.
+        redirects = {"/old/kpis": "/kpis", "/kpis": f"{other}/kpis"}
+        with kpis_server(redirects) as (worker, worker_seen):
+            run = subprocess.run(
+                [sys.executable, "-m", "stream", "report", "--kpis", f"{worker}/old/kpis",
+                 "--out", str(tmp_path / "r.html")],
+                cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+                env={**os.environ, "ENGAGE_API_TOKEN": token},
+            )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "r.html").exists()
+    # Same origin: the token goes along; the other host never sees it.
+    assert worker_seen == [("/old/kpis", f"Bearer {token}"), ("/kpis", f"Bearer {token}")]
+    assert other_seen == [("/kpis", None)]
+    # There is no way to put it on the command line (where `ps` shows it to everyone).
+    flag = subprocess.run(
+        [sys.executable, "-m", "stream", "report", "--kpis", worker, "--token", token,
+         "--out", str(tmp_path / "flag.html")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert flag.returncode == 2 and "--token" in flag.stderr
+    assert not (tmp_path / "flag.html").exists()
 
 
 def chromium() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 
@@ -74,3 +76,61 @@ def test_bad_values_stop_the_worker_with_a_clear_message() -> None:
 def test_sasl_needs_credentials() -> None:
     with pytest.raises(ValueError, match="SASL needs"):
         Settings(security_protocol="SASL_SSL")
+
+
+SECRET_FIELD = re.compile(r"password|token|secret|authorization|redis_url", re.IGNORECASE)
+
+
+def _settings_classes() -> list[type]:
+    """Every settings object of the product: the pydantic-settings classes and the dataclasses
+    the tools build from ENGAGE_ variables."""
+    from stream.tools.devstack import DevstackSettings
+    from stream.tools.emitter.sink import KafkaOptions
+    from stream.tools.forward import ForwardConfig
+
+    return [Settings, DevstackSettings, KafkaOptions, ForwardConfig]
+
+
+def test_every_secret_field_is_hidden_from_repr() -> None:
+    """A field named like a secret is a SecretStr or left out of the repr, so a field added
+    later cannot print a password by accident (logs, tracebacks, debuggers)."""
+    checked = []
+    for cls in _settings_classes():
+        if dataclasses.is_dataclass(cls):
+            fields = {f.name: (f.type, f.repr) for f in dataclasses.fields(cls)}
+        else:
+            fields = {n: (f.annotation, f.repr) for n, f in cls.model_fields.items()}
+        for name, (annotation, shown) in fields.items():
+            if SECRET_FIELD.search(name):
+                checked.append(name)
+                assert not shown or "SecretStr" in str(annotation), (cls.__name__, name)
+    assert {"sasl_password", "api_token", "redis_url", "authorization", "secret"} <= set(checked)
+
+
+def test_no_settings_object_prints_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.tools.devstack import DevstackSettings
+    from stream.tools.emitter.sink import KafkaOptions
+    from stream.tools.forward import ForwardConfig
+
+    secrets = ["pw-sasl-7f3a", "tok-api-7f3a", "pw-redis-7f3a", "Bearer fwd-7f3a", "hook-7f3a"]
+    env = {
+        "ENGAGE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "ENGAGE_SASL_USERNAME": "engage",
+        "ENGAGE_SASL_PASSWORD": secrets[0],
+        "ENGAGE_API_TOKEN": secrets[1],
+        "ENGAGE_REDIS_URL": f"redis://:{secrets[2]}@127.0.0.1:6379/0",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    objects = [
+        Settings(),
+        DevstackSettings(),
+        KafkaOptions.from_env(),
+        ForwardConfig(
+            url="http://127.0.0.1/", group="g", authorization=secrets[3], secret=secrets[4].encode()
+        ),
+    ]
+    for obj in objects:
+        for text in (repr(obj), str(obj)):
+            leaked = [s for s in secrets if s in text]
+            assert not leaked, (type(obj).__name__, leaked)

@@ -1,19 +1,26 @@
-"""Who may read profiles and KPIs over HTTP (SPEC §6): a bearer token, compared in constant time.
+"""Who may read the worker's HTTP endpoints: a bearer token, compared in constant time.
 
-Profiles are personal data. With `ENGAGE_API_TOKEN` set, `/customers/...` and `/kpis` answer
-only requests carrying `Authorization: Bearer <token>`; probes and `/metrics` stay open. A
-request routed to the worker that owns a customer keeps its headers, so the owner checks the
-same token again.
+Profiles are personal data. With `ENGAGE_API_TOKEN` set, every route the worker serves answers
+only requests carrying `Authorization: Bearer <token>`, except the probes and `/metrics`
+(`OPEN_PATHS`), which stay open for orchestrators and Prometheus. The check is one aiohttp
+middleware in front of the whole web application, so it also covers routes nobody thought of:
+Faust's own views, a page added later, an unknown path. A request routed to the worker that
+owns a customer keeps its headers, so the owner checks the same token again.
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp import web
+
 UNAUTHORIZED = {"error": "unauthorized: send Authorization: Bearer <token>"}
+#: The only paths that answer without the token: liveness, readiness and Prometheus.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def authorized(header: str | None, token: str | None) -> bool:
@@ -28,21 +35,27 @@ def authorized(header: str | None, token: str | None) -> bool:
     return hmac.compare_digest(presented.strip().encode("utf-8"), token.encode("utf-8"))
 
 
-def guarded(token: str | None) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-    """Decorate a Faust page handler `(view, request, ...)`: 401 unless `authorized`."""
+def token_middleware(token: str) -> Any:
+    """An aiohttp middleware answering 401 to any request outside `OPEN_PATHS` without the
+    token: it runs before routing, so an unauthorised request never reaches a view, nor
+    another worker."""
 
-    def decorate(fun: Callable[..., Awaitable[Any]]) -> Any:
-        if not token:
-            return fun
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or authorized(request.headers.get("Authorization"), token):
+            return await handler(request)
+        return web.json_response(
+            UNAUTHORIZED, status=401, headers={"WWW-Authenticate": 'Bearer realm="engage"'}
+        )
 
-        @functools.wraps(fun)
-        async def handler(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            if not authorized(request.headers.get("Authorization"), token):
-                return view.json(
-                    UNAUTHORIZED, status=401, headers={"WWW-Authenticate": 'Bearer realm="engage"'}
-                )
-            return await fun(view, request, *args, **kwargs)
+    return require_token
 
-        return handler
 
-    return decorate
+def guard(web_app: web.Application, token: str | None) -> None:
+    """Put the token check in front of `web_app` once (Faust may initialise its web server
+    more than once); nothing to do when no token is configured."""
+    if not token or any(getattr(m, "engage_guard", False) for m in web_app.middlewares):
+        return
+    middleware = token_middleware(token)
+    middleware.engage_guard = True
+    web_app.middlewares.insert(0, middleware)

@@ -5,8 +5,9 @@ erasures topic as raw bytes, in batches (`take_events`), and hands each batch to
 (`stream/adapter/shell.py`), which runs one `PartitionEngine` (`stream/core/engine.py`) per
 partition and writes each changed customer once per batch to the changelog partition of the
 input partition it came from. Timers only send (clock ticks to the co-partitioned clock topic);
-they never change state. `/customers/...` and `/kpis` need the bearer token when
-`ENGAGE_API_TOKEN` is set (`stream.adapter.access`).
+they never change state. With `ENGAGE_API_TOKEN` set, every HTTP route but the probes and
+/metrics needs the bearer token (`stream.adapter.access`); Faust's own web views (raw table
+values, routing metadata, sensor statistics) are not served at all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import faust
 from prometheus_client import generate_latest
 
 from stream.adapter import offsets
-from stream.adapter.access import guarded
+from stream.adapter.access import guard
 from stream.adapter.drain import DirectConsumer, LeanApp
 from stream.adapter.faust_sensor import FaustSensor
 from stream.adapter.sender import Sender
@@ -47,6 +48,16 @@ log = logging.getLogger("engage")
 # aiohttp refuses a charset inside content_type; Prometheus needs only the version.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+#: Faust's built-in web views, all off: `/table/...` reads raw table values (a customer's whole
+#: state), `/router/...` and `/stats` describe the cluster. Routing `/customers/...` to the
+#: owning worker uses Faust's in-process router, not these views.
+NO_FAUST_VIEWS = {
+    "web_tables_enabled": False,
+    "web_router_enabled": False,
+    "web_stats_enabled": False,
+    "web_graph_enabled": False,
+    "web_metrics_enabled": False,
+}
 
 
 class RedisProjection:
@@ -159,6 +170,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         web_port=settings.web_port,
         canonical_url=settings.advertised_url,  # what other workers route requests to
         web_in_thread=False,
+        **NO_FAUST_VIEWS,
         **faust_options(settings),
     )
     app.drain = settings.drain  # before anything creates the transport
@@ -228,6 +240,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, shell, metrics, kpis)
+    # The token guards the whole web application, whatever registers a route on it.
+    app.on_webserver_init = lambda web: guard(web.web_app, token)
 
     async def direct(records: list[Record]) -> list[Record]:
         """The direct drain's batches to the engines (see `stream.adapter.drain`). An error of
@@ -350,7 +364,6 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/kpis")
-    @guarded(token)
     async def kpis_page(web: Any, request: Any) -> Any:
         return web.json(kpi_summary(metrics.registry))
 
@@ -365,7 +378,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     @app.page("/customers/{customer_id}")
-    @guarded(token)  # before routing: an unauthorised request never reaches another worker
+    # The token is checked before routing: an unauthorised request never reaches another worker.
     @app.table_route(table=table, match_info="customer_id")
     async def customer(web: Any, request: Any, customer_id: str) -> Any:
         raw = table.data.get(customer_id.encode("utf-8"))

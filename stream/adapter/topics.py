@@ -6,9 +6,9 @@ first, and `engage topics` runs it for operators. A topic that exists with anoth
 count is an error: co-partitioning is what keeps a customer on one worker.
 
 Retention: with `ENGAGE_AUDIT_RETENTION_DAYS` / `ENGAGE_DLQ_RETENTION_DAYS` set, the audit
-topics (nudge-decisions, nudges) and the DLQ get that `retention.ms`, at creation and, for
-topics that already exist, by altering their config (SPEC §4 Erasure: the audit trail keeps
-only what its retention allows).
+topics (nudge-decisions, nudges) and the two DLQs (the worker's and the webhook forwarder's)
+get that `retention.ms`, at creation and, for topics that already exist, by altering their
+config (SPEC §4 Erasure: the audit trail keeps only what its retention allows).
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
             await asyncio.sleep(0.5)
     try:
         compacted = set(settings.changelog_topics())
-        wanted = [*settings.all_topics(), *settings.changelog_topics()]
+        # The forwarder's DLQ too: it holds nudges, so its retention is managed here as well.
+        wanted = [
+            *settings.all_topics(),
+            settings.forward_dlq_topic,
+            *settings.changelog_topics(),
+        ]
         # Describe only topics that exist: a metadata request for a missing topic makes a
         # broker with auto.create.topics.enable create it, with the broker's partition count.
         present = set(await admin.list_topics())

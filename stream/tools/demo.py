@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,26 @@ from rich.table import Table
 from schemas.nudges import RITUALS, STATUSES
 
 ROOT = Path(__file__).resolve().parents[2]
+#: `scheme://user:password@` (or `scheme://:password@`, `scheme://token@`) in printed text.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
+def redacted(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***`: the demo prints
+    addresses, and a terminal, a CI log or a screen share is no place for a password."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def stack_line(addresses: dict[str, str]) -> str:
+    """What `ensure_up` returned, for people: addresses (credentials redacted), never the
+    generated SASL password."""
+    shown = [
+        f"{name} {redacted(value)}"
+        for name, value in addresses.items()
+        if not _SECRET_KEY.search(name)
+    ]
+    return ", ".join(shown)
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -181,11 +202,11 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
     if args.external:  # docker compose: the stack is already there, say where, start nothing
         addresses = {"kafka": Settings().bootstrap_servers}
-        console.print(f"[green]using the running stack[/]: Kafka at {addresses['kafka']}")
+        console.print(f"[green]using the running stack[/]: Kafka at {redacted(addresses['kafka'])}")
     else:
         with console.status("starting Kafka, Redis and Prometheus"):
             addresses = await asyncio.to_thread(ensure_up, ("kafka", "redis", "prometheus"))
-        console.print(f"[green]stack up[/]: {addresses}")
+        console.print(f"[green]stack up[/]: {stack_line(addresses)}")
     run = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     env = {
         **os.environ,
@@ -270,7 +291,7 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             f"\nmetrics     http://127.0.0.1:{args.web_port}/metrics\n"
             f"KPIs        http://127.0.0.1:{args.web_port}/kpis\n"
             f"a profile   http://127.0.0.1:{args.web_port}/customers/cust-000001\n"
-            f"prometheus  {addresses.get('prometheus', '')}\n"
+            f"prometheus  {redacted(addresses.get('prometheus', ''))}\n"
             f"logs        {logs}/engage-{run}-*.log"
         )
         if written is not None:
@@ -368,15 +389,17 @@ def _write_report(
 
     window = max(time.time() - started + 30, 120)
     selector = f'instance="127.0.0.1:{port}"'
+    token = os.environ.get("ENGAGE_API_TOKEN") or None  # the worker inherits it too
+    kpis = f"http://127.0.0.1:{port}"
     try:
         try:
-            data = build(prometheus=prometheus, kpis=f"http://127.0.0.1:{port}",
-                         selector=selector, window_s=window)  # fmt: skip
+            data = build(prometheus=prometheus, kpis=kpis, selector=selector, window_s=window,
+                         token=token)  # fmt: skip
         except ReportError:
-            data = build(prometheus=None, kpis=f"http://127.0.0.1:{port}")
+            data = build(prometheus=None, kpis=kpis, token=token)
         return write(data, out)
     except (ReportError, OSError) as exc:
-        console.print(f"[yellow]no report[/]: {exc}")
+        console.print(f"[yellow]no report[/]: {redacted(str(exc))}")
         return None
 
 

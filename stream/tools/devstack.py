@@ -246,11 +246,22 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via rename, so a concurrent reader never sees half a file."""
+def _write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Write via rename, so a concurrent reader never sees half a file. The file has `mode`
+    from its creation on (0600 for one holding a secret: never readable by others, not even
+    for a moment), whatever mode an older copy had."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), mode)  # a leftover tmp file keeps its old mode otherwise
+        fh.write(text)
     tmp.replace(path)
+
+
+def _private_dir(path: Path) -> None:
+    """A directory only its owner may list or enter (0700): where the stack keeps secrets."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
@@ -363,7 +374,8 @@ class Service:
 
     def prepare(self, report: Report) -> None:
         """Write configuration and initialise data before the first start."""
-        for directory in (self.layout.conf, self.layout.run, self.layout.logs):
+        _private_dir(self.layout.conf)  # the SASL password and the broker's config with it
+        for directory in (self.layout.run, self.layout.logs):
             directory.mkdir(parents=True, exist_ok=True)
         self.layout.data(self.name).mkdir(parents=True, exist_ok=True)
 
@@ -467,14 +479,14 @@ class Kafka(Service):
         return self.layout.conf / "kafka-sasl-password"
 
     def sasl_password(self) -> str:
-        """The SASL user's password: generated once at set-up into the devstack dir (mode 0600,
-        never in the repository), the same on every later start."""
+        """The SASL user's password: generated once at set-up into the devstack dir (mode 0600
+        in a 0700 directory, never in the repository), the same on every later start."""
         path = self.sasl_secret_file
         if path.exists():
             return path.read_text(encoding="utf-8").strip()
         import secrets
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(path.parent)
         password = secrets.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -566,9 +578,25 @@ class Kafka(Service):
             f"{self.layout.libs}/*",
         ]
 
+    def write_config(self) -> None:
+        """server.properties, which holds the SASL password (its JAAS line): 0600 in the
+        0700 conf directory, also when an older devstack left them readable by others."""
+        _private_dir(self.layout.conf)
+        _write_atomic(self.server_properties, self.render_properties(), mode=0o600)
+        self.protect_secrets()
+
+    def protect_secrets(self) -> None:
+        """Owner-only modes on what holds the password, as it is (no rewrite, no restart): a
+        running broker's files from an older devstack are tightened by the next `up`."""
+        if self.layout.conf.is_dir():
+            self.layout.conf.chmod(0o700)
+        for path in (self.server_properties, self.sasl_secret_file):
+            if path.exists():
+                path.chmod(0o600)
+
     def prepare(self, report: Report) -> None:
         super().prepare(report)
-        _write_atomic(self.server_properties, self.render_properties())
+        self.write_config()
         if (self.layout.data("kafka") / "meta.properties").exists():
             return
         started = time.monotonic()
@@ -1065,6 +1093,9 @@ def ensure_up(
                     service.layout.pid_file(service.name).unlink(missing_ok=True)
                     continue
                 running[service.name] = pid
+        for service in selected:
+            if isinstance(service, Kafka):
+                service.protect_secrets()
         to_start = [s for s in selected if s.name not in running]
         if to_start:
             install(to_start, say)

@@ -1,20 +1,25 @@
 """`engage forward --url URL`: POST every delivered nudge to a webhook, at least once.
 
 A small bridge for messaging systems that take HTTP rather than Kafka. It reads
-`{namespace}.nudges` in its own consumer group and, per partition in order, POSTs each nudge's
-JSON body with `Idempotency-Key: <nudge_id>` and the CloudEvents HTTP binary-mode headers
-(`ce-id`, `ce-type`, ...). A 2xx answer is a delivery. Timeouts, connection errors, 5xx, 408,
-425 and 429 are retried with capped exponential backoff (honouring Retry-After) for as long as
-it takes. Any other 4xx is a refusal for good: the record goes, with its original key, value
-and headers plus a reason, to `{namespace}.forward-dlq`. Offsets are committed only after a
-record was delivered or dead-lettered, so a crash re-sends (same Idempotency-Key) and never
-loses a nudge; a receiver drops re-sends by that key.
+`{namespace}.nudges` in its own consumer group and, per partition in order, POSTs each nudge of
+the chosen audiences (`customer` by default: a `service_team` nudge never reaches a customer
+webhook) with `Idempotency-Key: <nudge_id>`, the CloudEvents HTTP binary-mode headers (`ce-id`,
+`ce-type`, ...) and a Standard Webhooks signature (`webhook-id`, `webhook-timestamp`,
+`webhook-signature`) made with ENGAGE_WEBHOOK_SECRET. A 2xx answer is a delivery. Redirects
+are never followed. Timeouts, connection errors, 3xx, 5xx, 408, 425 and 429 are retried with
+capped exponential backoff (honouring Retry-After) until the nudge is delivered or, with
+--max-age, too old to send. Any other 4xx is a refusal for good. A refused or expired nudge
+goes, with its original key, value and headers plus a reason, to `{namespace}.forward-dlq`.
+Offsets are committed only after a record was delivered, skipped (another audience) or
+dead-lettered, so a crash re-sends (same Idempotency-Key) and never loses a nudge; a receiver
+drops re-sends by that key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,11 +27,20 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from stream.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_parser
 from stream.core.cloudevents import http_headers
-from stream.core.webhook import backoff_s, verdict
+from stream.core.webhook import (
+    AUDIENCES,
+    DEFAULT_AUDIENCES,
+    backoff_s,
+    decode_secret,
+    seconds_left,
+    signed_headers,
+    verdict,
+)
 
 log = logging.getLogger("engage.forward")
 _MESSAGE_LIMIT = 200
@@ -41,7 +55,12 @@ class ForwardConfig:
     timeout_s: float = 10.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
-    authorization: str | None = None  # from ENGAGE_FORWARD_AUTHORIZATION, never argv
+    audiences: frozenset[str] = DEFAULT_AUDIENCES
+    max_age_s: float | None = None  # undelivered this long after decided_at: dead-lettered
+    dlq_retention_ms: int | None = None  # ENGAGE_DLQ_RETENTION_DAYS, for a DLQ it creates
+    # Secrets come from the environment, never argv, and never show in a repr or a log line.
+    authorization: str | None = field(default=None, repr=False)  # ENGAGE_FORWARD_AUTHORIZATION
+    secret: bytes | None = field(default=None, repr=False)  # ENGAGE_WEBHOOK_SECRET, decoded
 
 
 @dataclass
@@ -50,6 +69,7 @@ class ForwardStats:
 
     delivered: int = 0
     dead_lettered: int = 0
+    skipped: int = 0  # another audience: committed, never sent
     attempts: int = 0
     retries_by_cause: Counter[str] = field(default_factory=Counter)
 
@@ -57,6 +77,7 @@ class ForwardStats:
         causes = ", ".join(f"{k} {v}" for k, v in sorted(self.retries_by_cause.items()))
         return (
             f"forwarded {self.delivered}, dead-lettered {self.dead_lettered}, "
+            f"skipped {self.skipped} of other audiences, "
             f"{self.attempts} HTTP attempts (retries: {causes or 'none'})"
         )
 
@@ -106,7 +127,8 @@ class Forwarder:
             await self._session.close()
 
     async def _ensure_dlq_topic(self) -> None:
-        """The forward DLQ, with the nudges topic's partition count, if it is missing."""
+        """The forward DLQ, with the nudges topic's partition count, if it is missing (with
+        the DLQ retention when one is set; `engage topics` applies it to an existing one)."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
@@ -116,7 +138,11 @@ class Forwarder:
             described = await admin.describe_topics([self.topic])
             count = len(described[0].get("partitions") or []) or 1
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(self.dlq_topic, count, 1)])
+                retention = self.config.dlq_retention_ms
+                configs = {} if retention is None else {"retention.ms": str(retention)}
+                await admin.create_topics(
+                    [NewTopic(self.dlq_topic, count, 1, topic_configs=configs)]
+                )
         finally:
             await admin.close()
 
@@ -144,12 +170,22 @@ class Forwarder:
                 return
 
     async def _one(self, record: Any) -> None:
-        """Deliver or dead-letter one record; returns only when one of them happened."""
-        headers = http_headers(list(record.headers or []))
-        nudge_id = _header(record, "ce_id") or _nudge_id(record.value)
+        """Deliver, skip or dead-letter one record; returns only when one of them happened."""
+        body = _body(record.value)
+        nudge_id = _header(record, "ce_id") or _text(body.get("nudge_id"))
         if nudge_id is None:
             await self._dead_letter(record, "unreadable", "no nudge_id in headers or value")
             return
+        audience = _text(body.get("audience")) or _header(record, "ce_audience")
+        if audience is None:
+            await self._dead_letter(record, "unreadable", "no audience in value or headers")
+            return
+        if audience not in self.config.audiences:
+            self.stats.skipped += 1
+            return
+        decided_at = _instant(_text(body.get("decided_at")) or _header(record, "ce_time"))
+        payload = record.value or b""
+        headers = http_headers(list(record.headers or []))
         headers["Idempotency-Key"] = nudge_id
         headers.setdefault("Content-Type", "application/json")
         headers.setdefault("ce-specversion", "1.0")
@@ -158,9 +194,26 @@ class Forwarder:
             headers["Authorization"] = self.config.authorization
         attempt = 0
         while True:
+            # The forwarder is a tool, not a decision: its own wall clock says how old a nudge is.
+            left = seconds_left(decided_at, now=datetime.now(UTC), max_age_s=self.config.max_age_s)
+            if left <= 0:
+                await self._dead_letter(
+                    record,
+                    "expired",
+                    f"not delivered within {self.config.max_age_s:g} s of decided_at "
+                    f"({attempt} attempts)",
+                )
+                return
             attempt += 1
             self.stats.attempts += 1
-            status, retry_after, cause = await self._post(record.value or b"", headers)
+            if self.config.secret is not None:  # a fresh timestamp and signature per attempt
+                headers.update(
+                    signed_headers(
+                        self.config.secret, msg_id=nudge_id, timestamp=int(time.time()),
+                        body=payload,
+                    )
+                )  # fmt: skip
+            status, retry_after, cause = await self._post(payload, headers)
             outcome = verdict(status)
             if outcome == "delivered":
                 self.stats.delivered += 1
@@ -175,9 +228,12 @@ class Forwarder:
                 max_s=self.config.backoff_max_s,
                 retry_after_s=retry_after,
             )
+            wait = max(min(wait, left), 0.0)  # an expiring nudge is dead-lettered on time
+            redirect = " (a redirect: not followed)" if status and 300 <= status < 400 else ""
             log.warning(
-                "nudge delivery attempt %d failed (%s), retrying in %.1f s", attempt, cause, wait
-            )
+                "nudge delivery attempt %d failed (%s%s), retrying in %.1f s",
+                attempt, cause, redirect, wait,
+            )  # fmt: skip
             await asyncio.sleep(wait)
 
     async def _post(
@@ -187,7 +243,9 @@ class Forwarder:
         import aiohttp
 
         try:
-            async with self._session.post(self.config.url, data=body, headers=headers) as resp:
+            async with self._session.post(
+                self.config.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 await resp.read()
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
                 return resp.status, retry_after, f"http_{resp.status}"
@@ -220,16 +278,28 @@ def _header(record: Any, name: str) -> str | None:
     return None
 
 
-def _nudge_id(value: bytes | None) -> str | None:
-    """A record without CloudEvents headers (an older worker): the id from the JSON body."""
-    import json
-
+def _body(value: bytes | None) -> dict[str, Any]:
+    """The record's JSON object, or {} when it is not one (then the headers must do)."""
     try:
         body = json.loads(value or b"")
     except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _instant(text: str | None) -> datetime | None:
+    """`decided_at` as an aware datetime; None when absent or unreadable (it cannot expire)."""
+    if text is None:
         return None
-    nudge_id = body.get("nudge_id") if isinstance(body, dict) else None
-    return nudge_id if isinstance(nudge_id, str) and nudge_id else None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -249,6 +319,28 @@ def _positive(text: str) -> float:
     return value
 
 
+def _retention_ms(days: str | None) -> int | None:
+    """ENGAGE_DLQ_RETENTION_DAYS as retention.ms (the worker's settings read it the same way)."""
+    if not days:
+        return None
+    value = float(days)
+    if not value > 0:
+        raise ValueError(days)
+    return int(value * 86_400_000)
+
+
+def _audiences(text: str) -> frozenset[str]:
+    import argparse
+
+    chosen = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = chosen - set(AUDIENCES)
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(AUDIENCES)}, got {text!r}"
+        )
+    return chosen
+
+
 def main(argv: list[str]) -> int:
     """Run until SIGTERM/Ctrl-C; 0 on a clean stop, 1 on a Kafka failure, 2 on bad usage."""
     parser = command_parser("forward", __doc__.split("\n\n")[1] if __doc__ else "")
@@ -256,16 +348,52 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--group", help="Kafka consumer group (default: {namespace}.forward)", default=None
     )
+    parser.add_argument(
+        "--audience",
+        type=_audiences,
+        default=DEFAULT_AUDIENCES,
+        help=f"which nudges to send, comma-separated from {', '.join(AUDIENCES)} (default: "
+        "customer); the others are skipped",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=_positive,
+        default=None,
+        help="seconds after its decided_at past which an undelivered nudge is dead-lettered "
+        "(reason expired) instead of retried (default: retried for as long as it takes)",
+    )
     parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds per POST")
     parser.add_argument("--backoff-initial", type=_positive, default=0.5, help="seconds")
     parser.add_argument("--backoff-max", type=_positive, default=30.0, help="seconds")
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="send without the webhook-signature headers (only for a receiver that cannot "
+        "verify them; by default ENGAGE_WEBHOOK_SECRET is required)",
+    )
     parser.epilog = (
-        f"{parser.epilog} ENGAGE_FORWARD_AUTHORIZATION, if set, is sent as the Authorization "
-        "header (e.g. 'Bearer ...')."
+        f"{parser.epilog} ENGAGE_WEBHOOK_SECRET (base64, optionally prefixed whsec_, as "
+        "Standard Webhooks writes it) signs every request. ENGAGE_FORWARD_AUTHORIZATION, if "
+        "set, is sent as the Authorization header (e.g. 'Bearer ...')."
     )
     args = parser.parse_args(argv)
     if not args.url.startswith(("http://", "https://")):
         parser.error("--url must start with http:// or https://")
+    secret_text = os.environ.get("ENGAGE_WEBHOOK_SECRET") or None
+    secret = None
+    if secret_text is not None:
+        try:
+            secret = decode_secret(secret_text)
+        except ValueError as exc:
+            print(f"engage forward: ENGAGE_WEBHOOK_SECRET {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    elif not args.unsigned:
+        print(
+            "engage forward: set ENGAGE_WEBHOOK_SECRET to sign the requests "
+            "(or pass --unsigned for a receiver that cannot verify signatures)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from stream.tools.emitter.sink import KafkaOptions
 
     try:
@@ -273,13 +401,22 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"engage forward: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        retention_ms = _retention_ms(os.environ.get("ENGAGE_DLQ_RETENTION_DAYS"))
+    except ValueError:
+        print("engage forward: ENGAGE_DLQ_RETENTION_DAYS must be a number > 0", file=sys.stderr)
+        return EXIT_USAGE
     config = ForwardConfig(
         url=args.url,
         group=args.group or f"{options.namespace}.forward",
         timeout_s=args.timeout,
         backoff_initial_s=args.backoff_initial,
         backoff_max_s=args.backoff_max,
+        audiences=args.audience,
+        max_age_s=args.max_age,
+        dlq_retention_ms=retention_ms,
         authorization=os.environ.get("ENGAGE_FORWARD_AUTHORIZATION") or None,
+        secret=secret,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return asyncio.run(_serve(config, options))
@@ -298,7 +435,11 @@ async def _serve(config: ForwardConfig, options: Any) -> int:
     started = time.monotonic()
     try:
         await forwarder.start()
-        log.info("forwarding %s to the webhook (group %s)", forwarder.topic, config.group)
+        log.info(
+            "forwarding %s (audience %s) to the webhook (group %s%s)",
+            forwarder.topic, "/".join(sorted(config.audiences)), config.group,
+            "" if config.secret else ", unsigned",
+        )  # fmt: skip
         await forwarder.run()
         return EXIT_OK
     except asyncio.CancelledError:

@@ -8,6 +8,10 @@ KPI trends come from range queries; with `--kpis`, the figures are one worker's 
 snapshot and there are no trends (the page says so). Both together: the figures from /kpis and
 the trends from Prometheus (what `engage demo` does). The page itself is built by
 `stream.tools.charts` (pure); this module only fetches and writes.
+
+The bearer token for /kpis comes from ENGAGE_API_TOKEN, never from the command line (where any
+user of the machine reads it in the process list), and goes only to the host it was meant
+for: a redirect to another host, port or scheme is followed without it.
 """
 
 from __future__ import annotations
@@ -83,8 +87,27 @@ class ReportError(Exception):
     """A source that cannot be read; the message says which and why."""
 
 
+class _SameOriginAuthorization(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but drops `Authorization` when one leads to another origin (scheme,
+    host or port): urllib would otherwise send the token to whatever host a redirect names."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
 def _opener() -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _SameOriginAuthorization())
 
 
 def _get_json(url: str, token: str | None = None, timeout: float = 15) -> Any:
@@ -217,10 +240,16 @@ def write(data: ReportData, out: Path) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="engage report",
-        description="Write the KPIs, lift with intervals, decisions and pipeline health as one "
+    from stream.cli import command_parser
+
+    parser = command_parser(
+        "report",
+        "Write the KPIs, lift with intervals, decisions and pipeline health as one "
         "self-contained HTML file (inline SVG charts, nothing loaded at view time).",
+    )
+    parser.epilog = (
+        f"{parser.epilog} ENGAGE_API_TOKEN, if set, is sent as the bearer token to /kpis "
+        "(never to another host a redirect names)."
     )
     parser.add_argument(
         "--prometheus",
@@ -245,11 +274,6 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_range,
         help="how far back the trends go (default: 1h)",
     )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("ENGAGE_API_TOKEN"),
-        help="bearer token for /kpis (default: $ENGAGE_API_TOKEN)",
-    )
     return parser
 
 
@@ -265,7 +289,7 @@ def main(argv: list[str]) -> int:
             kpis=args.kpis,
             selector=args.selector,
             window_s=args.window,
-            token=args.token,
+            token=os.environ.get("ENGAGE_API_TOKEN") or None,
         )
     except ReportError as exc:
         print(f"engage report: {exc}", file=sys.stderr)
