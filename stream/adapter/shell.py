@@ -250,10 +250,10 @@ class BatchShell:
             finally:
                 gc.enable()
             await self._send()  # the re-sent decisions
-            if unreadable:
-                self.metrics.unreadable_states.inc(unreadable)
-                log.error("%d unreadable customer states in the table: they wake nobody",
-                          unreadable)  # fmt: skip
+            for reason, count in unreadable.items():
+                self.metrics.unreadable_states.labels(reason).inc(count)
+                log.error("%d unreadable customer states in the table (%s): they wake nobody",
+                          count, reason)  # fmt: skip
             await asyncio.sleep(0)
         statuses: list[Output] = []
         for p, engine in engines.items():

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from schemas.nudges import RITUALS, STATUSES
 from stream.core.ingest import REASONS
 from stream.core.rituals import OUTCOMES
+from stream.core.state import UNREADABLE_REASONS
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (
@@ -137,8 +138,11 @@ class PipelineMetrics:
         )
         self.unreadable_states = Counter(
             "engage_unreadable_states_total",
-            "Stored customer states a partition start could not read (logged, skipped: "
-            "such a customer is woken by no timer until an event of theirs comes).",
+            "Stored customer states a partition start could not read, by reason: "
+            "newer_format (written by a newer release: refused, not misread) or malformed "
+            "(logged, skipped: such a customer is woken by no timer until an event of theirs "
+            "comes, and that event is dead-lettered while the state stays unreadable).",
+            ["reason"],
             registry=r,
         )
         self.erasures = Counter(
@@ -152,6 +156,8 @@ class PipelineMetrics:
         )
         for reason in REASONS:
             self.dlq.labels(reason)
+        for reason in UNREADABLE_REASONS:
+            self.unreadable_states.labels(reason)
         for ritual in RITUALS:
             for arm in ("treated", "held_out"):
                 for outcome in OUTCOMES:
