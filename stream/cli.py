@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
+
+from stream import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("stream.adapter.worker", "run the stream-processing worker"),
@@ -40,11 +41,10 @@ SETTINGS_EPILOG = (
 
 
 def package_version() -> str:
-    """The installed distribution's version, so `--version` never disagrees with pip."""
-    try:
-        return version("engage")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
+    """The release version (`stream.__version__`, which the package metadata also reads), so
+    `--version` agrees with pip, the CloudEvents headers and the schemas' `$id`, installed or
+    run from a source tree."""
+    return __version__
 
 
 def command_parser(name: str, description: str) -> argparse.ArgumentParser:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from schemas.events import MODELS
-from schemas.export import ID_PREFIX, JSON_DIR, examples, rendered
+from schemas.export import JSON_DIR, examples, rendered
 from schemas.nudges import RECORD_MODELS
+from stream import __version__
 from stream.core.ingest import Limits, Rejection, accept
 
 
@@ -63,7 +64,7 @@ def worker_verdict(payload: dict[str, Any]) -> str | None:
 @pytest.mark.parametrize("name", [*MODELS, "event", *RECORD_MODELS])
 def test_every_schema_has_an_id_and_valid_examples(name: str) -> None:
     schema = json.loads((JSON_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
-    assert schema["$id"] == f"{ID_PREFIX}{name}"
+    assert schema["$id"] == f"urn:engage:schema:{name}:{__version__}"
     assert schema["examples"], f"{name}: publish at least one example"
     check = validator(name)
     for example in schema["examples"]:
