@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stream.cli import command_parser
 from stream.telemetry.kpis import Samples, summary_of
 from stream.tools.charts import ReportData, Trend, render
 
@@ -217,9 +218,9 @@ def write(data: ReportData, out: Path) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="engage report",
-        description="Write the KPIs, lift with intervals, decisions and pipeline health as one "
+    parser = command_parser(
+        "report",
+        "Write the KPIs, lift with intervals, decisions and pipeline health as one "
         "self-contained HTML file (inline SVG charts, nothing loaded at view time).",
     )
     parser.add_argument(
