@@ -169,3 +169,50 @@ def test_the_emitters_good_events_are_schema_valid() -> None:
     for event in events:
         errors = [e.message for e in check.iter_errors(event)]
         assert not errors, (event, errors)
+
+
+def test_the_decision_examples_are_what_the_engine_decides() -> None:
+    """The published examples are records the engine produces for the purchase they cite
+    (the welcome's anchor is `first_purchase`), not hand-written guesses."""
+    from datetime import timedelta
+
+    from schemas.nudges import Decision
+    from stream.core.clock import clock_for
+    from stream.core.driver import MemoryDriver
+    from stream.core.engine import EngineConfig, Record
+    from stream.core.ingest import Limits as EngineLimits
+    from stream.core.rules import Rules
+
+    for example in Decision.model_json_schema()["examples"]:
+        rules = Rules(version=example["rules_version"])
+        config = EngineConfig(
+            rules,
+            clock_for("replay"),
+            {"t.purchases": "purchases"},
+            "t.clock",
+            EngineLimits(max_future_skew=timedelta(days=3650)),
+        )
+        purchase = {
+            "event_id": example["explanation"]["source_event_id"],
+            "customer_id": example["customer_id"],
+            "type": "purchase",
+            "occurred_at": example["due_at"],
+            "order_id": example["explanation"]["order_id"],
+            "amount": "49.90",
+            "currency": "EUR",
+            "items": 1,
+            "tz": example["tz"],
+        }
+        key = example["customer_id"].encode()
+        value = json.dumps(purchase).encode()
+        declare = {"kind": "replay", "replay_id": "r", "ends": {"t.purchases": 1}, "final": None}
+        driver = MemoryDriver(config)
+        driver.pipe(
+            [
+                Record("t.purchases", 0, 0, 0, key, value),
+                Record("t.clock", 0, 0, 0, None, json.dumps(declare).encode()),
+            ],
+            wall_ms=4_102_444_800_000,
+        )
+        decided = [json.loads(v) for v in driver.decisions().values()]
+        assert example in decided, decided

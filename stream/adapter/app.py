@@ -351,6 +351,10 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         metrics.ready.set(1 if engage.is_ready() else 0)
+        try:
+            metrics.set_consumer_lags(shell.consumer_lags())
+        except Exception:  # a scrape must answer whatever the consumer's state
+            log.exception("consumer lag not read")
         return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/kpis")

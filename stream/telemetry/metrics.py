@@ -119,6 +119,13 @@ class PipelineMetrics:
             ["partition"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "engage_consumer_lag_messages",
+            "Input messages not processed yet per owned input topic-partition: the end offset "
+            "as last fetched minus the next offset to process (set when scraped).",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.redelivered = Counter(
             "engage_redelivered_events_total",
             "Input messages read again after a restart or rebalance and skipped: their offset "
@@ -197,6 +204,13 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def erasures_child(self, found: bool) -> Counter:
         return self.erasures.labels("true" if found else "false")
+
+    def set_consumer_lags(self, lags: dict[tuple[str, int], int]) -> None:
+        """Replace every consumer-lag sample with `lags` ((topic, partition) -> messages), so
+        a partition this worker no longer owns stops being reported."""
+        self.consumer_lag.clear()
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
 
     @cache  # noqa: B019
     def watermark_lag_child(self, partition: int) -> Gauge:

@@ -1,4 +1,4 @@
-"""`engage forget CUSTOMER_ID [...] [--wait]`: ask the workers to erase customers (SPEC §4).
+"""`engage forget CUSTOMER_ID [...] [--wait]`: ask the workers to erase customers.
 
 Each id becomes one request on `{namespace}.erasures`, keyed by the customer id (so Kafka's
 default partitioner puts it on the partition that holds the customer). The worker owning that
