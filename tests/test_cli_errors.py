@@ -88,3 +88,16 @@ def test_a_mistake_is_one_line_and_exit_1_or_2(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("engage"), lines[0]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_cites_no_document_the_repository_does_not_ship(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", command, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SPEC" not in done.stdout, done.stdout
