@@ -13,12 +13,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.events import EVENT_ADAPTER, MODELS
+from stream.core.cloudevents import schema_id
 
 JSON_DIR = Path(__file__).parent / "json"
-
-
-#: Prefix of every schema's `$id` (a URN: stable, and no network fetch is implied).
-ID_PREFIX = "urn:engage:schema:"
 
 
 def rendered() -> dict[str, str]:
@@ -55,7 +52,7 @@ def _extra_models() -> dict[str, type[BaseModel]]:
 def _dump(schema: dict, title: str, name: str) -> str:
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"{ID_PREFIX}{name}",
+        "$id": schema_id(name),
         "title": title,
         **schema,
     }

@@ -25,13 +25,13 @@ STATUSES: tuple[str, ...] = get_args(Status)
 
 
 _EXAMPLE: dict[str, Any] = {
-    "nudge_id": "17727e58e37cff78d375d9899cd078c0753ce7986cc469e5c3fc60ddb0363cd3",
+    "nudge_id": "723343b56f26132407d299aa9ad75cb9e8cf4921902c3ee74846925da3c599b4",
     "ritual": "post_purchase_welcome",
     "rules_version": "2026.11-1",
     "customer_id": "cust-000042",
-    "anchor": "ord-1001",
-    "due_at": "2026-03-02T09:15:00Z",
-    "decided_at": "2026-03-02T09:15:00Z",
+    "anchor": "first_purchase",  # once per customer: the welcome follows the first purchase
+    "due_at": "2026-03-02T09:15:00.000Z",
+    "decided_at": "2026-03-02T09:15:00.000Z",
     "status": "delivered",
     "reason": "eligible",
     "audience": "customer",
@@ -53,9 +53,8 @@ class Decision(BaseModel):
                 _EXAMPLE,
                 _EXAMPLE
                 | {  # cust-000064's bucket for this ritual is 3, below the 10 % holdout
-                    "nudge_id": "3c1942b0e5994531cdaa63eba3cfd927580d6bf35ba4a82b8dcb68720d7efb82",
+                    "nudge_id": "dff049a49dc0f25ee0f36a4e1657d33787348caae9d8174411f7ac58a5005d95",
                     "customer_id": "cust-000064",
-                    "anchor": "ord-2001",
                     "status": "held_out",
                     "reason": "holdout",
                     "explanation": {

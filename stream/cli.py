@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
+
+from stream import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("stream.adapter.worker", "run the stream-processing worker"),
@@ -40,22 +43,47 @@ SETTINGS_EPILOG = (
 
 
 def package_version() -> str:
-    """The installed distribution's version, so `--version` never disagrees with pip."""
-    try:
-        return version("engage")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
+    """The release version (`stream.__version__`, which the package metadata also reads), so
+    `--version` agrees with pip, the CloudEvents headers and the schemas' `$id`, installed or
+    run from a source tree."""
+    return __version__
 
 
-def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+class CommandParser(argparse.ArgumentParser):
+    """argparse with the shared error contract: a usage error is one line on stderr naming
+    the command and where its help is, then exit 2 (argparse alone prints the whole usage
+    block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        """One line, exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} -h)\n")
+
+
+def command_parser(
+    name: str, description: str, *, epilog: str | None = None
+) -> argparse.ArgumentParser:
     """The parser every sub-command starts from: same prog name, epilog and exit codes
-    (argparse already exits 0 on --help and 2 on a usage error)."""
-    return argparse.ArgumentParser(
+    (0 on --help, 2 and one line on a usage error). `epilog` replaces the settings note for a
+    command with its own."""
+    return CommandParser(
         prog=f"engage {name}",
         description=description,
-        epilog=SETTINGS_EPILOG,
+        epilog=epilog or SETTINGS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def one_line(message: object) -> str:
+    """A message as one line: an error on stderr is one line, whatever produced it (a
+    validation error listing several problems becomes `a; b`)."""
+    parts = [part.strip() for part in str(message).splitlines()]
+    return "; ".join(part for part in parts if part).replace(":;", ":")
+
+
+def fail(command: str, message: object, code: int = EXIT_FAILURE) -> int:
+    """Print `engage COMMAND: message` as one line on stderr; returns `code` for `main`."""
+    print(f"engage {command}: {one_line(message)}", file=sys.stderr)
+    return code
 
 
 def usage() -> str:
@@ -87,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"engage: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        print(f"engage: unknown command {name!r} (see engage --help)", file=sys.stderr)
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[name][0])
     try:
@@ -98,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if isinstance(code, int):
             return code
-        print(code, file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(name, code)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a failure no command foresaw: still one line, no traceback
+        if os.environ.get("ENGAGE_TRACEBACK"):
+            raise
+        return fail(name, f"{type(exc).__name__}: {exc} (ENGAGE_TRACEBACK=1 shows where)")
 
 
 if __name__ == "__main__":

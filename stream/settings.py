@@ -308,9 +308,15 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = ["engage: invalid configuration:"]
-        for err in exc.errors():
-            name = "ENGAGE_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else ""
-            lines.append(f"  {name or '(settings)'}: {err['msg']}")
-        print("\n".join(lines), file=sys.stderr)
+        print(f"engage: invalid configuration: {settings_problems(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Every problem of a settings validation error on one line, named by its variable:
+    `ENGAGE_PARTITIONS: Input should be a valid integer; ENGAGE_MODE: ...`."""
+    problems = []
+    for err in exc.errors():
+        name = "ENGAGE_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else ""
+        problems.append(f"{name or '(settings)'}: {err['msg']}")
+    return "; ".join(problems)

@@ -25,6 +25,7 @@ REQUIRED = {
     "EngageWorkerDown",
     "EngageWatermarkLagHigh",
     "EngageWatermarkLagGrowing",
+    "EngageConsumerLagGrowing",
     "EngageDeadLetterRatioHigh",
     "EngageRedisProjectionFailing",
     "EngageRitualSilent",
@@ -75,6 +76,18 @@ def test_alerts_are_labelled_and_explained() -> None:
         assert rule["labels"]["severity"] in {"page", "ticket"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         assert "for" in rule, f"{rule['alert']}: a single bad scrape must not page"
+
+
+def test_alerts_name_no_scrape_job() -> None:
+    """Whatever the scrape job is called, the alerts work: none selects a job by name."""
+    for rule in alerts():
+        assert not re.search(r"\bjob\s*=~?", rule["expr"]), rule["alert"]
+
+
+def test_docs_list_every_alert() -> None:
+    doc = (ROOT / "docs" / "alerts.md").read_text()
+    for rule in alerts():
+        assert f"`{rule['alert']}`" in doc, rule["alert"]
 
 
 def exported_metric_names() -> set[str]:

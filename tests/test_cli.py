@@ -78,7 +78,8 @@ def test_usage_errors_exit_2() -> None:
     for args in (["emit", "--no-such-option"], ["worker", "unexpected"], ["topics", "--bad"]):
         done, _ = run(*args)
         assert done.returncode == 2, (args, done.stderr)
-        assert "usage: engage" in done.stderr
+        assert done.stderr.startswith(f"engage {args[0]}: error: ")  # one line, see -h
+        assert done.stderr.rstrip().endswith(f"(see engage {args[0]} -h)")
 
 
 def test_main_returns_int_for_argparse_exits() -> None:

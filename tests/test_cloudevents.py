@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from schemas.nudges import Decision
+from stream import __version__
 from stream.core.cloudevents import http_headers, kafka_headers
 
 RECORD = Decision.model_json_schema()["examples"][0]
@@ -17,14 +18,14 @@ def test_kafka_binary_mode_headers() -> None:
         "ce_source": b"urn:engage:shop",
         "ce_time": RECORD["decided_at"].encode(),
         "ce_subject": RECORD["ritual"].encode(),
-        "ce_dataschema": b"urn:engage:schema:nudge",
+        "ce_dataschema": f"urn:engage:schema:nudge:{__version__}".encode(),
         "ce_audience": b"customer",
         "content-type": b"application/json",
     }
     held = RECORD | {"status": "held_out"}
     decision = dict(kafka_headers(held, namespace="shop", topic_kind="decision"))
     assert decision["ce_type"] == b"io.engage.decision.held_out"
-    assert decision["ce_dataschema"] == b"urn:engage:schema:decision"
+    assert decision["ce_dataschema"] == f"urn:engage:schema:decision:{__version__}".encode()
     # the customer id is the key, never a header
     assert not any(RECORD["customer_id"].encode() in v for v in decision.values())
     # deterministic: a replay writes the same headers

@@ -312,7 +312,7 @@ def test_recovering_in_any_chunks_gives_the_index_and_resends_of_a_whole_recover
         time = PartitionTime.from_json(json.loads(driver.control[time_key(p)]))
         whole = PartitionEngine(p, config(), driver.customers, time=time, projection=SegmentWakes())
         slices, bad = by_partition(stored)
-        assert bad == 1
+        assert bad == {"malformed": 1}
         at_once = [whole.recover(slices.get(p, [])), whole.recovered()]
         chunked = PartitionEngine(
             p, config(), driver.customers, time=time, projection=SegmentWakes()

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.events import TOPIC_SUFFIX
+from stream import __version__
 from stream.client import EngageProducer
 from stream.core.partitioning import expected_partition
 from tests.harness import Worker, read_all, unique, wait_for
@@ -183,7 +184,7 @@ def test_nudges_carry_cloudevents_headers_for_a_plain_consumer(worker: Worker) -
         assert headers["ce_source"] == f"urn:engage:{worker.namespace}"
         assert headers["ce_time"] == body["decided_at"]
         assert headers["ce_subject"] == body["ritual"] == "post_purchase_welcome"
-        assert headers["ce_dataschema"] == f"urn:engage:schema:{kind}"
+        assert headers["ce_dataschema"] == f"urn:engage:schema:{kind}:{__version__}"
         assert headers["content-type"] == "application/json"
         assert "ce-bella" not in "".join(headers.values())  # the customer is the key only
         assert msg.key == b"ce-bella"

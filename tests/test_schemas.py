@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from schemas.events import MODELS
-from schemas.export import ID_PREFIX, JSON_DIR, examples, rendered
+from schemas.export import JSON_DIR, examples, rendered
 from schemas.nudges import RECORD_MODELS
+from stream import __version__
 from stream.core.ingest import Limits, Rejection, accept
 
 
@@ -63,7 +64,7 @@ def worker_verdict(payload: dict[str, Any]) -> str | None:
 @pytest.mark.parametrize("name", [*MODELS, "event", *RECORD_MODELS])
 def test_every_schema_has_an_id_and_valid_examples(name: str) -> None:
     schema = json.loads((JSON_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
-    assert schema["$id"] == f"{ID_PREFIX}{name}"
+    assert schema["$id"] == f"urn:engage:schema:{name}:{__version__}"
     assert schema["examples"], f"{name}: publish at least one example"
     check = validator(name)
     for example in schema["examples"]:
@@ -168,3 +169,50 @@ def test_the_emitters_good_events_are_schema_valid() -> None:
     for event in events:
         errors = [e.message for e in check.iter_errors(event)]
         assert not errors, (event, errors)
+
+
+def test_the_decision_examples_are_what_the_engine_decides() -> None:
+    """The published examples are records the engine produces for the purchase they cite
+    (the welcome's anchor is `first_purchase`), not hand-written guesses."""
+    from datetime import timedelta
+
+    from schemas.nudges import Decision
+    from stream.core.clock import clock_for
+    from stream.core.driver import MemoryDriver
+    from stream.core.engine import EngineConfig, Record
+    from stream.core.ingest import Limits as EngineLimits
+    from stream.core.rules import Rules
+
+    for example in Decision.model_json_schema()["examples"]:
+        rules = Rules(version=example["rules_version"])
+        config = EngineConfig(
+            rules,
+            clock_for("replay"),
+            {"t.purchases": "purchases"},
+            "t.clock",
+            EngineLimits(max_future_skew=timedelta(days=3650)),
+        )
+        purchase = {
+            "event_id": example["explanation"]["source_event_id"],
+            "customer_id": example["customer_id"],
+            "type": "purchase",
+            "occurred_at": example["due_at"],
+            "order_id": example["explanation"]["order_id"],
+            "amount": "49.90",
+            "currency": "EUR",
+            "items": 1,
+            "tz": example["tz"],
+        }
+        key = example["customer_id"].encode()
+        value = json.dumps(purchase).encode()
+        declare = {"kind": "replay", "replay_id": "r", "ends": {"t.purchases": 1}, "final": None}
+        driver = MemoryDriver(config)
+        driver.pipe(
+            [
+                Record("t.purchases", 0, 0, 0, key, value),
+                Record("t.clock", 0, 0, 0, None, json.dumps(declare).encode()),
+            ],
+            wall_ms=4_102_444_800_000,
+        )
+        decided = [json.loads(v) for v in driver.decisions().values()]
+        assert example in decided, decided

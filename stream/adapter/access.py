@@ -54,8 +54,8 @@ def token_middleware(token: str) -> Any:
 def guard(web_app: web.Application, token: str | None) -> None:
     """Put the token check in front of `web_app` once (Faust may initialise its web server
     more than once); nothing to do when no token is configured."""
-    if not token or any(getattr(m, "engage_guard", False) for m in web_app.middlewares):
+    if not token or any(getattr(m, "is_token_guard", False) for m in web_app.middlewares):
         return
     middleware = token_middleware(token)
-    middleware.engage_guard = True
+    middleware.is_token_guard = True
     web_app.middlewares.insert(0, middleware)

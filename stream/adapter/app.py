@@ -35,7 +35,7 @@ from stream.core.engine import EngineConfig, Record
 from stream.core.ingest import Limits
 from stream.core.profile import view
 from stream.core.rules import Rules, load_rules
-from stream.core.state import CustomerState, Peek, decode, to_ms
+from stream.core.state import CustomerState, Peek, UnsupportedStateFormat, decode, to_ms
 from stream.kafka_client import faust_options
 from stream.serving.projection import RedisProjector, next_segment_change
 from stream.settings import Settings
@@ -344,7 +344,11 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         try:
             for chunk in table.scan(sorted(shell.engines), chunk=500):
                 for _key, raw in chunk:
-                    add_to_snapshot(snap, decode(raw), clock, rules.profile)
+                    try:
+                        state = decode(raw)
+                    except UnsupportedStateFormat:
+                        continue  # a newer release's customer: counted at partition start
+                    add_to_snapshot(snap, state, clock, rules.profile)
                 await asyncio.sleep(0)  # a large table must not stall the stream
         except Exception:  # a timer that raises stops the whole Faust app: log, keep going
             log.exception("segment refresh failed")
@@ -361,6 +365,10 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         metrics.ready.set(1 if engage.is_ready() else 0)
+        try:
+            metrics.set_consumer_lags(shell.consumer_lags())
+        except Exception:  # a scrape must answer whatever the consumer's state
+            log.exception("consumer lag not read")
         return web.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/kpis")
@@ -384,7 +392,10 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         raw = table.data.get(customer_id.encode("utf-8"))
         if raw is None:
             return web.json({"error": "unknown customer"}, status=404)
-        state = decode(raw)
+        try:
+            state = decode(raw)
+        except UnsupportedStateFormat as exc:
+            return web.json({"error": str(exc)}, status=500)
         clock = to_ms(wall_now()) if settings.mode == "live" else shell.latest_clock()
         clock = max(clock, state.last_seen)  # never read a profile before its own events
         return web.bytes(

@@ -79,6 +79,12 @@ def partition_clock(
     return max(previous, min(t for t in holding if t is not None))
 
 
+def consumer_lag(highwater: int, position: int) -> int:
+    """Messages between the next offset to process and the end of a topic-partition (never
+    negative: a highwater fetched before the last records were processed can trail them)."""
+    return max(highwater - position, 0)
+
+
 # --- the time policy of a worker, chosen once ----------------------------------------------------
 
 

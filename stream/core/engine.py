@@ -51,6 +51,7 @@ from stream.core.state import (
     CustomerState,
     Peek,
     Sent,
+    UnsupportedStateFormat,
     decode,
     encode,
     fold,
@@ -148,17 +149,23 @@ class EngineConfig:
 Stored = tuple[bytes, bytes, Peek]
 
 
-def by_partition(chunk: Iterable[tuple[bytes, bytes]]) -> tuple[dict[int, list[Stored]], int]:
+def by_partition(
+    chunk: Iterable[tuple[bytes, bytes]],
+) -> tuple[dict[int, list[Stored]], Counter[str]]:
     """Peek at a chunk of stored (key, encoded state) pairs and group them by the partition
-    each state records, for `PartitionEngine.recover`; also returns how many were unreadable
-    (a value no version of the worker wrote: it wakes nobody, and is counted)."""
+    each state records, for `PartitionEngine.recover`; also counts the unreadable ones by
+    reason: `newer_format` (a format from a newer release, refused rather than misread) or
+    `malformed` (a value no release wrote). Either wakes nobody, and is counted."""
     out: dict[int, list[Stored]] = {}
-    bad = 0
+    bad: Counter[str] = Counter()
     for key, raw in chunk:
         try:
             pk = peek(raw)
+        except UnsupportedStateFormat:
+            bad["newer_format"] += 1
+            continue
         except Exception:
-            bad += 1
+            bad["malformed"] += 1
             continue
         part = out.get(pk.partition)
         if part is None:

@@ -246,6 +246,8 @@ def load_rules(path: str | Path | None = None) -> Rules:
     source = Path(path) if path else DEFAULT_RULES_FILE
     rules, problems = _load(source, seen=())
     if problems or rules is None:
+        if len(problems) == 1:
+            raise RulesError(problems[0], problems)
         raise RulesError(
             f"invalid rules file {source}:\n" + "\n".join(f"  {p}" for p in problems), problems
         )
@@ -361,7 +363,7 @@ def _instant(value: object, doc: _Doc, problems: list[str]) -> int | None:
 @lru_cache(maxsize=1)
 def _packaged() -> dict[str, dict[str, Any]]:
     """The packaged rituals' raw entries (before parameters are substituted)."""
-    data = yaml.load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
+    data = yaml.load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"), Loader=_Loader)
     return dict(data["rituals"])
 
 
@@ -632,7 +634,7 @@ class _Doc:
                     )
                     return
             node = yaml.compose(text, Loader=_Loader)
-            self.data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+            self.data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

@@ -1,4 +1,4 @@
-"""Per-customer state and the pure fold of one event into it (SPEC §3).
+"""Per-customer state, its stored format, and the pure fold of one event into it (SPEC §3).
 
 `fold(state, event, rules)` is the whole state transition: no I/O, no wall clock. What depends
 on the partition clock (score, sentiment, quadrant, stage, windows) is stored as the few inputs
@@ -32,6 +32,17 @@ from schemas.events import (
 from stream.core.consent import Choice, apply_consent
 from stream.core.rituals import RitualState
 from stream.core.rules import DEFAULT_RULES, ProfileRules
+from stream.core.state_formats import DECODER_V1
+
+#: The layout version of an encoded `CustomerState`, written as the first key of every value
+#: (`{"v":2,...}`). Bump it, and freeze the previous layout in `stream.core.state_formats`
+#: with a reader in `_READERS`, whenever a change would make older bytes decode differently:
+#: a field inserted, removed or reordered in an array-like struct (timers, queued events,
+#: tickets, money, consent, outbox), a field renamed or moved. Format 1 (release 0.1.0) wrote
+#: no version key.
+FORMAT_VERSION = 2
+#: Why a stored state could not be read (`engage_unreadable_states_total{reason}`).
+UNREADABLE_REASONS = ("newer_format", "malformed")
 
 MS_PER_DAY = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -72,8 +83,11 @@ class Sent(msgspec.Struct, array_like=True):
     record: msgspec.Raw  # the canonical decision bytes, embedded verbatim
 
 
-class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """What the table holds per customer. Field names are the serialised keys."""
+class CustomerState(
+    msgspec.Struct, omit_defaults=True, kw_only=True, tag_field="v", tag=FORMAT_VERSION
+):
+    """What the table holds per customer. Field names are the serialised keys; the encoded
+    value starts with its format version (`v`, see `FORMAT_VERSION`)."""
 
     customer_id: str
     first_seen: int = 0
@@ -126,14 +140,69 @@ class CustomerState(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(CustomerState)
+_CURRENT = b'{"v":%d,' % FORMAT_VERSION  # how every value this release writes starts
+_FORMAT_1 = b'{"customer_id":'  # how every value release 0.1.0 wrote starts
+
+
+class UnsupportedStateFormat(ValueError):
+    """A stored state in a format this release does not know: written by a newer release (a
+    rollback, or a newer worker in the same group). It is refused, never read as if it were
+    the current layout: the customer keeps the stored bytes untouched for the release that
+    wrote them."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"customer state format {version} is not one this release reads "
+            f"(1 to {FORMAT_VERSION}): written by a newer release"
+        )
+        self.version = version
+
+
+class _Version(msgspec.Struct):
+    v: int = 1
+
+
+_VERSION = msgspec.json.Decoder(_Version)
 
 
 def encode(state: CustomerState) -> bytes:
+    """The stored bytes of a state, in the current format (`FORMAT_VERSION`)."""
     return _ENCODER.encode(state)
 
 
+def format_version(raw: bytes) -> int:
+    """The format an encoded state was written in: every value written by this release or by
+    0.1.0 is recognised by its first bytes; anything else is read for its `v` key (1 when it
+    has none). Raises `msgspec.DecodeError` on a value that is not a JSON object."""
+    if raw.startswith(_CURRENT):
+        return FORMAT_VERSION
+    if raw.startswith(_FORMAT_1):
+        return 1
+    return _VERSION.decode(raw).v
+
+
+def _read_v1(raw: bytes) -> CustomerState:
+    """Format 1 decoded with its own frozen layout, then upgraded by field name: a field
+    format 1 did not have takes its default, one the current layout dropped is left behind.
+    A field renamed or moved since needs its value carried over here, explicitly."""
+    return msgspec.convert(DECODER_V1.decode(raw), CustomerState, from_attributes=True)
+
+
+#: format version -> how to read it into the current `CustomerState`
+_READERS = {FORMAT_VERSION: _DECODER.decode, 1: _read_v1}
+
+
 def decode(raw: bytes) -> CustomerState:
-    return _DECODER.decode(raw)
+    """A stored state read into the current layout, whichever known format it was written
+    in. Raises `UnsupportedStateFormat` for a format from a newer release and
+    `msgspec.DecodeError` for bytes that are no state at all."""
+    if raw.startswith(_CURRENT):
+        return _DECODER.decode(raw)
+    version = format_version(raw)
+    reader = _READERS.get(version)
+    if reader is None:
+        raise UnsupportedStateFormat(version)
+    return reader(raw)
 
 
 class _At(msgspec.Struct, array_like=True, gc=False):
@@ -179,7 +248,12 @@ def peek(raw: bytes) -> Peek:
     """A `Peek` of an encoded state. A restart registers every stored customer in the due
     index: this decoder skips every field it is not asked for (a third of `decode`'s time)
     and keeps a few small values per customer instead of a whole state. Raises like
-    `decode` on an unreadable value."""
+    `decode` on an unreadable value or an unknown format. The fields it reads have the same
+    place in every known format; a format that moves one needs a peek of its own here."""
+    if not raw.startswith(_CURRENT):
+        version = format_version(raw)
+        if version not in _READERS:
+            raise UnsupportedStateFormat(version)
     return _PEEK.decode(raw)
 
 

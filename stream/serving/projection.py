@@ -18,7 +18,6 @@ Keys (SPEC §6):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -643,9 +642,10 @@ async def rebuild(
 
 def main(argv: list[str]) -> int:
     """`engage project rebuild [--clock-ms MS]`."""
-    parser = argparse.ArgumentParser(
-        prog="engage project",
-        description="The Redis profile projection (SPEC §6).",
+    from stream.cli import command_parser
+
+    parser = command_parser(
+        "project", "The Redis profile projection: a hash per customer and segment sets."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     rb = sub.add_parser(

@@ -16,6 +16,7 @@ from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.rituals import OUTCOMES
 from stream.core.rules import Rules, load_rules
+from stream.core.state import UNREADABLE_REASONS
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (
@@ -124,6 +125,13 @@ class PipelineMetrics:
             ["partition"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "engage_consumer_lag_messages",
+            "Input messages not processed yet per owned input topic-partition: the end offset "
+            "as last fetched minus the next offset to process (set when scraped).",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.redelivered = Counter(
             "engage_redelivered_events_total",
             "Input messages read again after a restart or rebalance and skipped: their offset "
@@ -143,8 +151,11 @@ class PipelineMetrics:
         )
         self.unreadable_states = Counter(
             "engage_unreadable_states_total",
-            "Stored customer states a partition start could not read (logged, skipped: "
-            "such a customer is woken by no timer until an event of theirs comes).",
+            "Stored customer states a partition start could not read, by reason: "
+            "newer_format (written by a newer release: refused, not misread) or malformed "
+            "(logged, skipped: such a customer is woken by no timer until an event of theirs "
+            "comes, and that event is dead-lettered while the state stays unreadable).",
+            ["reason"],
             registry=r,
         )
         self.erasures = Counter(
@@ -158,6 +169,8 @@ class PipelineMetrics:
         )
         for reason in REASONS:
             self.dlq.labels(reason)
+        for reason in UNREADABLE_REASONS:
+            self.unreadable_states.labels(reason)
         rules = rules if rules is not None else load_rules()
         for ritual in rules.ritual_names:
             for arm in ("treated", "held_out"):
@@ -197,6 +210,13 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def erasures_child(self, found: bool) -> Counter:
         return self.erasures.labels("true" if found else "false")
+
+    def set_consumer_lags(self, lags: dict[tuple[str, int], int]) -> None:
+        """Replace every consumer-lag sample with `lags` ((topic, partition) -> messages), so
+        a partition this worker no longer owns stops being reported."""
+        self.consumer_lag.clear()
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
 
     @cache  # noqa: B019
     def watermark_lag_child(self, partition: int) -> Gauge:

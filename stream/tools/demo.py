@@ -32,6 +32,8 @@ from rich.live import Live
 from rich.table import Table
 
 from schemas.nudges import RITUALS, STATUSES
+from stream.cli import EXIT_USAGE, command_parser, fail
+from stream.core.rules import RulesError, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 #: `scheme://user:password@` (or `scheme://:password@`, `scheme://token@`) in printed text.
@@ -423,7 +425,7 @@ def _summary(view: View) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The demo's options (also read by tests/test_compose.py for the compose demo service)."""
-    parser = argparse.ArgumentParser(prog="engage demo", description=__doc__.splitlines()[0])
+    parser = command_parser("demo", __doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--days", type=float, default=400.0, help="simulated days")
     parser.add_argument(
@@ -454,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the demo; 0 at the end, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
+    if args.rules:  # before starting anything: a bad file would stop the worker at start-up
+        try:
+            load_rules(args.rules)
+        except RulesError as exc:
+            return fail("demo", exc, EXIT_USAGE)
     console = Console()
     if not console.is_terminal:  # piped or captured: wide enough for the lift table, unwrapped
         console = Console(width=max(console.width, 200))

@@ -1,4 +1,4 @@
-"""`engage forget CUSTOMER_ID [...] [--wait]`: ask the workers to erase customers (SPEC §4).
+"""`engage forget CUSTOMER_ID [...] [--wait]`: ask the workers to erase customers.
 
 Each id becomes one request on `{namespace}.erasures`, keyed by the customer id (so Kafka's
 default partitioner puts it on the partition that holds the customer). The worker owning that
@@ -9,7 +9,6 @@ line, as they arrive.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -22,6 +21,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream.adapter.topics import TopicMismatch, ensure_topics
+from stream.cli import command_parser
 from stream.kafka_client import KafkaAccessError, consumer, describe_error, producer
 from stream.settings import Settings, load_settings
 
@@ -99,7 +99,7 @@ async def forget(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="engage forget", description=__doc__.splitlines()[0])
+    parser = command_parser("forget", __doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
     parser.add_argument("--wait", action="store_true", help="print the receipts when they come")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits")

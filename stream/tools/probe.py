@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from stream.cli import EXIT_FAILURE, EXIT_OK, command_parser
+from stream.cli import EXIT_FAILURE, EXIT_OK, command_parser, fail
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,10 @@ def main(argv: list[str]) -> int:
         "--port", type=int, default=None, help="default: ENGAGE_WEB_PORT, else 6066"
     )
     args = parser.parse_args(argv)
-    port = args.port or int(os.environ.get("ENGAGE_WEB_PORT", "6066"))
+    try:
+        port = args.port or int(os.environ.get("ENGAGE_WEB_PORT", "6066"))
+    except ValueError:
+        return fail("probe", "invalid configuration: ENGAGE_WEB_PORT is not a port number", 2)
     url = f"http://127.0.0.1:{port}/{args.path}"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:

@@ -30,14 +30,17 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from stream.adapter.topics import TopicMismatch, ensure_topics
+from stream.cli import EXIT_USAGE, command_parser, fail
+from stream.core.rules import RulesError, load_rules
 from stream.core.state import to_ms
 from stream.kafka_client import KafkaAccessError, consumer, describe_error, producer
-from stream.settings import Settings
+from stream.settings import Settings, settings_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -348,10 +351,25 @@ def summary_table(decisions: list[dict[str, Any]]) -> Table:
     return table
 
 
+def instant(text: str) -> int:
+    """An RFC 3339 instant with an offset (`2026-03-01T00:00:00Z`) as epoch milliseconds; an
+    argparse type, so a bad `--until` is a usage error."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an RFC 3339 instant, got {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"the instant needs an offset (Z or +01:00): {text!r}")
+    return to_ms(moment)
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="engage replay", description=__doc__.splitlines()[0])
+    """`engage replay FILE`: 0 with the decisions, 1 on a Kafka failure, 2 on bad input."""
+    parser = command_parser("replay", __doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("file", help="JSON lines of events (e.g. from `engage emit --out`)")
-    parser.add_argument("--until", help="move every clock to this instant at the end (RFC 3339)")
+    parser.add_argument(
+        "--until", type=instant, help="move every clock to this instant at the end (RFC 3339)"
+    )
     parser.add_argument("--out", help="write the decisions here, one JSON object per line")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=None)
@@ -363,10 +381,20 @@ def main(argv: list[str]) -> int:
     overrides: dict[str, Any] = {"app_id": namespace, "topic_namespace": namespace}
     if args.partitions:
         overrides["partitions"] = args.partitions
-    settings = Settings(**overrides)
-    until = to_ms(datetime.fromisoformat(args.until.replace("Z", "+00:00"))) if args.until else None
-    with open(args.file, "rb") as fh:
-        lines = [line.rstrip(b"\n") for line in fh if line.strip()]
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        return fail("replay", f"invalid configuration: {settings_problems(exc)}", EXIT_USAGE)
+    try:  # the workers would read the rules file only after the topics exist: check it first
+        load_rules(args.rules or settings.rules_file)
+    except RulesError as exc:
+        return fail("replay", exc, EXIT_USAGE)
+    until = args.until
+    try:
+        with open(args.file, "rb") as fh:
+            lines = [line.rstrip(b"\n") for line in fh if line.strip()]
+    except OSError as exc:
+        return fail("replay", f"cannot read {args.file}: {exc.strerror or exc}", EXIT_USAGE)
     console.print(f"replaying {len(lines)} events on {namespace} with {args.workers} worker(s)")
     started = time.monotonic()
     try:

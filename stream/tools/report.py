@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stream.cli import command_parser
 from stream.telemetry.kpis import Samples, summary_of
 from stream.tools.charts import ReportData, Trend, render
 
@@ -240,8 +241,6 @@ def write(data: ReportData, out: Path) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from stream.cli import command_parser
-
     parser = command_parser(
         "report",
         "Write the KPIs, lift with intervals, decisions and pipeline health as one "

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
+from stream.cli import command_parser, fail
 from stream.tools.emitter.faults import FILE_REASONS, MAX_FRACTION, REASONS, FaultMixer
 from stream.tools.emitter.report import ProgressBar, Stats, print_summary
 from stream.tools.emitter.runner import run_file, run_kafka
@@ -80,9 +81,9 @@ def _fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="engage emit",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    parser = command_parser(
+        "emit",
+        __doc__.split("\n\n")[0] if __doc__ else "",
         epilog=(
             "Environment: ENGAGE_BROKER (kafka://127.0.0.1:9092), ENGAGE_TOPIC_NAMESPACE "
             "(engage), ENGAGE_SECURITY_PROTOCOL, ENGAGE_SASL_MECHANISM/USERNAME/PASSWORD, "
@@ -201,7 +202,10 @@ def main(argv: list[str]) -> int:
     show = not args.quiet and console.is_terminal
     bar = ProgressBar(sim.start_ms, sim.end_ms, enabled=show, console=console)
     if file_mode:
-        sink = FileSink(args.out)
+        try:
+            sink = FileSink(args.out)
+        except OSError as exc:
+            return fail("emit", f"cannot write {args.out}: {exc.strerror or exc}")
         try:
             with bar:
                 run_file(sim, sink, mixer, stats, bar)

@@ -1,0 +1,123 @@
+"""The stored state's format: versioned, older formats upgraded, newer ones refused.
+
+`tests/fixtures/customer-states-0.1.0.jsonl` holds states exactly as release 0.1.0 wrote them
+(before states carried a version); every later release must read them to the same meaning.
+The meaning is compared through public accessors (the profile, timers' ritual, anchor and due,
+queued events, the outbox, consent, tickets, `next_due`), not every internal attribute, so a
+layout change that keeps the meaning keeps this test green.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+
+from stream.core.driver import MemoryDriver
+from stream.core.engine import Record, by_partition
+from stream.core.rituals import next_due
+from stream.core.state import (
+    FORMAT_VERSION,
+    UnsupportedStateFormat,
+    decode,
+    encode,
+    format_version,
+    peek,
+)
+from tests.factory import event, raw
+from tests.fixtures.golden_states import describe
+from tests.test_engine import INPUTS, PARTITIONS, config
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def golden(version: str) -> tuple[list[bytes], dict[str, dict]]:
+    values = (FIXTURES / f"customer-states-{version}.jsonl").read_bytes().splitlines()
+    expected = json.loads((FIXTURES / f"customer-states-{version}.expected.json").read_text())
+    return values, expected
+
+
+def newer(value: bytes) -> bytes:
+    """A state as a release with the next format would write it."""
+    current = encode(decode(value))
+    prefix = b'{"v":%d,' % FORMAT_VERSION
+    assert current.startswith(prefix)
+    return b'{"v":%d,' % (FORMAT_VERSION + 1) + current[len(prefix) :]
+
+
+def test_states_written_by_0_1_0_read_to_the_same_meaning() -> None:
+    values, expected = golden("0.1.0")
+    assert len(values) == len(expected) == 5
+    for value in values:
+        assert format_version(value) == 1
+        state = decode(value)
+        assert describe(state) == expected[state.customer_id], state.customer_id
+        pk = peek(value)
+        assert (pk.customer_id, pk.partition, pk.due) == (
+            state.customer_id,
+            state.partition,
+            next_due(state.r),
+        )
+    # The fixture covers what a worker stores: timers (an anniversary, a deferred welcome),
+    # queued events, unacknowledged decisions, consent, tickets.
+    meanings = expected.values()
+    assert {t[0] for m in meanings for t in m["timers"]} >= {
+        "anniversary",
+        "we_noticed",
+        "post_purchase_welcome",
+        "three_days_later",
+    }
+    assert all(any(m[k] for m in meanings) for k in ("pending", "outbox", "consent", "tickets"))
+
+
+def test_an_upgraded_state_is_written_in_the_current_format_with_the_same_meaning() -> None:
+    values, expected = golden("0.1.0")
+    for value in values:
+        upgraded = encode(decode(value))
+        assert upgraded.startswith(b'{"v":%d,' % FORMAT_VERSION)
+        assert format_version(upgraded) == FORMAT_VERSION
+        state = decode(upgraded)
+        assert state == decode(value)
+        assert describe(state) == expected[state.customer_id]
+        assert peek(upgraded) == peek(value)
+
+
+def test_the_version_is_read_wherever_the_key_is() -> None:
+    value = golden("0.1.0")[0][0]
+    assert format_version(b'{"v":1,' + value[1:]) == 1
+    moved = b'{"customer_id":"x","v":%d}' % (FORMAT_VERSION + 1)
+    assert format_version(b" " + moved) == FORMAT_VERSION + 1
+    with pytest.raises(UnsupportedStateFormat):
+        decode(b" " + moved)
+
+
+def test_a_state_from_a_newer_release_is_refused_not_misread() -> None:
+    values, _ = golden("0.1.0")
+    future = newer(values[0])
+    assert format_version(future) == FORMAT_VERSION + 1
+    with pytest.raises(UnsupportedStateFormat, match="newer release"):
+        decode(future)
+    with pytest.raises(UnsupportedStateFormat):
+        peek(future)
+    stored = [(b"a", future), (b"b", values[1]), (b"c", b"{not a state")]
+    slices, unreadable = by_partition(stored)
+    assert unreadable == {"newer_format": 1, "malformed": 1}
+    assert sum(len(s) for s in slices.values()) == 1
+
+
+def test_an_event_for_a_customer_stored_by_a_newer_release_leaves_the_state_untouched() -> None:
+    values, _ = golden("0.1.0")
+    future = newer(values[0])
+    cid = decode(values[0]).customer_id
+    driver = MemoryDriver(config("replay"))
+    driver.customers[cid.encode()] = future
+    evt = event("click", cid, days=30)
+    topic = next(t for t, short in INPUTS.items() if short == "clicks")
+    record = Record(topic, zlib.crc32(cid.encode()) % PARTITIONS, 0, 0, cid.encode(), raw(evt))
+    driver.pipe([record], wall_ms=0)
+    assert driver.customers[cid.encode()] == future
+    assert driver.counts[("dlq", "processing_error")] == 1
+    (dead,) = [o for o in driver.sent if o.name == "dlq"]
+    assert b"UnsupportedStateFormat" in dict(dead.headers)["engage.message"], dead.headers
