@@ -10,6 +10,9 @@ namespace, then measures, each from its first event to its N-th:
    `.venv-bench`: Quix Streams is a bench-only dependency whose pins conflict with the
    product's),
 5. `engage worker`, at_least_once and exactly_once,
+6. `engage worker` at_least_once from the last commit whose rituals were Python code
+   (`--reference`, a git worktree of that commit, made for the run and removed after), so the
+   cost of the data-driven rituals is a ratio measured side by side,
 
 and prints events/s and the ratio to the bare no-op agent. Then, on a fresh live worker fed at
 half the at_least_once rate, the p50/p99 latency from sending a first purchase to its welcome
@@ -46,6 +49,8 @@ from schemas.events import TOPIC_SUFFIX  # noqa: E402
 from tests.harness import Worker, free_port, produce, table_state, unique, wait_for  # noqa: E402
 
 PARTITIONS = 4
+#: The last commit with the seven rituals written in Python (before rituals became data).
+PYTHON_RITUALS_COMMIT = "df094f4"
 #: The interpreter of the bench-only virtualenv with Quix Streams (`make bench` builds it).
 BENCH_PYTHON = Path(os.environ.get("ENGAGE_BENCH_PYTHON") or ROOT / ".venv-bench/bin/python")
 
@@ -93,7 +98,7 @@ def run_quix(bootstrap: str, namespace: str, n: int, tmp: Path) -> float:
 
 
 def run_engage(
-    bootstrap: str, namespace: str, n: int, guarantee: str, tmp: Path
+    bootstrap: str, namespace: str, n: int, guarantee: str, tmp: Path, root: Path = ROOT
 ) -> tuple[float, str]:
     """Seconds the worker takes for n events, and its app id. Timed from the first scrape
     that counts a processed event to the one that counts n, and scaled to n from the events
@@ -111,6 +116,7 @@ def run_engage(
             "ENGAGE_LOG_LEVEL": "warning",
             "ENGAGE_REDIS_ENABLED": "false",
         },
+        root=root,
     )
     worker.start(timeout=120)
     try:
@@ -228,7 +234,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated rows to skip: "
-                        "aiokafka,noop,table,quix,at_least_once,exactly_once,latency")  # fmt: skip
+                        "aiokafka,noop,table,quix,at_least_once,exactly_once,reference,"
+                        "latency")  # fmt: skip
+    parser.add_argument("--reference", default=PYTHON_RITUALS_COMMIT,
+                        help="the commit of the reference worker row (default: the last with "
+                        "rituals written in Python)")  # fmt: skip
     parser.add_argument("--bootstrap", help="an existing broker; default: the local stack")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -278,11 +288,31 @@ def main() -> int:
             if guarantee not in skip:
                 secs, app_ids[guarantee] = run_engage(bootstrap, namespace, n, guarantee, tmp)
                 rows.append((f"engage worker {guarantee}", n / secs))
+        if "reference" not in skip:
+            tree = tmp / "reference-tree"
+            made = subprocess.run(
+                ["git", "worktree", "add", "--detach", "-f", str(tree), args.reference],
+                cwd=ROOT, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if made.returncode == 0:
+                try:
+                    secs, _ = run_engage(bootstrap, namespace, n, "at_least_once", tmp, tree)
+                    rows.append((f"engage worker at_least_once at {args.reference}", n / secs))
+                finally:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)],
+                                   cwd=ROOT, check=False)  # fmt: skip
+            else:
+                print(f"skipping the reference row: {made.stderr.strip()}")
         bare = dict(rows).get("bare Faust agent, no-op")
         print("\n| loop | events/s | ratio to bare no-op agent |\n|---|---:|---:|")
         for label, rate in rows:
             ratio = f"{rate / bare:.2f}" if bare else "n/a"
             print(f"| {label} | {rate:,.0f} | {ratio} |")
+        ours = dict(rows).get("engage worker at_least_once")
+        before = dict(rows).get(f"engage worker at_least_once at {args.reference}")
+        if ours and before:
+            print(f"\ndata-driven rituals: {ours / before:.2f} of the worker at "
+                  f"{args.reference} (rituals in Python), same data, same run")  # fmt: skip
 
         if "at_least_once" in app_ids:
             states = table_state(bootstrap, f"{app_ids['at_least_once']}-customers-changelog")

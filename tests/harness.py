@@ -64,6 +64,7 @@ class Worker:
     web_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    root: Path = ROOT  # the source tree the worker runs from (a benchmark may run another)
 
     @property
     def env(self) -> dict[str, str]:
@@ -89,7 +90,7 @@ class Worker:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream", "worker"],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -310,6 +310,36 @@ def render(value: Scalar, fields: Mapping[str, Any]) -> Any:
     return _PLACEHOLDER.sub(lambda m: _text(fields[m.group(1)]), value)
 
 
+Render = Callable[[Any], Any]
+
+
+def compile_template(value: Scalar) -> Render:
+    """`render` for one template, decided once: a constant, one field, or text."""
+    if not isinstance(value, str) or "{" not in value:
+        return lambda _fields: value
+    m = _PLACEHOLDER.fullmatch(value)
+    if m is not None:
+        name = m.group(1)
+        return lambda fields: fields[name]
+    parts = _PLACEHOLDER.split(value)  # text, name, text, name, ..., text
+    texts, names = parts[0::2], parts[1::2]
+
+    def text(fields: Any) -> str:
+        out = [texts[0]]
+        for name, after in zip(names, texts[1:], strict=True):
+            out.append(_text(fields[name]))
+            out.append(after)
+        return "".join(out)
+
+    return text
+
+
+def compile_facts(facts: Mapping[str, Scalar]) -> Callable[[Any], dict[str, Any]]:
+    """A trigger's facts as one function of the fields."""
+    items = tuple((key, compile_template(value)) for key, value in facts.items())
+    return lambda fields: {key: fn(fields) for key, fn in items}
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -363,6 +393,8 @@ class Compiled:
     marketing: bool  # counts as marketing for the frequency cap (category marketing)
     marketing_consent: bool  # needs marketing consent
     timed: bool  # decided at a due time (a wait, inactivity or anniversary): lateness applies
+    anchor: Render = str
+    facts: dict[int, Callable[[Any], dict[str, Any]]] = field(default_factory=dict)  # by id
     triggers: tuple[tuple[OnEvent, tuple], ...] = ()
     cancels: tuple[tuple[Cancel, tuple], ...] = ()
     cancel_if: tuple[tuple[CancelIf, tuple], ...] = ()
@@ -403,6 +435,8 @@ class Program:
                     cancel_if=tuple((c, compile_conditions(c.when)) for c in d.cancel_if),
                     inactivity=next((t for t in trig if isinstance(t, OnInactivity)), None),
                     anniversary=next((t for t in trig if isinstance(t, OnAnniversary)), None),
+                    anchor=compile_template(d.anchor),
+                    facts={id(t): compile_facts(t.facts) for t in trig},
                 )
             )
         triggers: dict[str, list] = {}

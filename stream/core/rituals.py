@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from schemas.events import (
     Survey,
 )
 from stream.core.consent import Choice, apply_consent, refusal
-from stream.core.ritual_defs import Compiled, OnEvent, Program, holds, render
+from stream.core.ritual_defs import Compiled, OnEvent, Program, holds
 from stream.core.rules import Rules, load_rules
 
 TYPE_RANK = {name: i for i, name in enumerate(EVENT_TYPES)}
@@ -120,6 +120,10 @@ class Context:
 
     rules: Rules
     wall_ms: int | None = None
+    program: Program = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "program", self.rules.program)  # compiled once per rules
 
 
 def _copy(r: RitualState) -> RitualState:
@@ -388,7 +392,7 @@ class _Run:
     def use(self, rules: Rules) -> None:
         """Decide with these rules (the version in force at the item's instant)."""
         self.rules = rules
-        self.program = rules.program
+        self.program = self.ctx.program if rules is self.ctx.rules else rules.program
 
     # guardrails, in order ----------------------------------------------------------------------
 
@@ -594,8 +598,8 @@ class _Run:
         d = ritual.d
         if not d.enabled:
             return
-        anchor = str(render(d.anchor, fields))
-        facts = {k: render(v, fields) for k, v in trigger.facts.items()}
+        anchor = str(ritual.anchor(fields))
+        facts = ritual.facts[id(trigger)](fields)
         wait = d.wait
         if wait is None:
             if _known(r, ritual.name, anchor):
@@ -648,9 +652,10 @@ class _Run:
             if not ritual.d.enabled:
                 continue
             due = ev.at + trigger.inactivity
-            fields = _Fields(ev, r, {"inactivity_s": trigger.inactivity // 1000})
-            facts = {k: render(v, fields) for k, v in trigger.facts.items()}
-            anchor = str(render(ritual.d.anchor, fields))
+            fields = {"event_id": ev.event_id, "type": ev.kind, "at": _iso(ev.at),
+                      "inactivity_s": trigger.inactivity // 1000}  # fmt: skip
+            facts = ritual.facts[id(trigger)](fields)
+            anchor = str(ritual.anchor(fields))
             self._arm(Timer(due, ritual.name, anchor, due, ev.event_id, facts))
 
     def _arm_anniversary(self, ritual: Compiled, year: int, source: str) -> None:
@@ -661,9 +666,9 @@ class _Run:
         due = anniversary_due(r.first_purchase_day, year, r.tz, trigger.local_time)
         values = {"year": year, "first_purchase_day": r.first_purchase_day,
                   "source_event_id": source}  # fmt: skip
-        facts = {k: render(v, values) for k, v in trigger.facts.items()}
+        facts = ritual.facts[id(trigger)](values)
         facts.setdefault("year", year)
-        anchor = str(render(ritual.d.anchor, values))
+        anchor = str(ritual.anchor(values))
         self.arm(ritual, Timer(due, ritual.name, anchor, due, source, facts))
 
     def _rearm_anniversaries(self) -> None:
