@@ -45,6 +45,10 @@ def sample_summary() -> dict[str, Any]:
         "lifecycle_stages": {"new": 10, "active": 30, "at_risk": 4, "dormant": 2},
         "ritual_decisions": {r: {"delivered": 5, "held_out": 1, "suppressed": 1} for r in RITUALS},
         "lift": {"we_noticed": {"came_back": lift(40, 90, 3, 12).to_dict()}},
+        "lift_by_rules_version": {
+            "2026.11-1": {"we_noticed": {"came_back": lift(30, 60, 2, 8).to_dict()}},
+            "2026.12-<b>2": {"browse_abandon": {"came_back": lift(10, 30, 1, 4).to_dict()}},
+        },
         "retention": {"30d": {"retention_rate": 0.5, "churn_rate": 0.5, "cohort": 8}},
         "clv": {"EUR": {"sum": 1000.0, "customers": 4, "mean": 250.0, "bands": {}}},
         "pipeline": {"consumed": 1000, "dead_letters": {"malformed_json": 3, "oversized": 1}},
@@ -61,6 +65,9 @@ def test_page_is_self_contained_and_has_every_chart() -> None:
     assert charts == CHARTS | {"trend-NPS"}
     assert "not yet: " in page and "more" in page  # the lift verdict, 3 of 12 held out
     assert "we noticed" in page
+    # lift per rules version, a version string escaped like everything else
+    assert "rules version 2026.11-1" in page and "rules version 2026.12-&lt;b&gt;2" in page
+    assert "<td>browse_abandon</td>" in page and "<td>30/60</td>" in page
 
 
 def test_range_parsing() -> None:

@@ -578,6 +578,56 @@ def render(data: ReportData) -> str:
         _tile("Lag p50 / p99", f"{fmt(lag.get('p50'), 3)} / {fmt(lag.get('p99'), 3)} s"),
         _tile("Watermark lag (max)", fmt(pipeline.get("watermark_lag_seconds_max"), 1, " s")),
     ]
+    lift_table = _lift_table(lift)
+    by_version = s.get("lift_by_rules_version") or {}
+    versions = "".join(
+        f"<h3>rules version {_e(version)}</h3>{_lift_table(lift_of)}"
+        for version, lift_of in sorted(by_version.items())
+    )
+    sections = [
+        f'<section><h2>Headline KPIs</h2><div class="tiles">{"".join(tiles(s))}</div></section>',
+        f"<section><h2>KPI trends</h2>{trends}</section>",
+        '<div class="row">'
+        f"<section><h2>Quadrants (engaged × sentiment)</h2>"
+        f"{quadrant_heatmap(s.get('quadrants', {}))}</section>"
+        f"<section><h2>Lifecycle funnel</h2>{funnel(s.get('lifecycle_stages', {}))}</section>"
+        "</div>",
+        "<section><h2>Ritual decisions by status</h2>"
+        f"{decisions_chart(s.get('ritual_decisions', {}))}</section>",
+        "<section><h2>Lift per ritual: did the customer come back within 7 days?</h2>"
+        f"{lift_chart(lift, 'came_back')}"
+        '<p class="note">Rates with Wilson intervals, the difference with Newcombe\'s hybrid '
+        "score interval, the ratio with the Katz log interval (95 %). <em>significant</em>: the "
+        "difference's interval excludes 0; otherwise the held-out customers still needed for "
+        "80 % power to detect the observed effect.</p>"
+        f"{lift_table}</section>",
+        "<section><h2>Lift per rules version</h2>"
+        '<p class="note">Each decision counts for the version of the rules that made it '
+        "(<code>rules_version</code>), so a rule change can be judged on its own customers.</p>"
+        f"{versions or NO_DECISIONS}</section>",
+        '<div class="row">'
+        "<section><h2>Pipeline health</h2>"
+        f'<div class="tiles">{"".join(health)}</div></section>'
+        "<section><h2>Dead letters by reason</h2>"
+        f"{bars('dlq', dead, 'Dead letters')}</section>"
+        "</div>",
+    ]
+    note = f'<p class="note">{_e(data.note)}</p>' if data.note else ""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>engage report, {_e(when)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>engage: customer engagement report</h1>"
+        f"<p>{_e(when)} · source {_e(data.source)} · scope {_e(scope)}</p></header>"
+        f"<main>{note}{''.join(sections)}</main><script>{_CHECK}</script></body></html>"
+    )
+
+
+NO_DECISIONS = '<p class="note">No treated or held-out decisions yet.</p>'
+
+
+def _lift_table(lift: dict[str, Any]) -> str:
+    """The lift of every ritual and outcome with decisions in either arm, as an HTML table."""
     lift_rows = []
     for ritual in [*RITUALS, *(r for r in lift if r not in RITUALS)]:
         for outcome, item in lift.get(ritual, {}).items():
@@ -600,46 +650,13 @@ def render(data: ReportData) -> str:
                 )
                 + "</tr>"
             )
-    lift_table = (
+    return (
         "<table><tr><th>ritual</th><th>outcome</th><th>treated</th><th>held out</th>"
         "<th>difference (95 % CI)</th><th>ratio (95 % CI)</th><th>verdict</th></tr>"
         + "".join(lift_rows)
         + "</table>"
         if lift_rows
-        else '<p class="note">No treated or held-out decisions yet.</p>'
-    )
-    sections = [
-        f'<section><h2>Headline KPIs</h2><div class="tiles">{"".join(tiles(s))}</div></section>',
-        f"<section><h2>KPI trends</h2>{trends}</section>",
-        '<div class="row">'
-        f"<section><h2>Quadrants (engaged × sentiment)</h2>"
-        f"{quadrant_heatmap(s.get('quadrants', {}))}</section>"
-        f"<section><h2>Lifecycle funnel</h2>{funnel(s.get('lifecycle_stages', {}))}</section>"
-        "</div>",
-        "<section><h2>Ritual decisions by status</h2>"
-        f"{decisions_chart(s.get('ritual_decisions', {}))}</section>",
-        "<section><h2>Lift per ritual: did the customer come back within 7 days?</h2>"
-        f"{lift_chart(lift, 'came_back')}"
-        '<p class="note">Rates with Wilson intervals, the difference with Newcombe\'s hybrid '
-        "score interval, the ratio with the Katz log interval (95 %). <em>significant</em>: the "
-        "difference's interval excludes 0; otherwise the held-out customers still needed for "
-        "80 % power to detect the observed effect.</p>"
-        f"{lift_table}</section>",
-        '<div class="row">'
-        "<section><h2>Pipeline health</h2>"
-        f'<div class="tiles">{"".join(health)}</div></section>'
-        "<section><h2>Dead letters by reason</h2>"
-        f"{bars('dlq', dead, 'Dead letters')}</section>"
-        "</div>",
-    ]
-    note = f'<p class="note">{_e(data.note)}</p>' if data.note else ""
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>engage report, {_e(when)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>engage: customer engagement report</h1>"
-        f"<p>{_e(when)} · source {_e(data.source)} · scope {_e(scope)}</p></header>"
-        f"<main>{note}{''.join(sections)}</main><script>{_CHECK}</script></body></html>"
+        else NO_DECISIONS
     )
 
 
