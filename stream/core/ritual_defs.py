@@ -30,7 +30,6 @@ from pydantic import (
 )
 
 from schemas.events import CLICK_ACTIONS, SURVEY_RANGES, TIERS
-from schemas.nudges import RITUAL_NAME as NAME_PATTERN
 
 # --- durations and local times ----------------------------------------------------------------
 
@@ -232,7 +231,6 @@ class CancelIf(Strict):
     reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
 
 
-RITUAL_NAME = NAME_PATTERN
 #: Keys an entry that only adjusts a packaged ritual may set (besides its `params`).
 ADJUSTABLE = ("enabled", "holdout_percent", "template", "once_per")
 
@@ -299,22 +297,13 @@ def template_names(text: str) -> list[str]:
     return _PLACEHOLDER.findall(text)
 
 
-def render(value: Scalar, fields: Mapping[str, Any]) -> Any:
-    """A fact or anchor template with the event's fields: a lone `{name}` keeps the field's
-    type (a number stays a number), otherwise placeholders are replaced by their text."""
-    if not isinstance(value, str) or "{" not in value:
-        return value
-    m = _PLACEHOLDER.fullmatch(value)
-    if m is not None:
-        return fields[m.group(1)]
-    return _PLACEHOLDER.sub(lambda m: _text(fields[m.group(1)]), value)
-
-
 Render = Callable[[Any], Any]
 
 
 def compile_template(value: Scalar) -> Render:
-    """`render` for one template, decided once: a constant, one field, or text."""
+    """An anchor or fact template as a function of the fields, decided once: a constant, one
+    field (a lone `{name}` keeps the field's type: a number stays a number), or text with
+    each placeholder replaced by the field's text."""
     if not isinstance(value, str) or "{" not in value:
         return lambda _fields: value
     m = _PLACEHOLDER.fullmatch(value)
