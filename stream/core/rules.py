@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from schemas.events import CLICK_ACTIONS, Click, EventBase, Loyalty
+from schemas.nudges import RITUAL_NAME
 
 # Durations, local times and the ritual definitions live in `ritual_defs` (re-exported here:
 # callers read rules through this module).
@@ -31,7 +32,6 @@ from stream.core.ritual_defs import (
     COMMON_FIELDS,
     EVENT_FIELDS,
     INACTIVITY_FIELDS,
-    RITUAL_NAME,
     STATE_FIELDS,
     TRIGGER_TAGS,
     Duration,
