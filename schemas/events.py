@@ -8,47 +8,157 @@ producing. Unknown extra fields are ignored, so producers can add fields ahead o
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache
 from importlib.resources import files
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     TypeAdapter,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-#: Zone names of the pinned `tzdata` package: what the JSON Schemas allow for `tz`. The worker
-#: accepts any zone its tz database knows (`is_known_zone`), and `zoneinfo` falls back to this
-#: package, so every name listed here is accepted: schema-valid never means dead-lettered.
+from schemas.iso4217 import CURRENCIES
+
+#: Zone names of the pinned `tzdata` package: the only values `tz` takes, in the worker and in
+#: the JSON Schemas alike. A packaged list, not a lookup on this machine's tz database, which
+#: also answers for files that are no zones (`localtime`, `posixrules`) and fails on
+#: directories (`Europe`). `zoneinfo` falls back to this package, so every name loads.
 IANA_ZONES: tuple[str, ...] = tuple(
     sorted(files("tzdata").joinpath("zones").read_text(encoding="utf-8").split())
 )
-#: RFC 3339 with an offset, years 1900..2999, at most microseconds: a subset of what the worker
-#: parses, so it never overflows when normalised to UTC. Validators should also assert
+_ZONES = frozenset(IANA_ZONES)
+_CURRENCIES = frozenset(CURRENCIES)
+#: The end of the text in a published pattern. Not `$`: Python's `re` (and so Python JSON
+#: Schema validators) lets `$` match before a final newline, which the worker refuses.
+_END = r"(?![\s\S])"
+#: RFC 3339 with an offset, years 1970..2999, at most microseconds: what the worker parses
+#: (it never overflows when normalised to UTC). Validators should also assert
 #: `format: date-time` (it rejects impossible dates such as February 30).
 RFC3339_PATTERN = (
-    r"^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
     r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
-    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])" + _END
 )
-#: A decimal string: no sign, no exponent, at most 14 integer digits and 4 decimals (the
-#: worker's `max_digits=18, decimal_places=4`).
-DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,13})(\.[0-9]{1,4})?$"
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+#: A decimal string: no sign, no exponent, no spaces or underscores, at most 14 integer digits
+#: and 4 decimals (the worker's `max_digits=18, decimal_places=4`).
+DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,13})(\.[0-9]{1,4})?" + _END
+#: Characters no id may hold, as code point ranges: Unicode's control (Cc), format (Cf: zero
+#: width spaces and joiners, bidi overrides such as U+202E, the byte order mark) and line and
+#: paragraph separators (Zl, Zp). An id ends up in logs, headers, Redis keys and nudges, where
+#: such characters forge lines or hide and reorder text. Fixed here (Unicode 14), so the worker
+#: and the published pattern never differ with the Python version.
+ID_FORBIDDEN: tuple[tuple[int, int], ...] = (
+    (0x0000, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E),
+    (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)  # fmt: skip
+#: Unicode space separators (Zs): an id made of nothing else is blank.
+ID_SPACES: tuple[tuple[int, int], ...] = (
+    (0x0020, 0x0020), (0x00A0, 0x00A0), (0x1680, 0x1680), (0x2000, 0x200A), (0x202F, 0x202F),
+    (0x205F, 0x205F), (0x3000, 0x3000),
+)  # fmt: skip
+
+
+def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    """A regex character class of code point ranges that reads the same in Python's `re` and
+    in ECMAScript with the `u` flag (the JSON Schema dialect): `\\uXXXX` escapes in the basic
+    plane, the characters themselves beyond it (the dialects escape those differently)."""
+
+    def char(cp: int) -> str:
+        return f"\\u{cp:04X}" if cp <= 0xFFFF else chr(cp)
+
+    return "[" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges) + "]"
+
+
+_FORBIDDEN = _char_class(ID_FORBIDDEN)
+_SPACES = _char_class(ID_SPACES)
+#: The published rule for ids: no forbidden character anywhere, and one that is no space.
+ID_PATTERN = rf"^(?![\s\S]*{_FORBIDDEN})[\s\S]*[^{_SPACES[1:-1]}]"
+_HAS_FORBIDDEN = re.compile(_FORBIDDEN).search
+_BLANK = re.compile(_SPACES + "*").fullmatch
+_RFC3339 = re.compile(RFC3339_PATTERN).fullmatch
+_DECIMAL = re.compile(DECIMAL_PATTERN).fullmatch
+
+
+def _check_id(value: str) -> str:
+    if _HAS_FORBIDDEN(value):
+        raise PydanticCustomError(
+            "id_characters", "must not contain control, format or line-break characters"
+        )
+    if _BLANK(value):
+        raise PydanticCustomError("id_blank", "must not be blank (only spaces)")
+    return value
+
+
+def _decimal_string(value: Any) -> Any:
+    """Amounts are decimal strings: a JSON number may already have lost the exact value in the
+    producer, and Python's Decimal also reads exponents, spaces and underscores."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("decimal_string", 'must be a decimal string such as "49.90"')
+    if not _DECIMAL(value):
+        raise PydanticCustomError(
+            "decimal_string",
+            "must be digits with an optional point and at most 4 decimals "
+            "(no sign, exponent, spaces or underscores)",
+        )
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer field takes a JSON number with an integer value (`2`, or `2.0`, which JSON
+    Schema counts as an integer too), never a string or a boolean."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def _rfc3339(value: Any) -> Any:
+    """Event time is an RFC 3339 string with an offset; pydantic alone would also take epoch
+    numbers, a space for the `T`, a lower-case `z` and more."""
+    if not isinstance(value, str) or not _RFC3339(value):
+        raise PydanticCustomError(
+            "rfc3339", "must be an RFC 3339 timestamp with an offset, years 1970..2999"
+        )
+    return value
+
+
+def _known_currency(value: str) -> str:
+    if value not in _CURRENCIES:
+        raise PydanticCustomError("currency", "not an ISO 4217 currency code")
+    return value
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=128),
+    AfterValidator(_check_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}),
+]
 Amount = Annotated[
     Decimal,
+    BeforeValidator(_decimal_string),
     WithJsonSchema(
         {"type": "string", "pattern": DECIMAL_PATTERN, "examples": ["49.90", "1200", "0.5"]}
     ),
+]
+Currency = Annotated[
+    str,
+    AfterValidator(_known_currency),
+    WithJsonSchema({"type": "string", "enum": list(CURRENCIES)}),
 ]
 Zone = Annotated[
     str | None,
@@ -56,8 +166,11 @@ Zone = Annotated[
 ]
 Timestamp = Annotated[
     AwareDatetime,
+    BeforeValidator(_rfc3339),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN}),
 ]
+_INTEGER = BeforeValidator(_json_integer)
+Int = Annotated[int, _INTEGER]
 OptionalText = Annotated[str | None, Field(default=None, max_length=4096)]
 
 CLICK_ACTIONS = (
@@ -90,16 +203,6 @@ MAX_POINTS = 10**9
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@lru_cache(maxsize=1024)
-def is_known_zone(name: str) -> bool:
-    """True when `name` is an IANA zone this machine's tz database knows (cached: hot path)."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
-
-
 class EventBase(BaseModel):
     """Fields common to every event."""
 
@@ -115,15 +218,12 @@ class EventBase(BaseModel):
         max_length=64,
         description="The customer's IANA time zone, e.g. Europe/Berlin; the latest one wins.",
     )
-    schema_version: int = Field(default=1, ge=1, le=MAX_SAFE_INT)
+    schema_version: Int = Field(default=1, ge=1, le=MAX_SAFE_INT)
 
     @field_validator("occurred_at")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        try:
-            utc = value.astimezone(UTC)
-        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00: no such instant in UTC
-            raise ValueError("occurred_at is out of range once normalised to UTC") from None
+        utc = value.astimezone(UTC)  # years 1970..2999 (the pattern): never overflows
         if utc < EARLIEST:
             raise ValueError("occurred_at is before 1970-01-01T00:00:00Z")
         return utc
@@ -131,8 +231,8 @@ class EventBase(BaseModel):
     @field_validator("tz")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None and not is_known_zone(value):
-            raise ValueError("unknown IANA time zone")
+        if value is not None and value not in _ZONES:
+            raise PydanticCustomError("zone", "not an IANA time zone name")
         return value
 
 
@@ -177,7 +277,7 @@ class Click(EventBase):
     nudge_id: Id | None = Field(
         default=None, description="Set when the click came from a nudge (a prompted interaction)."
     )
-    dwell_ms: int | None = Field(default=None, ge=0, le=MAX_SAFE_INT)
+    dwell_ms: Annotated[int, Field(ge=0, le=MAX_SAFE_INT), _INTEGER] | None = None
 
 
 class Purchase(EventBase):
@@ -197,11 +297,11 @@ class Purchase(EventBase):
         ge=0,
         max_digits=18,
         decimal_places=4,
-        description='A decimal string such as "49.90" (JSON numbers are accepted too, but '
-        "binary floats may not round-trip: send strings).",
+        description='A decimal string such as "49.90": no JSON number, sign, exponent, '
+        "spaces or underscores.",
     )
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
-    items: int = Field(ge=1, le=MAX_SAFE_INT)
+    currency: Currency = Field(description="ISO 4217 code.")
+    items: Int = Field(ge=1, le=MAX_SAFE_INT)
 
 
 class Review(EventBase):
@@ -215,7 +315,7 @@ class Review(EventBase):
     type: Literal["review"]
     review_id: Id
     order_id: Id | None = None
-    rating: int = Field(ge=1, le=5)
+    rating: Int = Field(ge=1, le=5)
     channel: Literal["site", "third_party", "social"]
     text: OptionalText
 
@@ -236,7 +336,7 @@ class SupportContact(EventBase):
     ticket_id: Id
     channel: Literal["email", "chat", "phone", "social", "in_store"]
     status: Literal["opened", "resolved", "reopened"]
-    complaint: bool
+    complaint: StrictBool
     order_id: Id | None = None
     reason: OptionalText
 
@@ -261,7 +361,7 @@ class Survey(EventBase):
     survey: Literal["nps", "csat", "ces"] = Field(
         description="nps scores 0..10, csat 1..5, ces 1..7 (higher = easier)."
     )
-    score: int = Field(json_schema_extra={"minimum": 0, "maximum": 10})
+    score: Int = Field(json_schema_extra={"minimum": 0, "maximum": 10})
     order_id: Id | None = None
     ticket_id: Id | None = None
 
@@ -303,7 +403,7 @@ class Loyalty(EventBase):
         "referral_sent",
         "referral_converted",
     ]
-    points: int | None = Field(default=None, ge=0, le=MAX_POINTS)
+    points: Annotated[int, Field(ge=0, le=MAX_POINTS), _INTEGER] | None = None
     tier: Literal["bronze", "silver", "gold", "platinum"] | None = None
 
     @model_validator(mode="after")

@@ -127,9 +127,9 @@ def test_wrong_partition_when_the_key_hashes_elsewhere() -> None:
     ("key", "value", "expected", "says"),
     [
         (b"c1", raw(event("click", occurred_at="0001-01-01T00:00:00+14:00")), "schema_violation",
-         "out of range"),
+         "1970..2999"),
         (b"c1", raw(event("click", occurred_at="9999-12-31T23:59:59-12:00")), "schema_violation",
-         "out of range"),
+         "1970..2999"),
         (b"c1", raw(event("click", occurred_at="1969-12-31T23:59:59Z")), "schema_violation",
          "1970"),
         (b"c1", raw(event("click"))[:-1] + b',"customer_id":"c2"}', "malformed_json",
@@ -270,7 +270,9 @@ def test_a_schema_violation_is_not_completed_by_the_original_events_fields() -> 
 @settings(max_examples=200, deadline=None)
 @given(
     kind=st.sampled_from(EVENT_TYPES),
-    customer=st.text(min_size=1, max_size=128),
+    customer=st.text(
+        st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), min_size=1, max_size=128
+    ).filter(lambda s: not s.isspace()),
     seconds=st.integers(min_value=0, max_value=86_400 * 365 * 50),
     offset_min=st.integers(min_value=-14 * 60, max_value=14 * 60),
 )

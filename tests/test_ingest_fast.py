@@ -122,7 +122,8 @@ def test_emitter_bad_messages_get_identical_rejections() -> None:
     assert bad > 100
 
 
-_zones = st.sampled_from((*IANA_ZONES[:40], "UTC", "Europe/Berlin", "Mars/Olympus", "", "x" * 65))
+_NOT_ZONES = ("Mars/Olympus", "", "x" * 65, "Europe", "America", "localtime", "posixrules", "Etc")
+_zones = st.sampled_from((*IANA_ZONES[:40], "UTC", "Europe/Berlin", *_NOT_ZONES, "../etc/passwd"))
 _text = st.text(max_size=30)  # quotes, backslashes, controls, non-ASCII, surrogates
 
 
@@ -167,16 +168,21 @@ def test_builder_events_are_identical(
 @settings(max_examples=200, deadline=None)
 @given(
     amount=st.from_regex(DECIMAL_PATTERN, fullmatch=True)
-    | st.sampled_from(["-1", "1e3", "00.5", "1.23456", "NaN", "Infinity", " 1", "1_000"])
+    | st.sampled_from(["-1", "1e3", "00.5", "1.23456", "NaN", "Infinity", " 1", "1_000",
+                       "1E+5", " 49.90 ", "4_9.90", "49.90\n", "\uff14\uff19", "", True])
     | st.integers(min_value=-5, max_value=10**20)
     | st.floats(allow_nan=False),
-    items=st.integers(min_value=-1, max_value=2**54) | st.sampled_from(["2", True, 1.0, None]),
+    items=st.integers(min_value=-1, max_value=2**54)
+    | st.sampled_from(["2", "5", True, False, 1.0, 2.5, None]),
+    currency=st.sampled_from(["EUR", "JPY", "XXX", "ZZZ", "eur", "EURO", "", 978]),
+    ident=st.sampled_from(["o-1", " o-1 ", "   ", "\u3000", "o\x00", "o\r\n", "\u202eo", "o\u200b",
+                           "\ufeffo", "o\u2028", "caf\u00e9", "\U0001f600", "o\U000e0041", ""]),
     score=st.integers(min_value=-1, max_value=12),
     survey=st.sampled_from(["nps", "csat", "ces", "xyz"]),
     action=st.sampled_from(["joined", "tier_changed", "points_earned"]),
     tier=st.none() | st.sampled_from(["gold", "tin"]),
     complaint=st.sampled_from([True, False, "true", 1, 0, None]),
-)
+)  # fmt: skip
 def test_field_values_get_identical_answers(
     amount: Any,
     items: Any,
@@ -185,17 +191,65 @@ def test_field_values_get_identical_answers(
     action: str,
     tier: str | None,
     complaint: Any,
+    currency: Any,
+    ident: str,
 ) -> None:
-    """Lax coercions (\"2\" or 1.0 for an integer, 1 or \"true\" for a boolean, numbers for an
-    amount) and the model validators (survey ranges, a tier change's tier)."""
+    """Strictness (\"2\" or true for an integer, 1 or \"true\" for a boolean, numbers or
+    exponents for an amount, made-up currencies, ids with control, format or bidi characters)
+    and the model validators (survey ranges, a tier change's tier)."""
     docs = [
-        event("purchase", amount=amount, items=items),
+        event("purchase", amount=amount, items=items, currency=currency, order_id=ident),
         event("survey", survey=survey, score=score),
         event("loyalty", action=action, **({} if tier is None else {"tier": tier})),
         event("support_contact", complaint=complaint),
     ]
     for doc in docs:
         same(b"c1", compact(doc))
+
+
+#: What the published schemas forbid and the worker used to accept: each is a schema violation
+#: on both paths, with a message that names the field and never quotes the value.
+STRICT_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("purchase", {"amount": "1E+5"}),
+    ("purchase", {"amount": " 49.90 "}),
+    ("purchase", {"amount": "4_9.90"}),
+    ("purchase", {"amount": 49.9}),
+    ("purchase", {"amount": 49}),
+    ("purchase", {"items": "5"}),
+    ("purchase", {"items": True}),
+    ("purchase", {"currency": "ZZZ"}),
+    ("click", {"occurred_at": 0}),
+    ("click", {"occurred_at": 1772452800}),
+    ("click", {"occurred_at": "2026-03-02 12:00:00Z"}),
+    ("click", {"tz": "localtime"}),
+    ("click", {"tz": "Europe"}),
+    ("click", {"tz": "posixrules"}),
+    ("support_contact", {"complaint": "true"}),
+    ("review", {"rating": "5"}),
+    *(
+        ("purchase", {field: bad})
+        for field in ("event_id", "customer_id", "order_id")
+        for bad in ("ab\x00", "ab\r\nX-Forged: 1", "\u202egnp.exe", "ab\u200b", "   ", "\u3000")
+    ),
+    ("click", {"session_id": "s\x1b[31m"}),
+    ("click", {"nudge_id": "\u2066n\u2069"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "change"), STRICT_CASES, ids=lambda v: repr(v)[:40])
+def test_what_the_schema_forbids_is_a_schema_violation_on_both_paths(
+    kind: str, change: dict[str, Any]
+) -> None:
+    doc = event(kind) | change
+    key = doc["customer_id"].encode()
+    for value in (compact(doc), json.dumps(doc).encode()):
+        out = same(key, value)
+        assert isinstance(out, Rejection), (change, out)
+        assert out.reason == "schema_violation", (change, out)
+        [(field, bad)] = change.items()
+        assert out.message.startswith(f"{field}: ") and len(out.message) <= 200, out
+        if isinstance(bad, str) and bad.strip():
+            assert bad.strip() not in out.message, out  # never the payload
 
 
 # --- hostile traffic: identical rejections -----------------------------------------------------

@@ -4,6 +4,8 @@ accepts (a schema-valid payload is never dead-lettered for a schema reason)."""
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from schemas.events import MODELS
+from schemas.events import ID_FORBIDDEN, ID_PATTERN, ID_SPACES, MODELS
 from schemas.export import JSON_DIR, examples, rendered
 from schemas.nudges import RECORD_MODELS
 from stream import __version__
@@ -104,7 +106,34 @@ REJECTED_BY_BOTH = [
     base("click") | {"action": "hover"},
     base("review") | {"rating": 6},
     {k: v for k, v in base("purchase").items() if k != "order_id"},
-]
+    # Strict input: what the published schemas always forbade, the worker now refuses too.
+    base("purchase") | {"amount": "1E+5"},
+    base("purchase") | {"amount": " 49.90 "},
+    base("purchase") | {"amount": "4_9.90"},
+    base("purchase") | {"amount": "49.90\n"},
+    base("purchase") | {"amount": 49.9},
+    base("purchase") | {"amount": 49},
+    base("purchase") | {"items": "5"},
+    base("purchase") | {"items": True},
+    base("purchase") | {"currency": "ZZZ"},
+    base("purchase") | {"currency": "eur"},
+    base("click") | {"occurred_at": 0},
+    base("click") | {"occurred_at": 1772452800},
+    base("click") | {"occurred_at": "1969-12-31T23:59:59Z"},
+    base("click") | {"tz": "localtime"},
+    base("click") | {"tz": "Europe"},
+    base("click") | {"tz": "posixrules"},
+    base("support_contact") | {"complaint": "true"},
+    base("support_contact") | {"complaint": 1},
+    base("review") | {"rating": "5"},
+    base("review") | {"rating": True},
+    *(
+        base("purchase") | {field: bad}
+        for field in ("event_id", "customer_id", "order_id")
+        for bad in ("a\x00b", "a\r\nb", "a\n", "\u202egnp.exe", "a\u200bb", "\ufeffa", "   ",
+                    "\u3000", "a\u2028")
+    ),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("payload", REJECTED_BY_BOTH, ids=range(len(REJECTED_BY_BOTH)))
@@ -116,8 +145,15 @@ def test_what_the_worker_rejects_the_schema_rejects(payload: dict[str, Any]) -> 
 
 EDGE_VALUES: dict[str, list[Any]] = {
     "score": [-1, 0, 1, 5, 6, 7, 8, 10, 11, 5.0, "5", None],
-    "amount": ["0", "49.90", "1.2345", "1.23456", "-1", "1e3", " 1", "007", 12.5, 10, None],
-    "tz": ["UTC", "Europe/Berlin", "US/Eastern", "Mars/Base", "", "utc", None],
+    "amount": ["0", "49.90", "1.2345", "1.23456", "-1", "1e3", " 1", "007", 12.5, 10, None,
+               "1E+5", " 49.90 ", "4_9.90", "49.90\n", "\uff14\uff19", True],
+    "tz": ["UTC", "Europe/Berlin", "US/Eastern", "Mars/Base", "", "utc", None, "Europe",
+           "localtime", "posixrules", "Etc/GMT+5", "Europe/Berlin\n"],
+    "items": [0, 1, 3, -2, "5", True, 2.0, 2.5],
+    "currency": ["EUR", "eur", "EURO", "ZZZ", "JPY", "XXX", 978],
+    "order_id": ["o-1", " o-1 ", "   ", "o\x00", "o\r\n", "o\n", "\u202eo", "o\u200b", "\u00a0",
+                 "\u0085", "caf\u00e9", "\U0001f600", "o\U000e0041"],
+    "complaint": [True, False, "true", 1, 0, None],
     "occurred_at": [
         "2026-03-02T10:15:00Z",
         "2026-03-02T10:15:00.123456+05:30",
@@ -128,16 +164,19 @@ EDGE_VALUES: dict[str, list[Any]] = {
         "9999-12-31T23:59:59-12:00",
         "2026-02-29T00:00:00Z",
         "2028-02-29T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "2026-03-02T10:15:00z",
+        "2026-03-02T10:15:00Z\n",
+        0,
+        1772452800,
     ],
     "tier": ["bronze", "platinum", "diamond", None],
     "action": ["tier_changed", "joined", "page_view", "share", "dance"],
     "survey": ["nps", "csat", "ces", "sus"],
     "rating": [0, 1, 5, 6],
-    "items": [0, 1, 3, -2],
     "points": [0, 10, -5, None],
-    "currency": ["EUR", "eur", "EURO"],
     "dwell_ms": [0, 5, -1],
-}
+}  # fmt: skip
 
 
 @settings(max_examples=400, deadline=None)
@@ -216,3 +255,38 @@ def test_the_decision_examples_are_what_the_engine_decides() -> None:
         )
         decided = [json.loads(v) for v in driver.decisions().values()]
         assert example in decided, decided
+
+
+# ------------------------------------------------------------------- ids: one rule, stated once
+
+
+def test_forbidden_id_characters_are_exactly_unicodes_control_format_and_separators() -> None:
+    """The packaged ranges are Cc, Cf, Zl and Zp of this Python's Unicode database: a Python
+    with a newer Unicode that adds format characters fails here (regenerate the ranges)."""
+    cats = {"Cc", "Cf", "Zl", "Zp"}
+    forbidden = {cp for a, b in ID_FORBIDDEN for cp in range(a, b + 1)}
+    spaces = {cp for a, b in ID_SPACES for cp in range(a, b + 1)}
+    assert forbidden == {cp for cp in range(0x110000) if unicodedata.category(chr(cp)) in cats}
+    assert spaces == {cp for cp in range(0x110000) if unicodedata.category(chr(cp)) == "Zs"}
+
+
+_ID_TEXT = st.text(
+    st.sampled_from(
+        " a\u00e9\x00\t\n\r\x85\u00a0\u200b\u202e\u2028\u3000\ufeff\U0001f600\U000e0041"
+    ),
+    min_size=1,
+    max_size=6,
+) | st.text(min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ident=_ID_TEXT)
+def test_the_id_pattern_is_the_workers_id_rule(ident: str) -> None:
+    """The schemas' id pattern (as a Python JSON Schema validator reads it) accepts exactly the
+    ids the worker accepts."""
+    payload = base("purchase") | {"order_id": ident}
+    schema_ok = validator("purchase").is_valid(payload)
+    assert schema_ok == (re.search(ID_PATTERN, ident) is not None)
+    verdict = worker_verdict(payload)
+    assert (verdict is None) == schema_ok, (ident, verdict)
+    assert verdict in (None, "schema_violation")

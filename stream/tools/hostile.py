@@ -191,6 +191,14 @@ def _violation(ev: dict[str, Any], rng: random.Random, now: datetime) -> tuple:
             {"type": "click", "action": "page_view", "tz": "Mars/Olympus"},
             {"type": "click", "action": "page_view", "event_id": ""},
             {"type": "click", "action": "page_view", "customer_id": 42},
+            # strict input: what the published schemas forbid and pydantic alone would take
+            {"type": "purchase", "order_id": "o", "amount": "1E+5", "currency": "EUR", "items": 1},
+            {"type": "purchase", "order_id": "o", "amount": 49.9, "currency": "EUR", "items": 1},
+            {"type": "purchase", "order_id": "o", "amount": "1", "currency": "ZZZ", "items": "5"},
+            {"type": "purchase", "order_id": "o\r\n", "amount": "1", "currency": "EUR", "items": 1},
+            {"type": "click", "action": "page_view", "tz": "Europe"},
+            {"type": "click", "action": "page_view", "event_id": "\u202egnp.exe"},
+            {"type": "click", "action": "page_view", "occurred_at": 0},
         ]
     )
     # A field of the original event can complete a broken one (a loyalty event's own `tier`
