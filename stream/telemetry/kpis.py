@@ -43,6 +43,7 @@ from schemas.events import (
     SupportContact,
     Survey,
 )
+from schemas.iso4217 import CURRENCIES
 from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.lift import lift as lift_of
@@ -58,6 +59,10 @@ from stream.core.rituals import OUTCOME_BITS, RITUALS
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
 
+#: The currency label of a stored customer whose currency is not in ISO 4217 (a state written
+#: before the worker checked currencies): one series for all of them, never one per code.
+OTHER_CURRENCY = "other"
+_ISO_CURRENCIES = frozenset(CURRENCIES)
 #: Consent events without a `source` are counted under this label.
 NO_SOURCE = "unspecified"
 CONSENT_SOURCE_LABELS = (*CONSENT_SOURCES, NO_SOURCE)
@@ -134,8 +139,9 @@ def add_to_snapshot(snap: Snapshot, state: CustomerState, clock: int, rules: Pro
         # years), in floats: a gauge is a float, and Decimal would make this loop 4x slower.
         years = max((clock - state.first_purchase_at) / _MS_PER_YEAR, rules.clv_min_years)
         value = round(float(money.revenue) / years * rules.clv_years, 2)
-        snap.clv[currency] = snap.clv.get(currency, 0.0) + value
-        snap.clv_bands[(currency, clv_band(value))] += 1
+        label = currency if currency in _ISO_CURRENCIES else OTHER_CURRENCY
+        snap.clv[label] = snap.clv.get(label, 0.0) + value
+        snap.clv_bands[(label, clv_band(value))] += 1
     score = engagement_score(state, clock, rules)
     snap.stages[lifecycle_stage(state, clock, rules)] += 1
     snap.quadrants[quadrant(score, sentiment(state, clock, rules), rules)] += 1
@@ -161,7 +167,8 @@ class KpiCollector(Collector):
         self.dwell_count = 0
         self.dwell_sum = 0.0
         self.snapshot = Snapshot()
-        self.currencies: set[str] = set()  # every currency seen: its series never disappear
+        # Every currency seen: its series never disappear (bounded: ISO 4217 codes and "other").
+        self.currencies: set[str] = set()
 
     def publish(self, snap: Snapshot) -> None:
         self.snapshot = snap
