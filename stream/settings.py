@@ -65,6 +65,14 @@ class Settings(BaseSettings):
         description="retention.ms of the DLQ (it holds raw payloads) and of the webhook "
         "forwarder's DLQ (`{namespace}.forward-dlq`, nudges it could not deliver).",
     )
+    erasure_max_days: float = Field(
+        default=7.0,
+        ge=1,
+        le=365,
+        description="The longest an erased customer's state may stay in Kafka: the tables' "
+        "changelog topics get segment.ms, max.compaction.lag.ms and delete.retention.ms "
+        "adding up to it (see `changelog_configs`).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     mode: Literal["live", "replay", "follow"] = Field(
@@ -274,6 +282,28 @@ class Settings(BaseSettings):
         fresh app never starts while the broker's metadata still lacks them (Faust would stop
         the agent with PartitionsMismatch)."""
         return [f"{self.app_id}-{table}-changelog" for table in ("customers", "control")]
+
+    def changelog_configs(self) -> dict[str, str]:
+        """The configs of the tables' changelog topics, derived from `erasure_max_days` (B).
+
+        An erasure writes a tombstone; what it replaces leaves Kafka only when the log cleaner
+        compacts the segment holding the tombstone, and the tombstone itself (its key is the
+        customer id) leaves `delete.retention.ms` after that. So, for a tombstone written at T:
+        its segment is closed by T + segment.ms (Kafka rolls a segment that old on the next
+        write to the partition), the cleaner must compact it by T + max.compaction.lag.ms, and
+        the tombstone is dropped delete.retention.ms after that cleaning. The three add up to
+        B: delete.retention.ms = B/7 (1 day by default, time enough for a reader of the whole
+        changelog to see the tombstone) and segment.ms = max.compaction.lag.ms = 3B/7 (3 days),
+        which leaves the cleaner's own scheduling (seconds) well inside the bound.
+        """
+        bound = int(self.erasure_max_days * 86_400_000)
+        lag = 3 * bound // 7
+        return {
+            "cleanup.policy": "compact",
+            "segment.ms": str(lag),
+            "max.compaction.lag.ms": str(lag),
+            "delete.retention.ms": str(bound - 2 * lag),
+        }
 
     def retention_ms(self) -> dict[str, int]:
         """Topic -> retention.ms the operator asked for (SPEC §4 Erasure: the audit trail

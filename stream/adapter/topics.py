@@ -9,16 +9,23 @@ Retention: with `ENGAGE_AUDIT_RETENTION_DAYS` / `ENGAGE_DLQ_RETENTION_DAYS` set,
 topics (nudge-decisions, nudges) and the two DLQs (the worker's and the webhook forwarder's)
 get that `retention.ms`, at creation and, for topics that already exist, by altering their
 config (SPEC §4 Erasure: the audit trail keeps only what its retention allows).
+
+Erasure: the tables' changelog topics get the compaction configs derived from
+`ENGAGE_ERASURE_MAX_DAYS` (`Settings.changelog_configs`), at creation and, for changelogs that
+exist with other values (created by an older version, or by Faust), by altering them: without
+them a compacted topic keeps an erased customer's old states in segments the cleaner has no
+reason to touch, for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
 from stream.kafka_client import KafkaAccessError, check_access, describe_error, is_auth_error
 from stream.kafka_client import admin as admin_client
@@ -70,9 +77,11 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
         # The DLQ takes any message an input topic took, plus the dead-letter headers.
         dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
 
+        changelog = settings.changelog_configs()
+
         def extra(name: str) -> dict[str, str]:
-            if name in compacted:  # the tables' changelogs, as Faust would create them
-                return {"cleanup.policy": "compact"}
+            if name in compacted:  # the tables' changelogs, bounded for erasure
+                return changelog
             return dlq if name == settings.dlq_topic else {}
 
         if missing:
@@ -87,22 +96,48 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                     for name in missing
                 ]
             )
-        existing_with_retention = [t for t in retention if t in counts]
-        if existing_with_retention:
-            await admin.alter_configs(
-                [
-                    # AlterConfigs replaces a topic's whole set: restate the DLQ's size too.
-                    ConfigResource(
-                        ConfigResourceType.TOPIC,
-                        name,
-                        _configs(retention[name], dlq if name == settings.dlq_topic else {}),
-                    )
-                    for name in existing_with_retention
-                ]
-            )
+        # AlterConfigs replaces a topic's whole set: restate the DLQ's size too.
+        alter = {
+            name: _configs(retention[name], dlq if name == settings.dlq_topic else {})
+            for name in retention
+            if name in counts
+        }
+        stale = [name for name in compacted if name in counts]
+        if stale:
+            current = await _describe_configs(admin, stale)
+            for name in stale:
+                if any(current.get(name, {}).get(k) != v for k, v in changelog.items()):
+                    alter[name] = changelog
+        if alter:
+            _check(await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, configs)
+                 for name, configs in alter.items()]
+            ))  # fmt: skip
         return missing
     finally:
         await admin.close()
+
+
+async def _describe_configs(admin: Any, names: list[str]) -> dict[str, dict[str, str]]:
+    """Topic -> its current configs (name -> value), as the broker describes them."""
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    )
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for code, message, _kind, name, entries in response.resources:
+            if code:
+                raise for_code(code)(f"describing the configs of {name}: {message}")
+            out[name] = {entry[0]: entry[1] for entry in entries}
+    return out
+
+
+def _check(responses: list[Any]) -> None:
+    """Raise the broker's error for a config change it refused (not silently kept as is)."""
+    for response in responses:
+        for code, message, _kind, name in response.resources:
+            if code:
+                raise for_code(code)(f"altering the configs of {name}: {message}")
 
 
 def _configs(retention_ms: int | None, extra: dict[str, str]) -> dict[str, str]:
@@ -133,5 +168,9 @@ def main(argv: list[str]) -> int:
         print(f"created {name} ({settings.partitions} partitions)")
     for name, ms in settings.retention_ms().items():
         print(f"retention of {name}: {ms / 86_400_000:g} days")
+    print(
+        f"changelogs {', '.join(settings.changelog_topics())}: an erased customer's state "
+        f"leaves Kafka within {settings.erasure_max_days:g} days (ENGAGE_ERASURE_MAX_DAYS)"
+    )
     print(f"{len(settings.all_topics())} topics ready on {settings.bootstrap_servers}")
     return 0
