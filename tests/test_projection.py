@@ -603,3 +603,66 @@ def test_worker_projection_survives_a_redis_outage_and_rebuilds(
     subprocess.run([sys.executable, "-m", "stream", "project", "rebuild"], env=env, check=True,
                    timeout=120, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
     assert all_projected(customers)
+
+
+@integration
+async def test_an_erasure_the_projector_never_flushed_is_made_at_the_next_start(
+    redis_url: str,
+) -> None:
+    """The worker stops (or dies) after erasing a customer but before its projector wrote the
+    Redis deletion. The receipt already says `redis_profile: true`, so the partition keeps the
+    erasure in its clock record until Redis confirms, and the next start of the partition (a
+    restart, or another worker taking over) deletes the profile."""
+    import json
+
+    from stream.adapter.app import RedisProjection
+    from stream.core.clock import clock_for
+    from stream.core.driver import MemoryDriver
+    from stream.core.engine import EngineConfig, time_key
+    from stream.serving.projection import SEGMENT_KEYS, profile_key
+    from tests.test_engine import CONTROL, INPUTS, LIMITS, NS, RULES, WALL, Log
+
+    erasures = f"{NS}.erasures"
+    config = EngineConfig(RULES, clock_for("follow", grace_ms=1000), INPUTS, CONTROL, LIMITS,
+                          erasures_topic=erasures)  # fmt: skip
+    log = Log()
+    cid = "erased-at-shutdown"
+    bought = log.event(event("purchase", cid, days=0))
+    p = bought.partition
+    client = redis.Redis.from_url(redis_url)
+
+    def start(driver: MemoryDriver) -> RedisProjector:
+        projector = RedisProjector(redis_url, RULES, linger_s=0.0)
+        projector.on_written = driver.projected
+        driver.projection = RedisProjection(projector, RULES)
+        return projector
+
+    def unprojected() -> list[str]:
+        return json.loads(driver.control[time_key(p)]).get("unprojected", [])
+
+    driver = MemoryDriver(config)
+    first = start(driver)
+    await first.start()
+    driver.pipe([bought], wall_ms=WALL)
+    await until(lambda: client.exists(profile_key(cid)), timeout=5, what="the profile")
+    await first.stop()  # the worker stops: its projector will flush nothing more
+
+    request = {"customer_id": cid, "request_id": "r-1", "requested_at": "2026-01-01T00:00:00Z"}
+    erase = log.append(erasures, p, cid.encode(), json.dumps(request).encode())
+    [result] = driver.pipe([erase], wall_ms=WALL)
+    [receipt] = [json.loads(o.value or b"") for o in result.outputs if o.name == "erasure_receipts"]
+    assert receipt["deleted"]["redis_profile"] is True
+    assert client.exists(profile_key(cid))  # the deletion died with the stopped projector
+    assert unprojected() == [cid]
+
+    driver.crash()  # the process is gone; the tables (changelogs) remain
+    second = start(driver)
+    await second.start()
+    try:
+        driver.engine(p)  # the partition starts again (a restart, or another worker)
+        await until(lambda: not client.exists(profile_key(cid)), timeout=5, what="deletion")
+        assert not any(client.sismember(key, cid) for key in SEGMENT_KEYS)
+        await until(lambda: unprojected() == [], timeout=5, what="the erasure confirmed")
+    finally:
+        await second.stop()
+        client.close()

@@ -238,6 +238,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         # exactly_once sends through Faust's transactional producers, at-least-once directly
         sender=Sender(app) if settings.processing_guarantee == "at_least_once" else None,
     )
+    if projection is not None:
+        projection.projector.on_written = shell.projected
     token = settings.api_token.get_secret_value() if settings.api_token else None
     engage = Engage(app, settings, table, shell, metrics, kpis)
     # The token guards the whole web application, whatever registers a route on it.

@@ -425,6 +425,16 @@ class BatchShell:
         except Exception:
             log.exception("clearing an acknowledged decision failed")
 
+    def projected(self, customer_ids: list[str]) -> None:
+        """The Redis projector confirmed these customers' writes: partitions keeping an erasure
+        until its Redis deletion is confirmed drop it and write their clock record."""
+        for p, engine in list(self.engines.items()):
+            raw = engine.projected(customer_ids)
+            if raw is not None:
+                self._write(self.control, time_key(p), raw, p)
+                if self.sender is not None:
+                    self.sender.send_later()
+
     def _count(self, result: BatchResult) -> None:
         m = self.metrics
         for key, n in result.counts.items():

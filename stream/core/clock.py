@@ -105,10 +105,16 @@ class PartitionTime:
     # the id) -> the input offsets folded into its state (short topic name -> offset), so a
     # record re-read after a crash cannot bring an erased customer back.
     erased: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Customers erased whose Redis profile Redis has not yet confirmed deleted: ids (Redis keys
+    # are ids), kept only until the projector's write succeeds, so a deletion a stopped worker
+    # never flushed is made again by whoever starts the partition next.
+    unprojected: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict (the control table value)."""
         extra: dict[str, object] = {"erased": self.erased} if self.erased else {}
+        if self.unprojected:
+            extra["unprojected"] = list(self.unprojected)
         return {
             "clock": self.clock,
             "progress": {t: [p.next_offset, p.last_time] for t, p in self.progress.items()},
@@ -138,8 +144,9 @@ class PartitionTime:
             str(d): {str(t): int(o) for t, o in dict(offs).items()}
             for d, offs in dict(body.get("erased") or {}).items()  # type: ignore[call-overload]
         }
+        unprojected = [str(c) for c in list(body.get("unprojected") or [])]  # type: ignore[call-overload]
         return cls(int(body.get("clock") or 0), progress, replay, bool(body.get("replay_done")),  # type: ignore[call-overload]
-                   erased)  # fmt: skip
+                   erased, unprojected)  # fmt: skip
 
 
 class Clock:

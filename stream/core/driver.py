@@ -108,6 +108,14 @@ class MemoryDriver:
             if raw is not None:
                 self.customers[customer] = raw
 
+    def projected(self, customer_ids: list[str]) -> None:
+        """The projection confirmed these customers' writes (the shell's `projected`): each
+        engine drops the erasures among them and its clock record is written again."""
+        for partition, engine in self.engines.items():
+            raw = engine.projected(customer_ids)
+            if raw is not None:
+                self.control[time_key(partition)] = raw
+
     def crash(self, *, lose_unacked: bool = True) -> None:
         """Forget all in-memory state (engines, due indexes, sends not yet acknowledged)."""
         self.engines.clear()

@@ -279,7 +279,28 @@ class PartitionEngine:
         pt = self.time
         if pt.replay is not None and pt.replay_done and self.policy.name == "replay":
             result.outputs.append(self._replay_status())
+        if self.projection is not None:
+            # Erasures whose Redis deletion was never confirmed: project the customer again,
+            # deleted (or, if an event re-created it since, its new state, which replaces the
+            # old profile whole).
+            for customer_id in pt.unprojected:
+                raw = self.store.get(customer_id.encode("utf-8"))
+                self.projection.enqueue(customer_id, raw, pt.clock)
         return result
+
+    def projected(self, customer_ids: Iterable[str]) -> bytes | None:
+        """Redis confirmed writes of these customers: erasures among them are done there.
+
+        Returns the partition's new clock record to write when that changed it, else None.
+        Call between batches (the projector's callback does)."""
+        pending = self.time.unprojected
+        if not pending:
+            return None
+        done = set(customer_ids).intersection(pending)
+        if not done:
+            return None
+        self.time.unprojected = [c for c in pending if c not in done]
+        return json.dumps(self.time.to_json(), separators=(",", ":")).encode()
 
     def acknowledge(self, customer: bytes, nudge_ids: Iterable[str]) -> bytes | None:
         """Every send of these decisions is acknowledged: drop them from the customer's outbox.
@@ -457,6 +478,10 @@ class PartitionEngine:
         self.index.discard(request.customer_id)
         if self.projection is not None:
             self.projection.enqueue(request.customer_id, None, 0)  # profile and segments
+            # Until Redis confirms (`projected`), the clock record keeps the id: a worker that
+            # stops before the projector flushed leaves the deletion to the next start.
+            if request.customer_id not in self.time.unprojected:
+                self.time.unprojected.append(request.customer_id)
         erased_at = datetime.fromtimestamp((self._wall_ms or 0) / 1000, UTC)
         body = encode_receipt(receipt(request, erased_at=erased_at, deleted=deleted))
         self._result.outputs.append(Output(ERASURE_RECEIPTS, key, body))

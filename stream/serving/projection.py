@@ -26,7 +26,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -279,6 +279,9 @@ class RedisProjector:
         self._client: Any = None
         self._script: Any = None
         self._failures = 0  # consecutive failed attempts, for backoff and log throttling
+        # Called with the ids of every batch Redis confirmed (all its commands succeeded): the
+        # worker clears the erasures it was keeping until their deletion is confirmed.
+        self.on_written: Callable[[list[str]], None] | None = None
         self._lock = asyncio.Lock()  # one flush at a time (the loop's, or stop()'s last one)
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
@@ -382,22 +385,29 @@ class RedisProjector:
                 keys = list(itertools.islice(self._pending, self.batch_size))
                 self._inflight = {k: self._pending.pop(k) for k in keys}
                 try:
-                    await self._write(self._inflight)
+                    confirmed = await self._write(self._inflight)
                 except BaseException:
                     for cid, entry in self._inflight.items():
                         self._pending.setdefault(cid, entry)
                     raise
                 finally:
-                    batch, self._inflight = len(self._inflight), {}
+                    batch, ids, self._inflight = len(self._inflight), list(self._inflight), {}
                 written += batch
+                if confirmed and self.on_written is not None:
+                    try:
+                        self.on_written(ids)
+                    except Exception:  # the worker's bookkeeping: never stops the projection
+                        log.exception("redis projection: recording confirmed writes failed")
         return written
 
-    async def _write(self, batch: Mapping[str, Pending]) -> None:
+    async def _write(self, batch: Mapping[str, Pending]) -> bool:
+        """Write one batch; True when Redis ran every command of it (nothing skipped)."""
         if self._client is None:
             self._client = connect(self.redis_url, socket_timeout_s=self.socket_timeout_s)
             self._script = self._client.register_script(WRITE_SCRIPT)
         # No MULTI: each customer's script is atomic, and a batch cut short by a lost
         # connection is simply written again (writes are idempotent).
+        skipped = False
         async with self._client.pipeline(transaction=False) as pipe:
             for i, (cid, (raw, clock)) in enumerate(batch.items()):
                 if i % 50 == 49:  # ~100 µs a profile: let the stream run between slices
@@ -410,6 +420,7 @@ class RedisProjector:
                 except Exception:  # a state we cannot read: skip it, keep the others going
                     self.errors.inc()
                     log.exception("redis projection: cannot build the profile of one customer")
+                    skipped = True
                     continue
                 await _queue_write(pipe, self._script, cid, profile)
             started = time.perf_counter()
@@ -419,6 +430,7 @@ class RedisProjector:
         if failed:  # per-command errors (WRONGTYPE: someone else's key): not retryable
             self.errors.inc(len(failed))
             log.warning("redis projection: %d commands failed, first: %s", len(failed), failed[0])
+        return not failed and not skipped
 
     async def _failed(self, exc: BaseException) -> None:
         self.errors.inc()
