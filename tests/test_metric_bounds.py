@@ -23,7 +23,7 @@ import msgspec
 
 from schemas.events import CLICK_ACTIONS, CONSENT_SCOPES, EVENT_TYPES, TOPIC_SUFFIX
 from schemas.iso4217 import CURRENCIES
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import STATUSES
 from stream.adapter.shell import BatchShell
 from stream.core.clock import clock_for
 from stream.core.engine import EngineConfig, Record
@@ -32,7 +32,7 @@ from stream.core.partitioning import expected_partition
 from stream.core.profile import QUADRANTS, STAGES
 from stream.core.rituals import OUTCOMES
 from stream.core.rules import Rules
-from stream.core.state import decode, encode
+from stream.core.state import UNREADABLE_REASONS, decode, encode
 from stream.telemetry.kpis import (
     ACTIVE_WINDOWS,
     CLV_BANDS,
@@ -54,6 +54,7 @@ INPUTS = {f"{NS}.{suffix}": suffix for suffix in TOPIC_SUFFIX.values()}
 CONTROL, ERASURES = f"{NS}.clock", f"{NS}.erasures"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 N_TYPES = len(EVENT_TYPES)
+RULES = Rules(version="bounds")
 
 #: metric family -> label -> the most distinct values it may take (docs/metrics.md).
 BOUNDS: dict[str, dict[str, int]] = {
@@ -67,9 +68,21 @@ BOUNDS: dict[str, dict[str, int]] = {
     "engage_duplicate_events": {"type": N_TYPES},
     "engage_partition_clock_seconds": {"partition": PARTITIONS},
     "engage_watermark_lag_seconds": {"partition": PARTITIONS},
-    "engage_ritual_decisions": {"ritual": len(RITUALS), "status": len(STATUSES)},
-    "engage_ritual_outcomes": {"ritual": len(RITUALS), "arm": 2, "outcome": len(OUTCOMES)},
+    "engage_consumer_lag_messages": {"topic": len(INPUTS), "partition": PARTITIONS},
+    # rituals and rules versions: those of the rules file and the earlier versions it names
+    "engage_ritual_decisions": {
+        "ritual": len(RULES.ritual_names),
+        "status": len(STATUSES),
+        "rules_version": len(RULES.versions),
+    },
+    "engage_ritual_outcomes": {
+        "ritual": len(RULES.ritual_names),
+        "arm": 2,
+        "outcome": len(OUTCOMES),
+        "rules_version": len(RULES.versions),
+    },
     "engage_erasures": {"found": 2},
+    "engage_unreadable_states": {"reason": len(UNREADABLE_REASONS)},
     "engage_clicks": {"action": len(CLICK_ACTIONS), "prompted": 2},
     **{
         f"engage_retention_{name}_customers": {"window": len(RETENTION_WINDOWS)}
@@ -233,10 +246,10 @@ def _label_values(registry: Any) -> dict[str, dict[str, set[str]]]:
 
 def test_every_label_set_stays_within_its_documented_bound() -> None:
     rng = random.Random(20)
-    metrics = PipelineMetrics()
+    metrics = PipelineMetrics(rules=RULES)
     kpis = Kpis(metrics.registry)
     customers, control = _Table(), _Table()
-    rules = Rules(version="bounds")
+    rules = RULES
     config = EngineConfig(
         rules,
         clock_for("follow", grace_ms=1000),
