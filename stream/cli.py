@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "forward": ("stream.tools.forward", "POST delivered nudges to a webhook, with retries"),
     "probe": ("stream.tools.probe", "exit 0 if this machine's worker is ready (healthchecks)"),
     "report": ("stream.tools.report", "write the KPI report as one self-contained HTML file"),
+    "rules": ("stream.tools.rules", "check a rules file, or diff two against history (backtest)"),
 }
 
 #: Exit codes shared by every sub-command.
