@@ -266,8 +266,8 @@ def _status_order(status: str) -> tuple[int, str]:
 
 def lift_table(counts: Counter[tuple[str, ...]]) -> list[dict[str, Any]]:
     """Per ritual and outcome: treated vs held-out rates, difference and ratio with their
-    intervals and a verdict (`stream.core.lift`), from a pass's outcome counts; only where the
-    history holds treated or held-out decisions."""
+    intervals and a verdict (`stream.core.lift`), from a pass's outcome counts; only for the
+    rituals the history holds both treated and held-out decisions of (no comparison otherwise)."""
     outcomes: dict[tuple[str, str, str], int] = {}
     for key, n in counts.items():
         if key[0] == "outcome":
@@ -278,7 +278,7 @@ def lift_table(counts: Counter[tuple[str, ...]]) -> list[dict[str, Any]]:
     for ritual in rituals:
         treated = outcomes.get((ritual, "treated", "decided"), 0)
         held = outcomes.get((ritual, "held_out", "decided"), 0)
-        if not (treated or held):
+        if not (treated and held):
             continue
         for outcome in names:
             result = lift(

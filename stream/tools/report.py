@@ -273,6 +273,13 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_range,
         help="how far back the trends go (default: 1h)",
     )
+    parser.add_argument(
+        "--backtest",
+        metavar="SUMMARY.json",
+        type=Path,
+        help="add a Backtest section from `engage rules diff --out DIR` (DIR/summary.json); "
+        "alone: a page of that section only",
+    )
     return parser
 
 
@@ -280,8 +287,20 @@ def main(argv: list[str]) -> int:
     """`engage report`: 0 when the file is written, 1 when a source cannot be read, 2 on usage."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.prometheus is None and args.kpis is None:
+    if args.prometheus is None and args.kpis is None and args.backtest is None:
         parser.error("give --prometheus URL, --kpis URL or both")
+    backtest = None
+    if args.backtest is not None:
+        from stream.tools import backtest_report
+
+        try:
+            backtest = backtest_report.load(args.backtest)
+        except backtest_report.BacktestError as exc:
+            print(f"engage report: {exc}", file=sys.stderr)
+            return 1
+        if args.prometheus is None and args.kpis is None:
+            print(backtest_report.write_page(backtest, args.out))
+            return 0
     try:
         data = build(
             prometheus=args.prometheus,
@@ -293,5 +312,8 @@ def main(argv: list[str]) -> int:
     except ReportError as exc:
         print(f"engage report: {exc}", file=sys.stderr)
         return 1
-    print(write(data, args.out))
+    out = write(data, args.out)
+    if backtest is not None:
+        backtest_report.add_to(out, backtest)
+    print(out)
     return 0

@@ -462,7 +462,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.action == "check":
         return check(args.file)
-    console, log = Console(), Console(stderr=True)
+    # Piped to a file, rich would wrap the tables at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    log = Console(stderr=True)
     try:
         return diff(args, console, log)
     except Usage as exc:
