@@ -101,8 +101,8 @@ def read_rules(path: str) -> Rules:
     try:
         return load_rules(path)
     except ValueError as exc:  # RulesError: the problems, one per line
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise Usage("; ".join(lines)) from None
+        first, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        raise Usage(f"{first.rstrip(':')}: {'; '.join(rest)}" if rest else first) from None
 
 
 def _settings() -> Any:
