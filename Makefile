@@ -10,6 +10,8 @@
 #                (requirements-bench.lock; made by `make bench`, never needed by the product)
 #   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
 #                event, RSS); STARTUP_ARGS="--customers 100000" for a smaller table
+#   make bench-backtest  `engage rules diff` over 90 days, 1,000,000 events (goal < 3 min; no
+#                broker needed); BACKTEST_ARGS="--events 200000 --compare-jobs" to vary it
 #   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
 #                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make status  state of the stack             make down    stop the stack (data kept)
@@ -33,7 +35,7 @@ STAMP := $(VENV)/.stamp
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
 
-.PHONY: venv bench-venv stack tools status test demo bench bench-startup chaos down lint clean
+.PHONY: venv bench-venv stack tools status test demo bench bench-startup bench-backtest chaos down lint clean
 
 venv: $(STAMP)
 
@@ -70,15 +72,22 @@ demo: venv stack
 	$(PY) -m stream demo
 
 # Throughput, latency and bytes per customer (a few minutes), then start-up with 1,000,000
-# customers (about 10 more; BENCH_STARTUP=0 leaves it out).
+# customers (about 10 more; BENCH_STARTUP=0 leaves it out), then the backtest of a rules change
+# over 1,000,000 events (about 3 more; BENCH_BACKTEST=0 leaves it out).
 BENCH_STARTUP ?= 1
+BENCH_BACKTEST ?= 1
 bench: venv stack bench-venv
 	$(PY) bench/throughput.py $(BENCH_ARGS)
 	@if [ "$(BENCH_STARTUP)" != 0 ]; then $(PY) bench/startup.py $(STARTUP_ARGS); fi
+	@if [ "$(BENCH_BACKTEST)" != 0 ]; then $(PY) bench/backtest.py $(BACKTEST_ARGS); fi
 
 STARTUP_ARGS ?=
 bench-startup: venv stack
 	$(PY) bench/startup.py $(STARTUP_ARGS)
+
+BACKTEST_ARGS ?=
+bench-backtest: venv
+	$(PY) bench/backtest.py $(BACKTEST_ARGS)
 
 CHAOS_ARGS ?=
 chaos: venv stack
