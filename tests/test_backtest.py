@@ -311,19 +311,25 @@ def test_report_backtest_section_escapes_and_draws(
     from stream.tools import report
 
     ritual = "post_purchase_welcome"
-    old = rules_variant(tmp_path / "old.yaml", version="<script>alert(1)</script>")
-    new = rules_variant(tmp_path / "new.yaml", version="v&2", holdout=(ritual, 50))
+    old = rules_variant(tmp_path / "old<b>.yaml", version="v1")
+    new = rules_variant(tmp_path / "new.yaml", version="v2", holdout=(ritual, 50))
     path = write_events(tmp_path / "e.jsonl", purchases(40))
     code, _, err = run_diff(
         capsys, str(old), str(new), "--events", str(path), "--out", str(tmp_path / "o")
     )
     assert code == 0, err
+    # A summary file is input like any other: whatever it says is shown as text.
+    summary = tmp_path / "o" / "summary.json"
+    data = json.loads(summary.read_text())
+    data["old"]["version"] = "<script>alert(1)</script>"
+    data["by_ritual_status"][0]["ritual"] = '<img src=x onerror="alert(2)">'
+    summary.write_text(json.dumps(data), encoding="utf-8")
     page = tmp_path / "page.html"
-    summary = str(tmp_path / "o" / "summary.json")
-    assert report.main(["--backtest", summary, "--out", str(page)]) == 0
+    assert report.main(["--backtest", str(summary), "--out", str(page)]) == 0
     html = page.read_text(encoding="utf-8")
-    assert "<script>alert(1)</script>" not in html
-    assert "Backtest: &lt;script&gt;alert(1)&lt;/script&gt; → v&amp;2" in html
+    assert "<script>alert(1)</script>" not in html and "<img" not in html and "<b>" not in html
+    assert "Backtest: &lt;script&gt;alert(1)&lt;/script&gt; → v2" in html
+    assert "old&lt;b&gt;.yaml" in html
     assert 'data-chart="backtest-daily"' in html and "<rect" in html
     assert "2026-01-05: " in html  # a day's bar, with both figures in its tooltip
 

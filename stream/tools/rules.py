@@ -45,7 +45,7 @@ from stream.core.backtest import (
 )
 from stream.core.clock import wall_ms
 from stream.core.ingest import Limits
-from stream.core.rules import Rules, load_rules
+from stream.core.rules import Rules, RulesError, load_rules
 from stream.core.state import to_ms
 
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)(m|h|d|w)")
@@ -100,9 +100,10 @@ def read_rules(path: str) -> Rules:
         raise Usage(f"{path}: no such rules file")
     try:
         return load_rules(path)
-    except ValueError as exc:  # RulesError: the problems, one per line
-        first, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-        raise Usage(f"{first.rstrip(':')}: {'; '.join(rest)}" if rest else first) from None
+    except RulesError as exc:  # each problem as FILE:LINE:COL: message
+        first, more = exc.problems[0].strip(), len(exc.problems) - 1
+        hint = f" (and {more} more: engage rules check {path})" if more else ""
+        raise Usage(first + hint) from None
 
 
 def _settings() -> Any:
@@ -380,11 +381,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def check(path: str) -> int:
     """`engage rules check FILE`: problems on stderr (exit 2), or `FILE: ok`."""
-    try:
-        from stream.core.rules import check_rules_file  # type: ignore[attr-defined]
-    except ImportError:
-        print("engage rules check: this version has no rules checker", file=sys.stderr)
-        return EXIT_FAILURE
+    from stream.core.rules import check_rules_file
+
     problems = check_rules_file(path)
     for problem in problems:
         print(problem, file=sys.stderr)
