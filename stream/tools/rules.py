@@ -83,6 +83,7 @@ def parse_until(text: str) -> int:
 
 
 def parse_partitions(text: str | None) -> int | None:
+    """`--partitions`: a whole number 1..1024 (what `engage topics` accepts), or None."""
     if text is None:
         return None
     try:
