@@ -187,10 +187,15 @@ def test_compare_counts_added_removed_changed_and_guardrail_pressure() -> None:
 
 
 def test_lift_with_intervals_where_both_arms_have_decisions() -> None:
+    # the engine counts per rules version (a file with effective_from has two): summed
     counts: Counter[tuple[str, ...]] = Counter({
-        ("outcome", "r", "treated", "decided"): 100, ("outcome", "r", "treated", "came_back"): 60,
-        ("outcome", "r", "held_out", "decided"): 50, ("outcome", "r", "held_out", "came_back"): 10,
-        ("outcome", "only_treated", "treated", "decided"): 5,
+        ("outcome", "r", "treated", "decided", "v1"): 70,
+        ("outcome", "r", "treated", "decided", "v2"): 30,
+        ("outcome", "r", "treated", "came_back", "v1"): 40,
+        ("outcome", "r", "treated", "came_back", "v2"): 20,
+        ("outcome", "r", "held_out", "decided", "v1"): 50,
+        ("outcome", "r", "held_out", "came_back", "v1"): 10,
+        ("outcome", "only_treated", "treated", "decided", "v1"): 5,
     })  # fmt: skip
     _, summary = compare(
         PassResult("a", {}, counts, None), PassResult("b", {}, Counter(), None),
@@ -198,6 +203,7 @@ def test_lift_with_intervals_where_both_arms_have_decisions() -> None:
     )  # fmt: skip
     [row] = summary["lift"]["old"]
     assert (row["ritual"], row["outcome"]) == ("r", "came_back")
+    assert (row["treated"], row["treated_successes"], row["held_out"]) == (100, 60, 50)
     assert row["difference"]["estimate"] == pytest.approx(0.4)
     assert 0 < row["difference"]["lower"] < 0.4 < row["difference"]["upper"]
     assert row["verdict"] == "significant"

@@ -267,11 +267,14 @@ def _status_order(status: str) -> tuple[int, str]:
 def lift_table(counts: Counter[tuple[str, ...]]) -> list[dict[str, Any]]:
     """Per ritual and outcome: treated vs held-out rates, difference and ratio with their
     intervals and a verdict (`stream.core.lift`), from a pass's outcome counts; only for the
-    rituals the history holds both treated and held-out decisions of (no comparison otherwise)."""
+    rituals the history holds both treated and held-out decisions of (no comparison otherwise).
+    A file with `effective_from` makes decisions of two versions in one pass: they are summed,
+    the pass's lift as a whole."""
     outcomes: dict[tuple[str, str, str], int] = {}
     for key, n in counts.items():
-        if key[0] == "outcome":
-            outcomes[(key[1], key[2], key[3])] = n
+        if key[0] == "outcome":  # ("outcome", ritual, arm, outcome[, rules version]): summed
+            cell = (key[1], key[2], key[3])
+            outcomes[cell] = outcomes.get(cell, 0) + n
     rituals = sorted({r for r, _, _ in outcomes})
     names = sorted({o for _, _, o in outcomes if o != "decided"})
     rows = []
