@@ -771,14 +771,19 @@ def _advance_owned(s: RitualState, customer_id: str, clock: int, ctx: Context) -
     """`advance` on a state the caller already copied (`on_event`): one copy per event."""
     run = _Run(s, customer_id, ctx)
     dated = ctx.rules.effective_from is not None  # several versions: each item picks its own
+    # Events due by the clock, in ritual order, sorted once (a replay can queue thousands for
+    # one customer); processing never queues events, so only timers are looked at each turn.
+    events = sorted((p for p in s.pending if p.at <= clock), key=_pending_order)
+    if events:
+        s.pending = [p for p in s.pending if p.at > clock]
+    i = 0
     while True:
         timers = [t for t in s.timers if t.due <= clock]
-        events = [p for p in s.pending if p.at <= clock]
-        if not timers and not events:
+        first_event = events[i] if i < len(events) else None
+        if not timers and first_event is None:
             break
         program = run.program
         first_timer = min(timers, key=lambda t: _timer_order(t, program)) if timers else None
-        first_event = min(events, key=_pending_order) if events else None
         if first_timer is not None and (
             first_event is None or _timer_order(first_timer, program) < _pending_order(first_event)
         ):
@@ -789,7 +794,7 @@ def _advance_owned(s: RitualState, customer_id: str, clock: int, ctx: Context) -
             run.fire(first_timer)
         else:
             assert first_event is not None
-            s.pending.remove(first_event)
+            i += 1
             s.at = max(s.at, first_event.at)
             if dated:
                 run.use(ctx.rules.at(first_event.at))

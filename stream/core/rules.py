@@ -392,8 +392,8 @@ def _rituals(
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(doc.at(("rituals",), "a mapping of ritual name to definition"))
-        return out, origins
+        problems.append(doc.at(("rituals",), "rituals: a mapping of ritual name to definition"))
+        raw = {}
     for name, entry in raw.items():
         here: Path_ = ("rituals", name)
         if not isinstance(name, str) or not re.fullmatch(RITUAL_NAME, name):
