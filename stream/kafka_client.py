@@ -67,11 +67,19 @@ def client_kwargs(conf: KafkaConf) -> dict[str, Any]:
     return {"bootstrap_servers": conf.bootstrap_servers, **security_kwargs(conf)}
 
 
+#: What every producer of the product writes with: acknowledged only once all in-sync
+#: copies have the write (with min.insync.replicas=2 on a cluster, a write survives the loss of
+#: a broker), and idempotent, so a send retried after a lost acknowledgement or a leader change
+#: is not written twice.
+DURABLE_PRODUCER: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+
+
 def producer(conf: KafkaConf, **options: Any) -> Any:
-    """An (unstarted) aiokafka producer for these settings."""
+    """An (unstarted) aiokafka producer for these settings, durable (`DURABLE_PRODUCER`)
+    unless `options` say otherwise."""
     from aiokafka import AIOKafkaProducer
 
-    return AIOKafkaProducer(**client_kwargs(conf), **options)
+    return AIOKafkaProducer(**client_kwargs(conf), **{**DURABLE_PRODUCER, **options})
 
 
 def consumer(conf: KafkaConf, *topics: str, **options: Any) -> Any:
@@ -115,6 +123,8 @@ def faust_options(settings: Any) -> dict[str, Any]:
         "broker": settings.broker,
         "broker_credentials": faust_credentials(settings),
         "processing_guarantee": settings.processing_guarantee,
+        # acks=all; idempotence comes with the app's producer (stream/adapter/drain.py).
+        "producer_acks": -1,
         "consumer_auto_offset_reset": "earliest",
         "producer_linger": settings.producer_linger_ms / 1000,
         "producer_max_batch_size": settings.producer_max_batch_bytes,

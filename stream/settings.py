@@ -36,7 +36,22 @@ class Settings(BaseSettings):
         description="Prefix of every topic name: `{namespace}.clicks`, `{namespace}.dlq`, ...",
     )
     partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of every topic.")
-    replication_factor: int = Field(default=1, ge=1, le=16)
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="Copies of each partition of the topics `engage topics` and the worker "
+        "create (the Faust changelogs and internal topics too); unset: min(3, brokers in the "
+        "cluster), so a single dev broker gets 1 and a cluster of three or more gets 3.",
+    )
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="min.insync.replicas of the topics created: an acks=all write needs this "
+        "many copies in sync, else it fails instead of being acknowledged by too few; unset: 2 "
+        "when the replication factor is 3 or more, else 1.",
+    )
     store: str = Field(default="memory://", description="`memory://` or `rocksdb://`.")
     data_dir: str = Field(default=".engage-data", description="Faust data dir (rocksdb files).")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
@@ -220,6 +235,25 @@ class Settings(BaseSettings):
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ValueError("ENGAGE_HEARTBEAT_INTERVAL_S must be at most a third of the session")
         return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(
+                "ENGAGE_MIN_INSYNC_REPLICAS must not exceed ENGAGE_REPLICATION_FACTOR "
+                "(no write could ever be acknowledged)"
+            )
+        return self
+
+    def replication_for(self, brokers: int) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of new topics on a cluster of `brokers`:
+        the configured values, else 3 copies of which 2 in sync when there are three brokers
+        or more, one copy on a single broker. A configured factor above `brokers` is returned
+        as is: creating the topics then fails with a message naming the setting."""
+        rf = self.replication_factor or max(1, min(3, brokers))
+        isr = self.min_insync_replicas or (2 if rf >= 3 else 1)
+        return rf, min(isr, rf)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

@@ -137,6 +137,13 @@ class Engage:
 
 
 def _table(app: faust.App, name: str, settings: Settings) -> PartitionedTable:
+    # Should Faust create the changelog (`engage topics` normally has), it gets the same
+    # in-sync minimum as the other topics.
+    durability = (
+        {"min.insync.replicas": str(settings.min_insync_replicas)}
+        if settings.min_insync_replicas
+        else {}
+    )
     table = PartitionedTable(
         app,
         name=name,
@@ -146,6 +153,7 @@ def _table(app: faust.App, name: str, settings: Settings) -> PartitionedTable:
         key_type=bytes,
         value_type=bytes,
         source_topic=settings.clock_topic,
+        extra_topic_configs=durability,
     )
     app.tables.add(table)
     return table
@@ -164,7 +172,9 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
+        # Faust's own topics (the assignor's leader topic): as many copies as ours. The worker
+        # resolves an unset factor from the cluster before it builds the app.
+        topic_replication_factor=settings.replication_factor or 1,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,

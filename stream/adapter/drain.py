@@ -42,17 +42,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers.aiokafka import Consumer, Transport
+from faust.transport.drivers.aiokafka import Consumer, Producer, Transport
 from faust.types import TP, TransportT
 from mode.services import WaitResults
 from mode.utils.futures import notify
 
 from stream.core.engine import Record
+from stream.kafka_client import DURABLE_PRODUCER
 
 log = logging.getLogger("engage")
 
@@ -274,13 +275,29 @@ class DirectConsumer(LeanConsumer):
         notify(self._waiting_for_ack)
 
 
-class LeanTransport(Transport):
+class DurableProducer(Producer):
+    """Faust's aiokafka producer, always idempotent with acks=all (`DURABLE_PRODUCER`): Faust
+    asks for idempotence only inside transactions (exactly_once), but an at-least-once worker's
+    changelog and decision writes are retried too, after a lost acknowledgement or a leader
+    moving to another broker, and must not land twice."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), **DURABLE_PRODUCER}
+
+
+class DurableTransport(Transport):
+    """The aiokafka transport with `DurableProducer` and Faust's own consumer."""
+
+    Producer = DurableProducer
+
+
+class LeanTransport(DurableTransport):
     """The aiokafka transport with `LeanConsumer` (`faust.App._new_transport` picks it)."""
 
     Consumer = LeanConsumer
 
 
-class DirectTransport(Transport):
+class DirectTransport(DurableTransport):
     """The aiokafka transport with `DirectConsumer`."""
 
     Consumer = DirectConsumer
@@ -288,7 +305,8 @@ class DirectTransport(Transport):
 
 class LeanApp(faust.App):
     """`faust.App` whose consumer is `DirectConsumer` (`drain="direct"`) or `LeanConsumer`
-    (`drain="lean"`) for Kafka brokers; `drain="faust"` keeps Faust's."""
+    (`drain="lean"`) for Kafka brokers; `drain="faust"` keeps Faust's. Every Kafka transport
+    produces with `DurableProducer`."""
 
     drain = "direct"
 
@@ -299,4 +317,5 @@ class LeanApp(faust.App):
                 return DirectTransport(self.conf.broker_consumer, self)
             if self.drain == "lean":
                 return LeanTransport(self.conf.broker_consumer, self)
+            return DurableTransport(self.conf.broker_consumer, self)
         return super()._new_transport()

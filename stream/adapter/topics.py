@@ -15,12 +15,18 @@ Erasure: the tables' changelog topics get the compaction configs derived from
 exist with other values (created by an older version, or by Faust), by altering them: without
 them a compacted topic keeps an erased customer's old states in segments the cleaner has no
 reason to touch, for ever.
+
+Replication: every topic is created with `ENGAGE_REPLICATION_FACTOR` copies and
+`ENGAGE_MIN_INSYNC_REPLICAS`; unset, they follow the number of brokers the cluster reports
+(`Settings.replication_for`): 3 copies of which 2 must be in sync on a cluster of three or more,
+so an acks=all write survives the loss of one broker, and 1 copy on a single dev broker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import NewTopic
@@ -33,11 +39,24 @@ from stream.settings import Settings, load_settings
 
 
 class TopicMismatch(RuntimeError):
-    """An existing topic has a partition count other than the configured one."""
+    """The topics cannot be as configured: an existing topic has a partition count other than
+    the configured one, or the replication factor asks for more copies than there are brokers."""
 
 
-async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[str]:
-    """Create the missing topics and apply the configured retention; returns the names created.
+@dataclass(frozen=True)
+class TopicsReport:
+    """What `ensure_topics` did and found: the topics it created, the replication it created
+    them with, and existing topics with fewer copies than that (created on a smaller cluster)."""
+
+    created: list[str]
+    brokers: int
+    replication_factor: int
+    min_insync_replicas: int
+    under_replicated: dict[str, int] = field(default_factory=dict)
+
+
+async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> TopicsReport:
+    """Create the missing topics and apply the configured retention and replication.
 
     Waits for the broker to come up, but not for credentials it refuses."""
     await check_access(settings)  # a wrong password is an error now, not a minute of retries
@@ -66,23 +85,36 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
         existing = (
             await admin.describe_topics([t for t in wanted if t in present]) if present else []
         )
-        counts = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
+        ok = [t for t in existing if t.get("error_code", 0) == 0]
+        counts = {t["topic"]: len(t["partitions"]) for t in ok}
         wrong = {name: n for name, n in counts.items() if n != settings.partitions}
         if wrong:
             raise TopicMismatch(
                 f"topics exist with a partition count other than {settings.partitions}: {wrong}"
             )
+        brokers = len((await admin.describe_cluster())["brokers"])
+        factor, in_sync = settings.replication_for(brokers)
         missing = [name for name in wanted if name not in counts]
+        if missing and factor > brokers:
+            raise TopicMismatch(
+                f"ENGAGE_REPLICATION_FACTOR={factor} but the cluster has {brokers} broker"
+                f"{'s' if brokers != 1 else ''}: a topic cannot have more copies than brokers"
+            )
+        copies = {t["topic"]: min(len(p["replicas"]) for p in t["partitions"]) for t in ok}
         retention = settings.retention_ms()
         # The DLQ takes any message an input topic took, plus the dead-letter headers.
         dlq = {"max.message.bytes": str(settings.dlq_max_bytes)}
 
         changelog = settings.changelog_configs()
 
+        def durability(name: str) -> dict[str, str]:
+            # An existing topic with fewer copies keeps a minimum it can meet.
+            return {"min.insync.replicas": str(min(in_sync, copies.get(name, factor)))}
+
         def extra(name: str) -> dict[str, str]:
             if name in compacted:  # the tables' changelogs, bounded for erasure
-                return changelog
-            return dlq if name == settings.dlq_topic else {}
+                return {**durability(name), **changelog}
+            return {**durability(name), **(dlq if name == settings.dlq_topic else {})}
 
         if missing:
             await admin.create_topics(
@@ -90,30 +122,35 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 60.0) -> list[
                     NewTopic(
                         name,
                         settings.partitions,
-                        settings.replication_factor,
+                        factor,
                         topic_configs=_configs(retention.get(name), extra(name)),
                     )
                     for name in missing
                 ]
             )
-        # AlterConfigs replaces a topic's whole set: restate the DLQ's size too.
+        # AlterConfigs replaces a topic's whole set: restate the DLQ's size and the in-sync
+        # minimum too.
         alter = {
-            name: _configs(retention[name], dlq if name == settings.dlq_topic else {})
-            for name in retention
-            if name in counts
+            name: _configs(retention[name], extra(name)) for name in retention if name in counts
         }
         stale = [name for name in compacted if name in counts]
         if stale:
             current = await _describe_configs(admin, stale)
             for name in stale:
                 if any(current.get(name, {}).get(k) != v for k, v in changelog.items()):
-                    alter[name] = changelog
+                    alter[name] = extra(name)
         if alter:
             _check(await admin.alter_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, name, configs)
                  for name, configs in alter.items()]
             ))  # fmt: skip
-        return missing
+        return TopicsReport(
+            created=missing,
+            brokers=brokers,
+            replication_factor=factor,
+            min_insync_replicas=in_sync,
+            under_replicated={t: n for t, n in sorted(copies.items()) if n < factor},
+        )
     finally:
         await admin.close()
 
@@ -157,20 +194,33 @@ def main(argv: list[str]) -> int:
     ).parse_args(argv)
     settings = load_settings()
     try:
-        created = asyncio.run(ensure_topics(settings))
+        report = asyncio.run(ensure_topics(settings))
     except TopicMismatch as exc:
         print(f"engage topics: {exc}", file=sys.stderr)
         return 1
     except (KafkaError, KafkaAccessError, OSError) as exc:
         print(f"engage topics: {describe_error(exc, settings)}", file=sys.stderr)
         return 1
-    for name in created:
-        print(f"created {name} ({settings.partitions} partitions)")
+    for name in report.created:
+        print(
+            f"created {name} ({settings.partitions} partitions, replication factor "
+            f"{report.replication_factor}, min.insync.replicas {report.min_insync_replicas})"
+        )
     for name, ms in settings.retention_ms().items():
         print(f"retention of {name}: {ms / 86_400_000:g} days")
     print(
         f"changelogs {', '.join(settings.changelog_topics())}: an erased customer's state "
         f"leaves Kafka within {settings.erasure_max_days:g} days (ENGAGE_ERASURE_MAX_DAYS)"
     )
-    print(f"{len(settings.all_topics())} topics ready on {settings.bootstrap_servers}")
+    for name, n in report.under_replicated.items():
+        print(
+            f"warning: {name} has {n} cop{'y' if n == 1 else 'ies'} per partition, fewer than "
+            f"{report.replication_factor} (created on a smaller cluster; add replicas with "
+            "kafka-reassign-partitions)",
+            file=sys.stderr,
+        )
+    print(
+        f"{len(settings.all_topics())} topics ready on {settings.bootstrap_servers} "
+        f"({report.brokers} broker{'s' if report.brokers != 1 else ''})"
+    )
     return 0

@@ -32,13 +32,20 @@ def main(argv: list[str]) -> int:
         print(f"engage worker: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(ensure_topics(settings))
+        topics = asyncio.run(ensure_topics(settings))
     except TopicMismatch as exc:
         print(f"engage worker: {exc}", file=sys.stderr)
         return 1
     except (KafkaError, KafkaAccessError, OSError) as exc:
         print(f"engage worker: {describe_error(exc, settings)}", file=sys.stderr)
         return 1
+    # The replication the topics were created with also goes to the topics Faust creates.
+    settings = settings.model_copy(
+        update={
+            "replication_factor": topics.replication_factor,
+            "min_insync_replicas": topics.min_insync_replicas,
+        }
+    )
     engage = create_app(settings, rules)
     from faust import Worker
 

@@ -77,6 +77,8 @@ POLL_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 30.0
 # Another `up` holding the lock may be downloading jars or running apt.
 LOCK_TIMEOUT_S = 900.0
+#: Most Kafka nodes `devstack up --brokers N` starts on one machine.
+MAX_KAFKA_NODES = 9
 
 T = TypeVar("T")
 Report = Callable[[str], None]
@@ -118,6 +120,20 @@ class DevstackSettings(BaseSettings):
         description="A second Kafka listener, SASL_PLAINTEXT with the PLAIN mechanism; its "
         "credentials are generated into the devstack dir at set-up.",
     )
+    kafka_brokers: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_KAFKA_NODES,
+        description="Kafka nodes, each a KRaft broker and controller (3 gives a replicated "
+        "cluster with a 3-voter quorum). Unset: as many as the devstack dir was set up with, "
+        "else 1.",
+    )
+    kafka_node_port_step: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Node n of a cluster listens on the three Kafka ports plus (n-1) x this.",
+    )
     redis_port: Port = 6379
     prometheus_port: Port = 9090
     prometheus_targets: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -148,23 +164,47 @@ class DevstackSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> DevstackSettings:
-        ports = {
-            "ENGAGE_KAFKA_PORT": self.kafka_port,
-            "ENGAGE_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
-            "ENGAGE_KAFKA_SASL_PORT": self.kafka_sasl_port,
-            "ENGAGE_REDIS_PORT": self.redis_port,
-            "ENGAGE_PROMETHEUS_PORT": self.prometheus_port,
-        }
-        if len(set(ports.values())) != len(ports):
-            listed = ", ".join(f"{k}={v}" for k, v in ports.items())
-            raise ValueError(f"the ports must all differ, got {listed}")
+        check_ports(self, self.kafka_brokers or 1)
         return self
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int, int]:
+        """(plaintext, controller, SASL) ports of Kafka node `node` (1-based): node 1 has the
+        configured ports, every further node the same plus a multiple of the port step."""
+        shift = (node - 1) * self.kafka_node_port_step
+        return (
+            self.kafka_port + shift,
+            self.kafka_controller_port + shift,
+            self.kafka_sasl_port + shift,
+        )
 
     @property
     def root(self) -> Path:
         """The absolute devstack directory (relative values are taken from the repo root)."""
         path = self.devstack_dir.expanduser()
         return path if path.is_absolute() else REPO_ROOT / path
+
+
+def check_ports(settings: DevstackSettings, kafka_nodes: int) -> None:
+    """Raise ValueError unless every port of the stack (each Kafka node's three, Redis's,
+    Prometheus's) differs from the others and is a valid port."""
+    ports = {
+        "ENGAGE_REDIS_PORT": settings.redis_port,
+        "ENGAGE_PROMETHEUS_PORT": settings.prometheus_port,
+    }
+    names = ("ENGAGE_KAFKA_PORT", "ENGAGE_KAFKA_CONTROLLER_PORT", "ENGAGE_KAFKA_SASL_PORT")
+    for node in range(1, kafka_nodes + 1):
+        for name, port in zip(names, settings.kafka_node_ports(node), strict=True):
+            ports[name if node == 1 else f"{name} of node {node}"] = port
+    too_high = {k: v for k, v in ports.items() if v > 65535}
+    if too_high:
+        listed = ", ".join(f"{k}={v}" for k, v in too_high.items())
+        raise ValueError(
+            f"{kafka_nodes} Kafka nodes need ports above 65535 ({listed}); lower the ports or "
+            "ENGAGE_KAFKA_NODE_PORT_STEP"
+        )
+    if len(set(ports.values())) != len(ports):
+        listed = ", ".join(f"{k}={v}" for k, v in ports.items())
+        raise ValueError(f"the ports must all differ, got {listed}")
 
 
 def load_settings(**overrides: Any) -> DevstackSettings:
@@ -209,6 +249,11 @@ class Layout:
 
     def pid_file(self, service: str) -> Path:
         return self.run / f"{service}.pid"
+
+    @property
+    def kafka_nodes_file(self) -> Path:
+        """The node count of a Kafka cluster set up here (absent for the single node)."""
+        return self.conf / "kafka-nodes"
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +376,8 @@ def _try_flock(fd: int) -> bool:
 class Service:
     """One program of the stack: how to prepare, start, recognise and probe it."""
 
-    name: ClassVar[str]
+    #: The service's name in pid files, data dirs and `status` (a Kafka node's is its own).
+    name: str
     #: File name of the executable in argv[0] (so `ls .devstack/redis` is never "ours").
     program: ClassVar[str]
     #: Executables it needs -> the Debian package providing them.
@@ -450,7 +496,14 @@ class Service:
 
 
 class Kafka(Service):
-    """Apache Kafka, single-node KRaft (broker + controller in one JVM), from Maven jars."""
+    """Apache Kafka from Maven jars: one KRaft node (broker + controller in one JVM).
+
+    A single node (`nodes=1`, the default) is `kafka`: conf/server.properties, data in kafka/,
+    logs/kafka.log. Node n of a cluster of `nodes` is `kafka-n`: conf/server-n.properties,
+    data in kafka-n/, logs/kafka-n/kafka.log, its ports shifted by the port step; every node
+    is a voter of the controller quorum and the internal topics are replicated (3 copies,
+    2 in sync) when there are three nodes or more.
+    """
 
     name = "kafka"
     program = "java"
@@ -461,18 +514,30 @@ class Kafka(Service):
     SASL_MECHANISM: ClassVar[str] = "PLAIN"
     SASL_USER: ClassVar[str] = "engage"
 
+    def __init__(self, settings: DevstackSettings, *, node: int = 1, nodes: int = 1) -> None:
+        super().__init__(settings)
+        if not 1 <= node <= nodes:
+            raise ValueError(f"node {node} of {nodes}")
+        self.node = node
+        self.nodes = nodes
+        self.name = "kafka" if nodes == 1 else f"kafka-{node}"
+
+    @property
+    def clustered(self) -> bool:
+        """Part of a multi-node cluster (the single node keeps the original layout)."""
+        return self.nodes > 1
+
     @property
     def ports(self) -> tuple[int, ...]:
-        s = self.settings
-        return (s.kafka_port, s.kafka_controller_port, s.kafka_sasl_port)
+        return self.settings.kafka_node_ports(self.node)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.settings.kafka_port}"
+        return f"127.0.0.1:{self.ports[0]}"
 
     @property
     def sasl_address(self) -> str:
-        return f"127.0.0.1:{self.settings.kafka_sasl_port}"
+        return f"127.0.0.1:{self.ports[2]}"
 
     @property
     def sasl_secret_file(self) -> Path:
@@ -504,7 +569,18 @@ class Kafka(Service):
 
     @property
     def server_properties(self) -> Path:
+        if self.clustered:
+            return self.layout.conf / f"server-{self.node}.properties"
         return self.layout.conf / "server.properties"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where log4j writes this node's kafka.log (a directory per node in a cluster)."""
+        return self.layout.logs / self.name if self.clustered else self.layout.logs
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / "kafka.log"
 
     def identity(self) -> str:
         return str(self.server_properties)
@@ -512,8 +588,8 @@ class Kafka(Service):
     def port_token(self) -> str:
         # The plaintext and controller ports only: older devstacks recognise the broker by
         # this token, so it must not change when a listener is added (see config_token).
-        ports = f"{self.settings.kafka_port},{self.settings.kafka_controller_port}"
-        return f"-Dengage.devstack.ports={ports}"
+        port, cport, _ = self.ports
+        return f"-Dengage.devstack.ports={port},{cport}"
 
     def config_token(self) -> str:
         digest = hashlib.sha256(self.render_properties().encode()).hexdigest()[:16]
@@ -521,11 +597,31 @@ class Kafka(Service):
 
     @property
     def stdout_file(self) -> Path:
-        return self.layout.logs / "kafka.out"
+        return self.layout.logs / f"{self.name}.out"
+
+    def quorum_voters(self) -> str:
+        """`controller.quorum.voters`: every node of the cluster, id@host:controller-port."""
+        return ",".join(
+            f"{n}@127.0.0.1:{self.settings.kafka_node_ports(n)[1]}"
+            for n in range(1, self.nodes + 1)
+        )
+
+    def replication_properties(self) -> dict[str, str]:
+        """A cluster's durability defaults: internal topics (consumer offsets, transactions)
+        and topics created without an explicit factor get 3 copies (at most one per node),
+        and a write with acks=all needs 2 of them in sync."""
+        copies = str(min(3, self.nodes))
+        in_sync = str(2 if self.nodes >= 3 else 1)
+        return {
+            "offsets.topic.replication.factor": copies,
+            "transaction.state.log.replication.factor": copies,
+            "transaction.state.log.min.isr": in_sync,
+            "default.replication.factor": copies,
+            "min.insync.replicas": in_sync,
+        }
 
     def render_properties(self) -> str:
-        port, cport = self.settings.kafka_port, self.settings.kafka_controller_port
-        sport = self.settings.kafka_sasl_port
+        port, cport, sport = self.ports
         user, password = self.SASL_USER, self.sasl_password()
         jaas = (
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
@@ -533,8 +629,8 @@ class Kafka(Service):
         )
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+            "node.id": str(self.node),
+            "controller.quorum.voters": self.quorum_voters(),
             "listeners": (
                 f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},"
                 f"SASL_PLAINTEXT://127.0.0.1:{sport}"
@@ -551,7 +647,7 @@ class Kafka(Service):
             "sasl.enabled.mechanisms": self.SASL_MECHANISM,
             "listener.name.sasl_plaintext.sasl.enabled.mechanisms": self.SASL_MECHANISM,
             "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
-            "log.dirs": str(self.layout.data("kafka")),
+            "log.dirs": str(self.layout.data(self.name)),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "4",
@@ -562,6 +658,8 @@ class Kafka(Service):
             # The processor creates its topics with the right partition count itself.
             "auto.create.topics.enable": "false",
         }
+        if self.clustered:  # the single node's file stays as it was: no restart on upgrade
+            props.update(self.replication_properties())
         header = (
             "# Generated by `python -m stream devstack up`; "
             "edit stream/tools/devstack.py instead.\n"
@@ -573,7 +671,7 @@ class Kafka(Service):
         return [
             java,
             f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-            f"-Dkafka.logs.dir={self.layout.logs}",
+            f"-Dkafka.logs.dir={self.logs_dir}",
             "-cp",
             f"{self.layout.libs}/*",
         ]
@@ -594,13 +692,26 @@ class Kafka(Service):
             if path.exists():
                 path.chmod(0o600)
 
+    def cluster_id(self) -> str:
+        """The id to format this node's storage with: the one the cluster's other nodes were
+        formatted with (all nodes of a cluster must share it), or a new one."""
+        if self.clustered:
+            for n in range(1, self.nodes + 1):
+                meta = self.layout.data(f"kafka-{n}") / "meta.properties"
+                with contextlib.suppress(OSError):
+                    for line in meta.read_text().splitlines():
+                        if line.startswith("cluster.id="):
+                            return line.split("=", 1)[1].strip()
+        return _kafka_uuid()
+
     def prepare(self, report: Report) -> None:
         super().prepare(report)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        if (self.layout.data("kafka") / "meta.properties").exists():
+        if (self.layout.data(self.name) / "meta.properties").exists():
             return
         started = time.monotonic()
-        cluster_id = _kafka_uuid()
+        cluster_id = self.cluster_id()
         cmd = [
             *self._java(),
             "kafka.tools.StorageTool",
@@ -616,16 +727,17 @@ class Kafka(Service):
                 f"kafka: formatting the storage failed:\n{result.stdout}{result.stderr}"
             )
         report(
-            f"kafka       formatted {self.layout.data('kafka')} in "
+            f"{self.name:<11} formatted {self.layout.data(self.name)} in "
             f"{time.monotonic() - started:.1f}s (cluster id {cluster_id})"
         )
 
     def command(self) -> list[str]:
         java, *rest = self._java()
+        # Three JVMs share one machine in a cluster: a smaller heap each.
+        heap = ["-Xms128m", "-Xmx512m"] if self.clustered else ["-Xms256m", "-Xmx1g"]
         return [
             java,
-            "-Xms256m",
-            "-Xmx1g",
+            *heap,
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             self.port_token(),
@@ -636,10 +748,12 @@ class Kafka(Service):
         ]
 
     def probe(self) -> bool:
-        if not _port_open(self.settings.kafka_port):
+        """Ready once the cluster's metadata, asked of this node, lists this node as a broker
+        (for a cluster: the quorum has formed and the node has registered)."""
+        if not _port_open(self.ports[0]):
             return False
         try:
-            return _run_coroutine(lambda: _kafka_broker_count(self.address)) > 0
+            return self.node in _run_coroutine(lambda: _kafka_broker_ids(self.address))
         except Exception:
             return False
 
@@ -660,8 +774,8 @@ class _Quiet(logging.Filter):
         return False
 
 
-async def _kafka_broker_count(bootstrap: str) -> int:
-    """A real metadata request: how many brokers the cluster reports (0 if none yet)."""
+async def _kafka_broker_ids(bootstrap: str) -> set[int]:
+    """A real metadata request: the node ids of the brokers the cluster reports."""
     from aiokafka.client import AIOKafkaClient
 
     quiet = _Quiet()
@@ -676,7 +790,7 @@ async def _kafka_broker_count(bootstrap: str) -> int:
     )
     try:
         await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT_S)
-        return len(client.cluster.brokers())
+        return {broker.nodeId for broker in client.cluster.brokers()}
     finally:
         with contextlib.suppress(Exception):
             await client.close()
@@ -845,15 +959,102 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
 }
 
 
-def _select(names: Iterable[str], settings: DevstackSettings) -> list[Service]:
-    """Service objects in start order (kafka, redis, prometheus), whatever order was asked."""
+def recorded_kafka_nodes(layout: Layout) -> int | None:
+    """The node count a devstack dir's Kafka cluster was set up with (`up --brokers N`, N > 1),
+    or None for the single node. Kept until `down --only kafka --wipe`."""
+    try:
+        return int(layout.kafka_nodes_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def kafka_node_count(settings: DevstackSettings) -> int:
+    """How many Kafka nodes this devstack runs: ENGAGE_KAFKA_BROKERS / `--brokers`, else what
+    the dir was set up with, else 1."""
+    return settings.kafka_brokers or recorded_kafka_nodes(Layout(settings.root)) or 1
+
+
+def kafka_nodes(settings: DevstackSettings, nodes: int | None = None) -> list[Kafka]:
+    """The Kafka node services of a cluster of `nodes` (default: `kafka_node_count`)."""
+    count = nodes or kafka_node_count(settings)
+    try:
+        check_ports(settings, count)
+    except ValueError as exc:
+        raise ConfigError(f"invalid devstack configuration: {exc}") from None
+    return [Kafka(settings, node=n, nodes=count) for n in range(1, count + 1)]
+
+
+def _other_kafka_nodes(settings: DevstackSettings, nodes: int) -> list[Kafka]:
+    """Nodes of this dir that belong to another cluster size than `nodes` and are running (a
+    single node while a cluster is asked for, or the reverse): `down` stops them too."""
+    layout = Layout(settings.root)
+    others: list[Kafka] = []
+    if nodes > 1 and (layout.conf / "server.properties").exists():
+        others.append(Kafka(settings))
+    indexes = sorted(
+        int(m.group(1))
+        for path in layout.conf.glob("server-*.properties")
+        if (m := re.fullmatch(r"server-(\d+)\.properties", path.name))
+    )
+    others += [
+        Kafka(settings, node=n, nodes=indexes[-1])
+        for n in indexes
+        if (nodes == 1 or n > nodes) and n <= MAX_KAFKA_NODES
+    ]
+    return [node for node in others if node.running_pid() is not None]
+
+
+def _select(
+    names: Iterable[str], settings: DevstackSettings, *, with_others: bool = False
+) -> list[Service]:
+    """Service objects in start order (kafka nodes, redis, prometheus), whatever order was
+    asked. `kafka` stands for every node; `with_others` adds running nodes of another cluster
+    size (for `down` and `status`)."""
     wanted = set(names)
     unknown = wanted - set(SERVICES)
     if unknown:
         raise DevstackError(
             f"unknown service(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVICES)}"
         )
-    return [SERVICE_CLASSES[name](settings) for name in SERVICES if name in wanted]
+    out: list[Service] = []
+    for name in SERVICES:
+        if name not in wanted:
+            continue
+        if name == "kafka":
+            nodes = kafka_nodes(settings)
+            out.extend(nodes)
+            if with_others:
+                out.extend(_other_kafka_nodes(settings, len(nodes)))
+        else:
+            out.append(SERVICE_CLASSES[name](settings))
+    return out
+
+
+def _check_kafka_shape(settings: DevstackSettings, selected: list[Service]) -> None:
+    """Before `up`: refuse a cluster size other than the one the dir's cluster data was made
+    for, and a node of another size still running; record the size of a new cluster."""
+    nodes = [s for s in selected if isinstance(s, Kafka)]
+    if not nodes:
+        return
+    count = nodes[0].nodes
+    layout = Layout(settings.root)
+    recorded = recorded_kafka_nodes(layout)
+    if count > 1 and recorded is not None and recorded != count:
+        raise ConfigError(
+            f"{settings.root} holds the data of a {recorded}-node Kafka cluster; use "
+            f"--brokers {recorded}, or run `python -m stream devstack down --only kafka --wipe` "
+            f"first to start a {count}-node one"
+        )
+    running = _other_kafka_nodes(settings, count)
+    if running:
+        listed = ", ".join(f"{n.name} (pid {n.running_pid()})" for n in running)
+        raise DevstackError(
+            f"Kafka from {settings.root} runs with another number of nodes ({listed}); run "
+            "`python -m stream devstack down --only kafka` first"
+        )
+    if count > 1 and recorded is None:
+        _private_dir(layout.conf)
+        _write_atomic(layout.kafka_nodes_file, f"{count}\n", mode=0o600)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1075,6 +1276,7 @@ def ensure_up(
         return {}
     total = time.monotonic()
     with _lock(Layout(settings.root)):
+        _check_kafka_shape(settings, selected)
         running: dict[str, int] = {}
         for service in selected:
             pid = service.running_pid()
@@ -1107,10 +1309,19 @@ def ensure_up(
             running[service.name] = service.spawn()
         _wait_ready(selected, running, started_at, settings.devstack_timeout_s, say)
     say(f"stack ready in {time.monotonic() - total:.1f}s")
-    out = {service.name: service.address for service in selected}
-    for service in selected:
-        if isinstance(service, Kafka):
-            out.update(service.client_info())
+    return addresses(selected)
+
+
+def addresses(selected: Sequence[Service]) -> dict[str, str]:
+    """What clients need: each service's address; for Kafka the bootstrap list of all nodes
+    (`kafka`, `kafka_sasl`), the SASL credentials and the number of brokers."""
+    out = {s.name: s.address for s in selected if not isinstance(s, Kafka)}
+    nodes = [s for s in selected if isinstance(s, Kafka)]
+    if nodes:
+        out["kafka"] = ",".join(node.address for node in nodes)
+        out.update(nodes[0].client_info())
+        out["kafka_sasl"] = ",".join(node.sasl_address for node in nodes)
+        out["kafka_brokers"] = str(len(nodes))
     return out
 
 
@@ -1156,28 +1367,39 @@ def _wait_ready(
 def _stop_pid(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     """SIGTERM the process group (Kafka's JVM, any helper children), wait with a deadline,
     then SIGKILL. True if it needed SIGKILL."""
+    return _stop_pids([pid], timeout_s)[pid]
 
-    def send(sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            # Our services lead their own session; never signal a group we did not create.
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
 
-    def gone() -> bool:
-        child = _CHILDREN.get(pid)
-        if child is not None:
-            return child.poll() is not None
-        return _cmdline(pid) is None
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal a service's process group (or only the process if it leads none)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        # Our services lead their own session; never signal a group we did not create.
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
 
-    send(signal.SIGTERM)
-    killed = False
-    if not _wait_until(gone, timeout_s):
-        send(signal.SIGKILL)
-        killed = True
-        _wait_until(gone, 10.0)
-    _CHILDREN.pop(pid, None)
+
+def _gone(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        return child.poll() is not None
+    return _cmdline(pid) is None
+
+
+def _stop_pids(pids: Sequence[int], timeout_s: float = STOP_TIMEOUT_S) -> dict[int, bool]:
+    """`_stop_pid` for several processes at once (a cluster's nodes): SIGTERM all, wait for
+    all with one deadline, SIGKILL those left. Maps each pid to whether it needed SIGKILL."""
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    _wait_until(lambda: all(_gone(pid) for pid in pids), timeout_s)
+    killed = {pid: not _gone(pid) for pid in pids}
+    for pid in pids:
+        if killed[pid]:
+            _signal_group(pid, signal.SIGKILL)
+    _wait_until(lambda: all(_gone(pid) for pid in pids), 10.0)
+    for pid in pids:
+        _CHILDREN.pop(pid, None)
     return killed
 
 
@@ -1192,24 +1414,39 @@ def stop(
     with `wipe`, also delete their data, logs and generated config (the jars stay)."""
     settings = settings or load_settings()
     say = report or _null_report
-    selected = _select(services, settings)
+    wanted = set(services)
+    selected = _select(wanted, settings, with_others=True)
     layout = Layout(settings.root)
     with _lock(layout):
-        for service in reversed(selected):
-            pid = service.running_pid()
-            if pid is None:
-                say(f"{service.name:<11} not running")
-            else:
-                started = time.monotonic()
-                killed = _stop_pid(pid)
-                how = "killed after SIGTERM timed out" if killed else "stopped"
-                say(f"{service.name:<11} {how} in {time.monotonic() - started:.1f}s (pid {pid})")
-            service.layout.pid_file(service.name).unlink(missing_ok=True)
-            if wipe:
-                shutil.rmtree(layout.data(service.name), ignore_errors=True)
+        # The Kafka nodes of a cluster stop together: stopped one by one, the last ones would
+        # wait for a controller quorum that is already gone.
+        groups: list[list[Service]] = [[s for s in selected if isinstance(s, Kafka)]]
+        groups += [[s] for s in selected if not isinstance(s, Kafka)]
+        for group in reversed([g for g in groups if g]):
+            pids = {service.name: service.running_pid() for service in group}
+            started = time.monotonic()
+            killed = _stop_pids([pid for pid in pids.values() if pid is not None])
+            for service in group:
+                pid = pids[service.name]
+                if pid is None:
+                    say(f"{service.name:<11} not running")
+                else:
+                    how = "killed after SIGTERM timed out" if killed[pid] else "stopped"
+                    took = time.monotonic() - started
+                    say(f"{service.name:<11} {how} in {took:.1f}s (pid {pid})")
+                service.layout.pid_file(service.name).unlink(missing_ok=True)
+                if wipe:
+                    shutil.rmtree(layout.data(service.name), ignore_errors=True)
+                    if isinstance(service, Kafka) and service.clustered:
+                        shutil.rmtree(service.logs_dir, ignore_errors=True)
         if wipe:
             names = [service.name for service in selected]
-            if set(names) == set(SERVICES):
+            if "kafka" in wanted:
+                # Every node's data, also of nodes not running (another cluster size).
+                for path in layout.root.glob("kafka-[0-9]*"):
+                    shutil.rmtree(path, ignore_errors=True)
+                layout.kafka_nodes_file.unlink(missing_ok=True)
+            if wanted == set(SERVICES):
                 for path in (layout.logs, layout.conf, layout.run):
                     shutil.rmtree(path, ignore_errors=True)
             say(f"wiped the data of {', '.join(names)} in {layout.root} (jars kept)")
@@ -1221,7 +1458,7 @@ def status(
     """Each service's pid (if this devstack's instance runs) and whether it answers now."""
     settings = settings or load_settings()
     states: dict[str, ServiceState] = {}
-    for service in _select(services, settings):
+    for service in _select(services, settings, with_others=True):
         pid = service.running_pid()
         ready = pid is not None and service.probe()
         states[service.name] = ServiceState(service.name, service.address, pid, ready)
@@ -1248,7 +1485,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="engage devstack",
         description="Kafka (KRaft), Redis and Prometheus as local processes, no Docker needed. "
         "Settings: ENGAGE_DEVSTACK_DIR, ENGAGE_KAFKA_PORT, ENGAGE_KAFKA_CONTROLLER_PORT, "
-        "ENGAGE_KAFKA_SASL_PORT, "
+        "ENGAGE_KAFKA_SASL_PORT, ENGAGE_KAFKA_BROKERS, ENGAGE_KAFKA_NODE_PORT_STEP, "
         "ENGAGE_REDIS_PORT, ENGAGE_PROMETHEUS_PORT, ENGAGE_PROMETHEUS_TARGETS, "
         "ENGAGE_DEVSTACK_TIMEOUT_S.",
     )
@@ -1261,6 +1498,11 @@ def _parser() -> argparse.ArgumentParser:
     }
     up = sub.add_parser("up", help="install what is missing, start what is not running")
     up.add_argument("--only", **only)
+    up.add_argument(
+        "--brokers", type=int, default=None, metavar="N",
+        help=f"Kafka nodes, 1-{MAX_KAFKA_NODES} (ENGAGE_KAFKA_BROKERS; default: as the dir "
+        "was set up, else 1); 3 gives a replicated cluster",
+    )  # fmt: skip
     down = sub.add_parser("down", help="stop the services (data is kept)")
     down.add_argument("--only", **only)
     down.add_argument("--wipe", action="store_true", help="also delete data, logs and config")
@@ -1284,7 +1526,8 @@ def main(argv: list[str]) -> int:
         print(line, flush=True)
 
     try:
-        settings = load_settings()
+        brokers = getattr(args, "brokers", None)
+        settings = load_settings(**({} if brokers is None else {"kafka_brokers": brokers}))
         if args.action == "up":
             ensure_up(args.only, settings=settings, report=say)
             return 0

@@ -63,7 +63,7 @@ async def forget(
     if wait:
         receipts_consumer, _ = await _receipt_positions(settings)
     sent = [request(cid, datetime.now(UTC)) for cid in customer_ids]
-    p = producer(settings, acks="all", enable_idempotence=True)
+    p = producer(settings)
     try:
         await p.start()
         for body in sent:
