@@ -35,7 +35,7 @@ STAMP := $(VENV)/.stamp
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
 
-.PHONY: venv bench-venv stack tools status test demo bench bench-startup bench-backtest chaos down lint clean
+.PHONY: venv bench-venv stack tools status test demo bench bench-startup bench-backtest chaos chaos-cluster down lint clean
 
 venv: $(STAMP)
 
@@ -92,6 +92,11 @@ bench-backtest: venv
 CHAOS_ARGS ?=
 chaos: venv stack
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+# Broker failover (g, h, i) on a private three-broker cluster (/tmp/chaos-cluster, ports 49092+),
+# started and stopped by the run itself; the shared single broker is not used.
+chaos-cluster: venv
+	$(PY) bench/chaos.py --brokers 3 --only g,h,i $(CHAOS_ARGS)
 
 down: venv
 	$(PY) -m stream devstack down

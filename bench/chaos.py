@@ -17,7 +17,18 @@ kind of fault and compares the outcome with what must hold:
   f  hostile messages of every kind among valid ones: each in the DLQ with its exact reason and
      its bytes unchanged, every valid event folded, the worker never restarts
 
-    .venv/bin/python bench/chaos.py [--only a,b,...] [--events N] [--hostile N]
+With `--brokers 3` everything runs on a private three-broker cluster (topics with 3 replicas,
+min.insync.replicas 2, producers acks=all and idempotent; /tmp/chaos-cluster, ports 49092+),
+and three more experiments fault the cluster itself:
+
+  g  kill -9 the broker leading the busiest input partition under load
+  h  a rolling restart of every broker (controlled shutdown, start, replicas in sync) under load
+  i  a second worker joins; during the rebalance the group coordinator's broker is killed -9
+
+each compared with a clean run like a and b, with the longest pause of the workers' progress
+(the time to resume). PASS means nothing lost and no decision under a new id.
+
+    .venv/bin/python bench/chaos.py [--only a,b,...] [--events N] [--hostile N] [--brokers 3]
 
 Prints each experiment's figures and a PASS/FAIL verdict with the numbers, then a summary
 table; exits 1 when an experiment fails. Worker logs stay in the printed directory.
@@ -118,6 +129,11 @@ class ChaosWorker(Worker):
 
     root: Path = ROOT
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The harness's environment, the broker list in Faust's form (`;` between brokers)."""
+        return {**super().env, "ENGAGE_BROKER": "kafka://" + self.bootstrap.replace(",", ";")}
+
     def spawn(self) -> None:
         """Start the process without waiting for it to be ready."""
         log = self.log_path.open("ab")
@@ -148,6 +164,7 @@ class Lab:
     timeout: float = 600.0
     worker_root: Path = ROOT
     worker_env: dict[str, str] = field(default_factory=dict)  # e.g. {"ENGAGE_DRAIN": "lean"}
+    cluster: Cluster | None = None  # --brokers N > 1: the private cluster g, h and i fault
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="engage-chaos-")))
     _lines: list[bytes] | None = None
     _clean: dict[str, Any] | None = None
@@ -232,7 +249,7 @@ def ensure_topics(lab: Lab, namespace: str, bootstrap: str | None = None) -> Non
     from stream.settings import Settings
 
     settings = Settings(
-        broker=f"kafka://{bootstrap or lab.bootstrap}",
+        broker="kafka://" + (bootstrap or lab.bootstrap).replace(",", ";"),
         app_id=namespace,  # every experiment's app id is its namespace
         topic_namespace=namespace,
         partitions=lab.partitions,
@@ -1110,6 +1127,416 @@ def _log_count(worker: Worker, pattern: str) -> int:
     return len(re.findall(pattern, text))
 
 
+# --- g, h, i: a replicated cluster (--brokers 3) ---------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """The private Kafka cluster of `--brokers N` (never the shared stack): its nodes, and
+    what the failover experiments do to them."""
+
+    settings: Any  # stream.tools.devstack.DevstackSettings
+
+    def nodes(self) -> list[Any]:
+        from stream.tools.devstack import kafka_nodes
+
+        return kafka_nodes(self.settings)
+
+    def node(self, node_id: int) -> Any:
+        return self.nodes()[node_id - 1]
+
+    def up(self) -> dict[str, str]:
+        """Start whatever node is not running; returns once every node answers."""
+        from stream.tools.devstack import ensure_up
+
+        return ensure_up(("kafka",), settings=self.settings)
+
+    def stop_node(self, node_id: int, *, kill: bool) -> None:
+        from stream.tools.devstack import stop_node
+
+        stop_node(self.node(node_id), kill=kill)
+
+    def down(self) -> None:
+        from stream.tools.devstack import stop
+
+        stop(("kafka",), wipe=True, settings=self.settings, report=print)
+
+
+CLUSTER_DIR = Path("/tmp/chaos-cluster")
+#: Ports of the private cluster: node n on these plus (n - 1) x 100 (49092, 49192, 49292, ...).
+CLUSTER_PORTS = {"kafka_port": 49092, "kafka_controller_port": 49093, "kafka_sasl_port": 49094}
+
+
+def start_cluster(brokers: int) -> Cluster:
+    """A private cluster of `brokers` KRaft nodes in CLUSTER_DIR, with the shared stack's jars
+    (a symlink, read only) when they are current."""
+    from stream.tools import devstack
+
+    shared = devstack.Layout(devstack.load_settings().root)
+    CLUSTER_DIR.mkdir(parents=True, exist_ok=True)
+    libs = CLUSTER_DIR / "libs"
+    if not libs.exists() and devstack.jars_current(shared):
+        libs.symlink_to(shared.libs)
+    settings = devstack.load_settings(
+        devstack_dir=CLUSTER_DIR, kafka_brokers=brokers, devstack_timeout_s=180, **CLUSTER_PORTS
+    )
+    cluster = Cluster(settings)
+    started = time.monotonic()
+    cluster.up()
+    print(f"cluster: {brokers} brokers up in {time.monotonic() - started:.1f} s in {CLUSTER_DIR}")
+    return cluster
+
+
+async def _partition_map(bootstrap: str, topics: list[str]) -> dict[TopicPartition, dict]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {
+        TopicPartition(t["topic"], p["partition"]): p
+        for t in described
+        for p in t["partitions"]
+        if t.get("error_code", 0) == 0
+    }
+
+
+def partition_map(bootstrap: str, topics: list[str]) -> dict[TopicPartition, dict]:
+    """Each partition's leader, replicas and in-sync replicas, as the cluster reports them."""
+    return asyncio.run(_partition_map(bootstrap, topics))
+
+
+def under_replicated(bootstrap: str, topics: list[str]) -> int:
+    """Partitions of `topics` with fewer in-sync replicas than replicas (-1: not known now)."""
+    try:
+        parts = partition_map(bootstrap, topics)
+    except Exception:  # a node is starting: the metadata answer may fail for a moment
+        return -1
+    return sum(1 for p in parts.values() if len(p["isr"]) < len(p["replicas"]))
+
+
+def _wait_in_sync(lab: Lab, topics: list[str], timeout: float) -> float | None:
+    """Seconds until every partition of `topics` has all its replicas in sync (None: never)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if under_replicated(lab.bootstrap, topics) == 0:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
+class Feeder(threading.Thread):
+    """Produces `records` at about `rate` per second with one durable producer (acks=all,
+    idempotent) that rides out leader changes; a slice whose sends fail is sent again with a
+    new producer (a duplicate input event is dropped by the worker by its event_id). Records
+    the longest time without an acknowledgement."""
+
+    def __init__(self, bootstrap: str, records: list[Any], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.records, self.rate = bootstrap, records, rate
+        self.head = 0  # records produced before the feeder started (see _feed)
+        self.acked = 0
+        self.resent = 0
+        self.longest_gap = 0.0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception as exc:  # reported as a figure, the experiment fails on the count
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=2 * 1024 * 1024,
+            linger_ms=10,
+        )
+
+    async def _run(self) -> None:
+        producer = self._producer()
+        await producer.start()
+        step = max(1, int(self.rate / 2))
+        started = last_ack = time.monotonic()
+        try:
+            for i in range(0, len(self.records), step):
+                pending = self.records[i : i + step]
+                while pending:
+                    futures = [await producer.send(t, value=v, key=k) for t, k, v in pending]
+                    results = await asyncio.gather(*futures, return_exceptions=True)
+                    failed = [
+                        rec
+                        for rec, res in zip(pending, results, strict=True)
+                        if isinstance(res, BaseException)
+                    ]
+                    now = time.monotonic()
+                    if len(failed) < len(pending):
+                        self.longest_gap = max(self.longest_gap, now - last_ack)
+                        last_ack = now
+                    self.acked += len(pending) - len(failed)
+                    if failed:  # a fresh producer id: the old one's sequence may be broken
+                        self.resent += len(failed)
+                        await producer.stop()
+                        producer = self._producer()
+                        await producer.start()
+                    pending = failed
+                ahead = started + (i + step) / self.rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # pacing the load, not waiting for a condition
+        finally:
+            await producer.stop()
+
+
+class Progress(threading.Thread):
+    """Samples the workers' consumed counts every 0.2 s while `feeding()` holds: the longest
+    time their total did not grow while input was arriving (the time to resume after a fault)."""
+
+    def __init__(self, workers: list[ChaosWorker], feeding: Callable[[], bool]) -> None:
+        super().__init__(daemon=True)
+        self.workers, self.feeding = workers, feeding
+        self.longest_pause = 0.0
+        self.paused_at: float | None = None  # monotonic start of the longest pause
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        best, since = 0.0, time.monotonic()
+        while not self._stop.is_set():
+            total = sum(consumed(w) for w in self.workers)
+            now = time.monotonic()
+            if total > best:
+                best, since = total, now
+            elif self.feeding() and now - since > self.longest_pause:
+                self.longest_pause, self.paused_at = now - since, since
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+
+def _needs_cluster(lab: Lab, out: Outcome) -> bool:
+    if lab.cluster is None or len(lab.cluster.nodes()) < 3:
+        out.failures.append("needs a cluster of three brokers: run with --brokers 3")
+        out.finish()
+        return False
+    return True
+
+
+def _cluster_run(lab: Lab, prefix: str) -> tuple[str, list[Any], list[str]]:
+    """A fresh namespace on the cluster: (namespace = app id, routed records, input topics)."""
+    namespace = unique(prefix)
+    ensure_topics(lab, namespace)
+    inputs = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    return namespace, list(routed(namespace, lab.lines())), inputs
+
+
+def _feed(lab: Lab, records: list[Any], seconds: float) -> Feeder:
+    """A tenth of the records now, the rest paced over about `seconds` by a Feeder."""
+    head = len(records) // 10
+    produce(lab.bootstrap, records[:head])
+    feeder = Feeder(lab.bootstrap, records[head:], max(50.0, (len(records) - head) / seconds))
+    feeder.head = head
+    return feeder
+
+
+def _finish_cluster_run(
+    out: Outcome,
+    lab: Lab,
+    clean: dict[str, Any],
+    namespace: str,
+    workers: list[ChaosWorker],
+    feeder: Feeder,
+    progress: Progress,
+    fault_at: float,
+) -> None:
+    """Wait for the input and the workers, then the figures and the verdict of g, h and i."""
+    feeder.join(timeout=lab.timeout)
+    progress.stop()
+    took = wait_settled(
+        lab, namespace, namespace, alive=lambda: any(w.alive() for w in workers),
+        timeout=lab.timeout,
+    )  # fmt: skip
+    acked, total = feeder.acked + feeder.head, len(lab.lines())
+    out.figures["input acknowledged by Kafka"] = f"{acked:,} of {total:,}"
+    out.figures["producer re-sends (failed slices)"] = feeder.resent
+    out.figures["longest producer pause without acks s"] = feeder.longest_gap
+    out.figures["longest pause of the workers' progress s"] = progress.longest_pause
+    if progress.paused_at is not None:
+        out.figures["that pause began, s after the fault"] = progress.paused_at - fault_at
+    out.figures["seconds to settle"] = "did not settle" if took is None else took
+    out.figures["worker restarts"] = sum(1 for w in workers if not w.alive())
+    out.check(feeder.error is None, f"the producer failed: {feeder.error}")
+    out.check(acked == total, f"only {acked:,} of {total:,} input events acknowledged")
+    out.check(took is not None, f"input not all processed within {lab.timeout:.0f} s")
+    out.check(all(w.alive() for w in workers), "a worker exited")
+    judge_run(out, clean, lab, namespace, namespace)
+
+
+def experiment_g(lab: Lab) -> Outcome:
+    """kill -9 the leader of the busiest input partition while a worker processes under load."""
+    out = Outcome("g", "cluster: kill -9 the leader of the busiest input partition under load")
+    if not _needs_cluster(lab, out):
+        return out
+    assert lab.cluster is not None
+    clean = clean_run(lab)
+    namespace, records, inputs = _cluster_run(lab, "chaos-g")
+    feeder = _feed(lab, records, 40.0)
+    worker = lab.worker(namespace, namespace)
+    killed: int | None = None
+    try:
+        worker.start(timeout=300)
+        progress = Progress([worker], feeder.is_alive)
+        feeder.start()
+        progress.start()
+        wait_for(lambda: consumed(worker) >= 0.3 * len(records), timeout=lab.timeout,
+                 interval=0.1, what="30 % of the input")  # fmt: skip
+        ends, _ = offsets(lab.bootstrap, None, inputs)
+        busiest = max(ends, key=lambda tp: ends[tp])
+        before = partition_map(lab.bootstrap, inputs)
+        killed = before[busiest]["leader"]
+        led = sum(1 for p in before.values() if p["leader"] == killed)
+        lab.cluster.stop_node(killed, kill=True)
+        fault_at = time.monotonic()
+        out.figures["busiest input partition"] = f"{busiest.topic}[{busiest.partition}]"
+        out.figures["broker killed (its leader)"] = killed
+        out.figures["input partitions it led"] = led
+
+        def moved() -> bool:
+            try:
+                now = partition_map(lab.bootstrap, [busiest.topic])
+            except Exception:
+                return False
+            return now[busiest]["leader"] not in (killed, -1)
+
+        wait_for(moved, timeout=120, interval=0.25, what="a new leader")
+        out.figures["new leader elected after s"] = time.monotonic() - fault_at
+        after = partition_map(lab.bootstrap, [busiest.topic])[busiest]
+        out.figures["new leader, in-sync replicas"] = f"{after['leader']}, {sorted(after['isr'])}"
+        # The broker stays down while the rest of the input arrives, then comes back.
+        feeder.join(timeout=lab.timeout)
+        back = time.monotonic()
+        lab.cluster.up()
+        out.figures["killed broker restarted in s"] = time.monotonic() - back
+        synced = _wait_in_sync(lab, [*inputs, f"{namespace}-customers-changelog"], 300)
+        out.figures["replicas in sync again after s"] = "never" if synced is None else synced
+        killed = None
+        _finish_cluster_run(out, lab, clean, namespace, [worker], feeder, progress, fault_at)
+    finally:
+        worker.stop()
+        if killed is not None:
+            lab.cluster.up()
+    return out.finish()
+
+
+def experiment_h(lab: Lab) -> Outcome:
+    """A rolling restart of every broker (SIGTERM, start, wait until in sync) under load."""
+    out = Outcome("h", "cluster: rolling restart of all brokers under load")
+    if not _needs_cluster(lab, out):
+        return out
+    assert lab.cluster is not None
+    clean = clean_run(lab)
+    namespace, records, inputs = _cluster_run(lab, "chaos-h")
+    watched = [*inputs, f"{namespace}-customers-changelog", f"{namespace}.nudge-decisions"]
+    nodes = len(lab.cluster.nodes())
+    feeder = _feed(lab, records, 30.0 * nodes)
+    worker = lab.worker(namespace, namespace)
+    try:
+        worker.start(timeout=300)
+        progress = Progress([worker], feeder.is_alive)
+        feeder.start()
+        progress.start()
+        wait_for(lambda: consumed(worker) >= 0.15 * len(records), timeout=lab.timeout,
+                 interval=0.1, what="15 % of the input")  # fmt: skip
+        fault_at = time.monotonic()
+        steps: list[str] = []
+        for node in range(1, nodes + 1):
+            t0 = time.monotonic()
+            lab.cluster.stop_node(node, kill=False)
+            stopped = time.monotonic() - t0
+            lab.cluster.up()
+            started = time.monotonic() - t0 - stopped
+            synced = _wait_in_sync(lab, watched, 300)
+            steps.append(
+                f"{node}: stop {stopped:.1f} s, start {started:.1f} s, in sync "
+                + ("never" if synced is None else f"{synced:.1f} s")
+            )
+            out.check(synced is not None, f"broker {node}'s replicas never caught up")
+        out.figures["roll (per broker)"] = steps
+        out.figures["whole roll s"] = time.monotonic() - fault_at
+        out.figures["feeder still producing after the roll"] = feeder.is_alive()
+        _finish_cluster_run(out, lab, clean, namespace, [worker], feeder, progress, fault_at)
+    finally:
+        worker.stop()
+        lab.cluster.up()
+    return out.finish()
+
+
+def _coordinator(bootstrap: str, group: str) -> int:
+    async def find() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return int(await admin.find_coordinator(group))
+        finally:
+            await admin.close()
+
+    return asyncio.run(find())
+
+
+def experiment_i(lab: Lab) -> Outcome:
+    """A second worker joins under load; while the group rebalances, its coordinator's broker
+    is killed with SIGKILL."""
+    out = Outcome("i", "cluster: the group coordinator's broker killed during a rebalance")
+    if not _needs_cluster(lab, out):
+        return out
+    assert lab.cluster is not None
+    clean = clean_run(lab)
+    namespace, records, _inputs = _cluster_run(lab, "chaos-i")
+    feeder = _feed(lab, records, 50.0)
+    first = lab.worker(namespace, namespace)
+    second = lab.worker(namespace, namespace)
+    workers = [first, second]
+    killed: int | None = None
+    try:
+        first.start(timeout=300)
+        progress = Progress(workers, feeder.is_alive)
+        feeder.start()
+        progress.start()
+        wait_for(lambda: consumed(first) >= 0.25 * len(records), timeout=lab.timeout,
+                 interval=0.1, what="a quarter of the input")  # fmt: skip
+        killed = _coordinator(lab.bootstrap, namespace)
+        second.spawn()
+        joined = time.monotonic()
+        # The rebalance has begun once the first worker gives up its assignment (/readyz 503);
+        # should the poll miss it, the second worker's readiness says the rebalance is over.
+        wait_for(lambda: not first.ready() or second.ready(), timeout=120, interval=0.05,
+                 what="the rebalance")  # fmt: skip
+        out.figures["rebalance in progress at the kill"] = not second.ready()
+        out.figures["kill, s after the second worker started"] = time.monotonic() - joined
+        lab.cluster.stop_node(killed, kill=True)
+        fault_at = time.monotonic()
+        out.figures["broker killed (the group's coordinator)"] = killed
+        wait_for(lambda: first.ready() and second.ready(), timeout=300, interval=0.2,
+                 what="both workers ready")  # fmt: skip
+        out.figures["both workers ready, s after the kill"] = time.monotonic() - fault_at
+        out.figures["new coordinator"] = _coordinator(lab.bootstrap, namespace)
+        feeder.join(timeout=lab.timeout)
+        back = time.monotonic()
+        lab.cluster.up()
+        out.figures["killed broker restarted in s"] = time.monotonic() - back
+        killed = None
+        _finish_cluster_run(out, lab, clean, namespace, workers, feeder, progress, fault_at)
+    finally:
+        for w in workers:
+            w.stop()
+        if killed is not None:
+            lab.cluster.up()
+    return out.finish()
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 EXPERIMENTS: dict[str, Callable[[Lab], Outcome]] = {
@@ -1119,6 +1546,9 @@ EXPERIMENTS: dict[str, Callable[[Lab], Outcome]] = {
     "d": experiment_d,
     "e": experiment_e,
     "f": experiment_f,
+    "g": experiment_g,
+    "h": experiment_h,
+    "i": experiment_i,
 }
 
 
@@ -1148,6 +1578,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="per wait, seconds")
     parser.add_argument("--bootstrap", help="an existing broker; default: the local stack")
     parser.add_argument(
+        "--brokers", type=int, default=1,
+        help="run on a private cluster of this many brokers (g, h, i need 3); stopped at the end",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-cluster", action="store_true", help="leave the private cluster running"
+    )
+    parser.add_argument(
         "--worker-root",
         type=Path,
         default=ROOT,
@@ -1160,7 +1597,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(EXPERIMENTS))
     if unknown:
         parser.error(f"unknown experiments {unknown}; choose from {sorted(EXPERIMENTS)}")
-    if args.bootstrap:
+    cluster = None
+    if args.brokers > 1:
+        cluster = start_cluster(args.brokers)
+        bootstrap = cluster.up()["kafka"]
+    elif args.bootstrap:
         bootstrap = args.bootstrap
     else:
         from stream.tools.devstack import ensure_up
@@ -1179,6 +1620,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         worker_root=args.worker_root.resolve(),
         worker_env={"ENGAGE_DRAIN": args.drain},
+        cluster=cluster,
     )
     print(f"chaos: {', '.join(chosen)} on {bootstrap}, {lab.partitions} partitions, "
           f"{lab.events:,} persona events, mode {lab.mode}, drain {args.drain}, "
@@ -1198,6 +1640,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome.print()
         outcomes.append(outcome)
     print("\n" + summary(outcomes))
+    if cluster is not None and not args.keep_cluster:
+        cluster.down()
     return 0 if all(o.passed for o in outcomes) else 1
 
 

@@ -1452,6 +1452,24 @@ def stop(
             say(f"wiped the data of {', '.join(names)} in {layout.root} (jars kept)")
 
 
+def stop_node(service: Service, *, kill: bool = False) -> int | None:
+    """Stop one process of the stack, e.g. one node of a Kafka cluster in a failover
+    experiment: SIGTERM (a Kafka node's controlled shutdown, leaders moved first) or, with
+    `kill`, SIGKILL (no shutdown code runs, as in a crash). Returns the pid stopped, or None
+    when it was not running; `ensure_up` starts it again."""
+    pid = service.running_pid()
+    if pid is None:
+        return None
+    if kill:
+        _signal_group(pid, signal.SIGKILL)
+        _wait_until(lambda: _gone(pid), 10.0)
+        _CHILDREN.pop(pid, None)
+    else:
+        _stop_pids([pid])
+    service.layout.pid_file(service.name).unlink(missing_ok=True)
+    return pid
+
+
 def status(
     services: Iterable[str] = SERVICES, *, settings: DevstackSettings | None = None
 ) -> dict[str, ServiceState]:
