@@ -14,6 +14,7 @@
 #                broker needed); BACKTEST_ARGS="--events 200000 --compare-jobs" to vary it
 #   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
 #                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
+#   make chaos-cluster  broker failover (g, h, i) on a private 3-broker cluster
 #   make status  state of the stack             make down    stop the stack (data kept)
 #   make lint    ruff only                      make clean   stop the stack, delete .venv/.devstack
 #

@@ -1299,21 +1299,21 @@ class Progress(threading.Thread):
         self.workers, self.feeding = workers, feeding
         self.longest_pause = 0.0
         self.paused_at: float | None = None  # monotonic start of the longest pause
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         best, since = 0.0, time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             total = sum(consumed(w) for w in self.workers)
             now = time.monotonic()
             if total > best:
                 best, since = total, now
             elif self.feeding() and now - since > self.longest_pause:
                 self.longest_pause, self.paused_at = now - since, since
-            self._stop.wait(0.2)
+            self._halt.wait(0.2)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
@@ -1599,6 +1599,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown experiments {unknown}; choose from {sorted(EXPERIMENTS)}")
     cluster = None
     if args.brokers > 1:
+        # A broker down is the experiment: the clients' connection errors are expected.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         cluster = start_cluster(args.brokers)
         bootstrap = cluster.up()["kafka"]
     elif args.bootstrap:
