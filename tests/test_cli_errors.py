@@ -45,6 +45,10 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("probe", [], {"ENGAGE_WEB_PORT": "web"}),
     ("report", ["--range", "a while"], {}),
     ("report", ["--bogus"], {}),
+    ("rules", ["check", MISSING], {}),
+    ("rules", ["bogus"], {}),
+    ("rules", ["diff", MISSING, MISSING, "--events", EVENTS], {}),
+    ("rules", ["diff", "--events", EVENTS], {}),
     ("no-such-command", [], {}),
 ]
 #: Commands whose modules other work is changing: they still parse with plain argparse (the
@@ -87,7 +91,10 @@ def test_a_mistake_is_one_line_and_exit_1_or_2(
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("engage"), lines[0]
+    if args[:1] == ["check"]:  # `engage rules check` prints problems as FILE:LINE:COL: message
+        assert lines[0].startswith(f"{MISSING}:1:1: "), lines[0]
+    else:
+        assert lines[0].startswith("engage"), lines[0]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
