@@ -74,7 +74,7 @@ def test_changelogs_get_the_erasure_bound_new_and_existing(bootstrap: str) -> No
 
     asyncio.run(_with_admin(settings, create_old_style))
     wait_for(lambda: asyncio.run(_with_admin(settings, listed)), timeout=15, what="the topic")
-    created = asyncio.run(ensure_topics(settings))
+    created = asyncio.run(ensure_topics(settings)).created
     assert control in created and customers not in created
 
     configs = wait_for(
@@ -88,5 +88,5 @@ def test_changelogs_get_the_erasure_bound_new_and_existing(bootstrap: str) -> No
     # A tighter bound later is applied to the existing topics too.
     tighter = Settings(broker=f"kafka://{bootstrap}", app_id=name, topic_namespace=name,
                        partitions=2, erasure_max_days=1)  # fmt: skip
-    assert asyncio.run(ensure_topics(tighter)) == []
+    assert asyncio.run(ensure_topics(tighter)).created == []
     wait_for(lambda: _within(1, tighter, changelogs), timeout=15, what="the tighter bound")
