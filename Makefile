@@ -6,10 +6,14 @@
 #   make test    ruff, then pytest (unit + integration tests against the stack)
 #   make demo    the end-to-end demo, ending with an HTML report
 #   make bench   the benchmark: throughput, latency, bytes per customer, then bench-startup
+#                and bench-scale (BENCH_STARTUP=0 / BENCH_SCALE=0 leave them out)
 #   make bench-venv  .venv-bench, the benchmark's own virtualenv with Quix Streams
 #                (requirements-bench.lock; made by `make bench`, never needed by the product)
 #   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
 #                event, RSS); STARTUP_ARGS="--customers 100000" for a smaller table
+#   make bench-scale  1, 2 and 4 workers on 16 partitions (events/s, CPU per event) and the
+#                rebalance settle time when a worker joins and leaves under load;
+#                SCALE_ARGS="--events 60000 --workers 1,2" for other sizes
 #   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
 #                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make status  state of the stack             make down    stop the stack (data kept)
@@ -33,7 +37,8 @@ STAMP := $(VENV)/.stamp
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
 
-.PHONY: venv bench-venv stack tools status test demo bench bench-startup chaos down lint clean
+.PHONY: venv bench-venv stack tools kube-tools status test demo bench bench-startup bench-scale \
+	chaos down lint clean
 
 venv: $(STAMP)
 
@@ -70,15 +75,22 @@ demo: venv stack
 	$(PY) -m stream demo
 
 # Throughput, latency and bytes per customer (a few minutes), then start-up with 1,000,000
-# customers (about 10 more; BENCH_STARTUP=0 leaves it out).
+# customers (about 10 more; BENCH_STARTUP=0 leaves it out), then the scale-out curve and the
+# rebalance settle times (a few minutes; BENCH_SCALE=0 leaves it out).
 BENCH_STARTUP ?= 1
+BENCH_SCALE ?= 1
 bench: venv stack bench-venv
 	$(PY) bench/throughput.py $(BENCH_ARGS)
 	@if [ "$(BENCH_STARTUP)" != 0 ]; then $(PY) bench/startup.py $(STARTUP_ARGS); fi
+	@if [ "$(BENCH_SCALE)" != 0 ]; then $(PY) bench/scale.py $(SCALE_ARGS); fi
 
 STARTUP_ARGS ?=
 bench-startup: venv stack
 	$(PY) bench/startup.py $(STARTUP_ARGS)
+
+SCALE_ARGS ?=
+bench-scale: venv stack
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 CHAOS_ARGS ?=
 chaos: venv stack
