@@ -17,7 +17,7 @@
 The machine's load average is printed with the figures: on a shared machine they are only as
 good as the cores were free.
 
-    .venv/bin/python bench/scale.py --events 120000 --workers 1,2,4
+    .venv/bin/python bench/scale.py --events 200000 --workers 1,2,4
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import persona_traffic  # noqa: E402
 
+from stream.settings import Settings  # noqa: E402
 from tests.harness import Worker, produce, unique, wait_for  # noqa: E402
 
 PARTITIONS = 16
@@ -170,6 +171,17 @@ def make_workers(
     ]
 
 
+def topic_settings(bootstrap: str, namespace: str) -> Settings:
+    """Settings to create a namespace's topics with 16 partitions (the app id is the
+    namespace: the default app's changelogs may exist with another partition count)."""
+    return Settings(
+        broker=f"kafka://{bootstrap}",
+        topic_namespace=namespace,
+        app_id=namespace,
+        partitions=PARTITIONS,
+    )
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, for the record."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -297,24 +309,37 @@ def settle_time(workers: Sequence[Worker], since: float, timeout: float = 300) -
     return time.perf_counter() - since
 
 
+def web_up(worker: Worker) -> bool:
+    """The worker's web server answers (any status): its process has started and is about to
+    join the group."""
+    if not worker.alive():
+        raise AssertionError(f"worker exited: {worker.log_tail()}")
+    try:
+        worker.get("/healthz")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Settle:
+    """One rebalance: a worker joining or leaving, and how long the group took to settle."""
+
+    event: str
+    seconds: float  # from the start of the joining process, or from SIGTERM to the leaver
+    after_start_up: float | None  # join: from the joiner's web server answering
+    load: str
+
+
 def rebalances(
     *, bootstrap: str, base: int, rate: float, rounds: int, customers: int, logs: Path
-) -> list[tuple[str, float, str]]:
-    """Settle times of a worker joining and leaving a group of `base` workers under live load:
-    (event, seconds, load average) per join and per leave."""
+) -> list[Settle]:
+    """Settle times of a worker joining and leaving a group of `base` workers under live load."""
     from stream.adapter.topics import ensure_topics
-    from stream.settings import Settings
 
-    namespace = unique("scale-rebalance")
-    asyncio.run(
-        ensure_topics(
-            Settings(
-                broker=f"kafka://{bootstrap}", topic_namespace=namespace, partitions=PARTITIONS
-            )
-        )
-    )
-    out: list[tuple[str, float, str]] = []
-    app_id = unique("scale-rebalance")
+    namespace = app_id = unique("scale-rebalance")
+    asyncio.run(ensure_topics(topic_settings(bootstrap, namespace)))
+    out: list[Settle] = []
     group = make_workers(base, bootstrap=bootstrap, app_id=app_id, namespace=namespace, logs=logs)
     with LiveTraffic(bootstrap, namespace, rate, customers):
         try:
@@ -331,12 +356,21 @@ def rebalances(
                 )
                 group.append(joiner)
                 joined = time.perf_counter()
-                joiner.start(timeout=240)  # includes the process start-up (imports, web server)
-                out.append(("join", settle_time(group, joined), load_average()))
+                with ThreadPoolExecutor(1) as pool:
+                    started = pool.submit(joiner.start, 240)
+                    wait_for(
+                        lambda w=joiner: w.proc is not None and web_up(w),
+                        timeout=240,
+                        what="the joining worker's web server",
+                    )
+                    up = time.perf_counter() - joined
+                    started.result()
+                took = settle_time(group, joined)
+                out.append(Settle("join", took, took - up, load_average()))
                 left = time.perf_counter()
                 joiner.stop()
                 group.remove(joiner)
-                out.append(("leave", settle_time(group, left), load_average()))
+                out.append(Settle("leave", settle_time(group, left), None, load_average()))
         finally:
             stop_all(group)
     return out
@@ -376,8 +410,8 @@ def print_curve(points: Sequence[Point], partitions: int) -> None:
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., int] | None = None) -> int:
     """Parse the arguments (exit 2 on a usage error), then run the benchmark."""
     parser = argparse.ArgumentParser(prog="bench/scale.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=120_000)
-    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", default="1,2,4", help="worker counts (default 1,2,4)")
     parser.add_argument(
@@ -424,18 +458,10 @@ def execute(args: argparse.Namespace, counts: list[int], skip: set[str]) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         if "curve" not in skip:
             from stream.adapter.topics import ensure_topics
-            from stream.settings import Settings
 
             namespace = unique("scale")
-            asyncio.run(
-                ensure_topics(
-                    Settings(
-                        broker=f"kafka://{bootstrap}",
-                        topic_namespace=namespace,
-                        partitions=PARTITIONS,
-                    )
-                )
-            )
+            # Each measured group's app id gets its changelog topics from its workers.
+            asyncio.run(ensure_topics(topic_settings(bootstrap, namespace)))
             messages = persona_traffic(args.events, args.customers, args.seed)
             produce(bootstrap, [(f"{namespace}.{s}", k, v) for s, k, v in messages])
             print(
@@ -462,8 +488,13 @@ def execute(args: argparse.Namespace, counts: list[int], skip: set[str]) -> int:
                 f"\nrebalance settle times, {args.rebalance_base} workers + 1 joining and "
                 f"leaving, live traffic at {args.live_rate:,.0f} events/s:"
             )
-            for event, seconds, load in timings:
-                print(f"  {event}: {seconds:.1f} s (load average {load})")
+            for t in timings:
+                since_up = (
+                    f", {t.after_start_up:.1f} s after its web server answered"
+                    if t.after_start_up is not None
+                    else ""
+                )
+                print(f"  {t.event}: {t.seconds:.1f} s{since_up} (load average {t.load})")
     return 0
 
 

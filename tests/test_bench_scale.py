@@ -80,9 +80,7 @@ def test_bad_arguments_are_a_usage_error(argv: list[str], capsys: pytest.Capture
 
 def test_good_arguments_reach_the_run() -> None:
     seen: list[tuple[argparse.Namespace, list[int], set[str]]] = []
-    code = main(
-        ["--workers", "2,1", "--skip", "rebalance"], run=lambda *a: seen.append(a) or 0
-    )
+    code = main(["--workers", "2,1", "--skip", "rebalance"], run=lambda *a: seen.append(a) or 0)
     assert code == 0
     assert seen[0][1] == [1, 2] and seen[0][2] == {"rebalance"}
 
