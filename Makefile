@@ -3,6 +3,7 @@
 #   make venv    .venv with the pinned dependencies (requirements.lock) and the project, editable
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
 #   make tools   programs tests need besides the stack, when missing (chromium, for the report)
+#   make kube-tools  the Kubernetes manifest validator (requirements-kube.lock) into .venv
 #   make test    ruff, then pytest (unit + integration tests against the stack)
 #   make demo    the end-to-end demo, ending with an HTML report
 #   make bench   the benchmark: throughput, latency, bytes per customer, then bench-startup
@@ -33,6 +34,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.stamp
+KUBE_STAMP := $(VENV)/.kube-stamp
 
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
@@ -64,10 +66,18 @@ stack: venv
 tools: venv
 	$(PY) -m stream devstack tools
 
+# tests/test_kubernetes.py validates ops/kubernetes/ against a pinned Kubernetes version's
+# schemas with kubernetes-validate: too large for requirements.lock, so installed on its own.
+kube-tools: $(KUBE_STAMP)
+
+$(KUBE_STAMP): $(STAMP) requirements-kube.lock
+	$(PIP) install -q --no-deps -r requirements-kube.lock
+	@touch $@
+
 status: venv
 	$(PY) -m stream devstack status
 
-test: venv stack tools
+test: venv stack tools kube-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
