@@ -381,14 +381,14 @@ def print_curve(points: Sequence[Point], partitions: int) -> None:
     base = points[0]
     print(
         f"\n| workers | events/s | per worker | vs {base.workers} worker(s) | "
-        "CPU ms/event | events/s per CPU-second | load average |"
+        "CPU ms/event | events/s per CPU-second | worker cores busy | load average |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for p in points:
         print(
             f"| {p.workers} | {p.rate:,.0f} | {p.rate / p.workers:,.0f} | "
             f"{p.rate / base.rate:.2f} | {p.cpu_per_event * 1000:.3f} | "
-            f"{1 / p.cpu_per_event:,.0f} | {p.load} |"
+            f"{1 / p.cpu_per_event:,.0f} | {sum(p.cpu_seconds) / p.seconds:.2f} | {p.load} |"
         )
     for p in points:
         shares = ", ".join(f"{s / p.events:.0%}" for s in p.shares)
@@ -398,12 +398,16 @@ def print_curve(points: Sequence[Point], partitions: int) -> None:
             f"{sum(p.cpu_seconds):.1f} s"
         )
     cpu = base.cpu_per_event
+    busy = sum(base.cpu_seconds) / base.seconds
     modelled = ", ".join(
-        f"{c} cores {cores_model(cpu, cores=c, partitions=partitions):,.0f}/s" for c in (4, 8, 16)
+        f"{c} cores {cores_model(cpu, cores=c, partitions=partitions) * min(1.0, busy):,.0f}"
+        f"-{cores_model(cpu, cores=c, partitions=partitions):,.0f}/s"
+        for c in (4, 8, 16)
     )
     print(
         f"\nmodel (not a measurement), one worker per free core at {cpu * 1000:.3f} ms of CPU "
-        f"per event: {modelled}; capped at {partitions} workers (the partitions)"
+        f"per event ({busy:.2f} of its core busy alone): {modelled}; capped at {partitions} "
+        "workers (the partitions)"
     )
 
 
