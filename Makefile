@@ -3,15 +3,20 @@
 #   make venv    .venv with the pinned dependencies (requirements.lock) and the project, editable
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
 #   make tools   programs tests need besides the stack, when missing (chromium, for the report)
+#   make kube-tools  the Kubernetes manifest validator (requirements-kube.lock) into .venv
 #   make test    ruff, then pytest (unit + integration tests against the stack)
 #   make demo    the end-to-end demo, ending with an HTML report
 #   make bench   the benchmark: throughput, latency, bytes per customer, then bench-startup
+#                and bench-scale (BENCH_STARTUP=0 / BENCH_SCALE=0 leave them out)
 #   make bench-venv  .venv-bench, the benchmark's own virtualenv with Quix Streams
 #                (requirements-bench.lock; made by `make bench`, never needed by the product)
 #   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
 #                event, RSS); STARTUP_ARGS="--customers 100000" for a smaller table
 #   make bench-backtest  `engage rules diff` over 90 days, 1,000,000 events (goal < 3 min; no
 #                broker needed); BACKTEST_ARGS="--events 200000 --compare-jobs" to vary it
+#   make bench-scale  1, 2 and 4 workers on 16 partitions (events/s, CPU per event) and the
+#                rebalance settle time when a worker joins and leaves under load;
+#                SCALE_ARGS="--events 60000 --workers 1,2" for other sizes
 #   make chaos   fault injection (crashes, rebalances, broker outage, hostile input);
 #                CHAOS_ARGS="--only f --events 3000" to choose experiments and sizes
 #   make chaos-cluster  broker failover (g, h, i) on a private 3-broker cluster
@@ -32,11 +37,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.stamp
+KUBE_STAMP := $(VENV)/.kube-stamp
 
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
 
-.PHONY: venv bench-venv stack tools status test demo bench bench-startup bench-backtest chaos chaos-cluster down lint clean
+.PHONY: venv bench-venv stack tools kube-tools status test demo bench bench-startup \
+	bench-backtest bench-scale chaos chaos-cluster down lint clean
 
 venv: $(STAMP)
 
@@ -62,10 +69,18 @@ stack: venv
 tools: venv
 	$(PY) -m stream devstack tools
 
+# tests/test_kubernetes.py validates ops/kubernetes/ against a pinned Kubernetes version's
+# schemas with kubernetes-validate: too large for requirements.lock, so installed on its own.
+kube-tools: $(KUBE_STAMP)
+
+$(KUBE_STAMP): $(STAMP) requirements-kube.lock
+	$(PIP) install -q --no-deps -r requirements-kube.lock
+	@touch $@
+
 status: venv
 	$(PY) -m stream devstack status
 
-test: venv stack tools
+test: venv stack tools kube-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -74,13 +89,16 @@ demo: venv stack
 
 # Throughput, latency and bytes per customer (a few minutes), then start-up with 1,000,000
 # customers (about 10 more; BENCH_STARTUP=0 leaves it out), then the backtest of a rules change
-# over 1,000,000 events (about 3 more; BENCH_BACKTEST=0 leaves it out).
+# over 1,000,000 events (about 3 more; BENCH_BACKTEST=0 leaves it out), then the scale-out curve
+# and the rebalance settle times (a few minutes; BENCH_SCALE=0 leaves it out).
 BENCH_STARTUP ?= 1
 BENCH_BACKTEST ?= 1
+BENCH_SCALE ?= 1
 bench: venv stack bench-venv
 	$(PY) bench/throughput.py $(BENCH_ARGS)
 	@if [ "$(BENCH_STARTUP)" != 0 ]; then $(PY) bench/startup.py $(STARTUP_ARGS); fi
 	@if [ "$(BENCH_BACKTEST)" != 0 ]; then $(PY) bench/backtest.py $(BACKTEST_ARGS); fi
+	@if [ "$(BENCH_SCALE)" != 0 ]; then $(PY) bench/scale.py $(SCALE_ARGS); fi
 
 STARTUP_ARGS ?=
 bench-startup: venv stack
@@ -89,6 +107,10 @@ bench-startup: venv stack
 BACKTEST_ARGS ?=
 bench-backtest: venv
 	$(PY) bench/backtest.py $(BACKTEST_ARGS)
+
+SCALE_ARGS ?=
+bench-scale: venv stack
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 CHAOS_ARGS ?=
 chaos: venv stack

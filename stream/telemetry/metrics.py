@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
@@ -52,6 +52,10 @@ class PipelineMetrics:
         (the packaged rituals when not given)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # The standard process metrics (process_cpu_seconds_total, resident memory, open
+        # files): a worker's CPU time per processed event is what sizes a deployment
+        # (bench/scale.py, docs/scaling.md). Read from /proc when scraped, nothing per event.
+        ProcessCollector(registry=r)
         self.consumed = Counter(
             "engage_events_consumed_total",
             "Messages read from the input topics.",
