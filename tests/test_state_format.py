@@ -121,3 +121,28 @@ def test_an_event_for_a_customer_stored_by_a_newer_release_leaves_the_state_unto
     assert driver.counts[("dlq", "processing_error")] == 1
     (dead,) = [o for o in driver.sent if o.name == "dlq"]
     assert b"UnsupportedStateFormat" in dict(dead.headers)["engage.message"], dead.headers
+
+
+def test_a_0_1_0_referral_invite_window_survives_the_upgrade() -> None:
+    """Format 1 kept the referral invite's once-per instant in `referral_at`; rituals as data
+    keep it per ritual in `windows`: a trigger within the window after an upgrade is still
+    suppressed once_per_window."""
+    from schemas.events import EVENT_ADAPTER
+    from stream.core.rituals import Context, on_event
+    from stream.core.rules import load_rules
+
+    line = (FIXTURES / "customer-states-0.1.0.jsonl").read_bytes().splitlines()[0]
+    old = json.loads(line)
+    invited = 1_772_452_800_000  # 2026-03-02T12:00:00Z
+    old["r"] = {**old.get("r", {}), "referral_at": invited, "open_tickets": []}
+    state = decode(json.dumps(old, separators=(",", ":")).encode())
+    assert state.r.windows == {"referral_invite": invited}
+    cid = state.customer_id
+    nps = EVENT_ADAPTER.validate_python(
+        event("survey", cid, occurred_at="2026-04-01T12:00:00Z", survey="nps", score=10)
+    )
+    at = invited + 30 * 86_400_000
+    step = on_event(state.r, cid, nps, at, at, Context(load_rules()))
+    [d] = [d for d in step.decisions if d["ritual"] == "referral_invite"]
+    assert (d["status"], d["reason"]) == ("suppressed", "once_per_window")
+    assert d["explanation"]["previous_invite_at"] == "2026-03-02T12:00:00.000Z"

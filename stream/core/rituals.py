@@ -92,7 +92,6 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     top_tier: int = -1
     open_tickets: list[str] = []  # complaint tickets currently opened or reopened
     deliveries: list[tuple[int, bool]] = []  # (decided_at, marketing) in the cap window
-    referral_at: int = 0  # read from states written before `windows` (upgraded on read)
     watch: list[tuple[int, str, str, int]] = []  # (decided_at, ritual, arm, outcome bits)
     # (decided_at, ritual, arm, nudge_id prefix) of recent delivered or held-out decisions not
     # clicked yet: a click carries only the nudge_id, this says whose ritual and arm it was.
@@ -365,14 +364,6 @@ class _State:
         return len(self._r.open_tickets) if name == "open_complaints" else None
 
 
-def upgrade(r: RitualState) -> None:
-    """States written before rituals were data kept the referral invite's once-per instant in
-    `referral_at`; it lives in `windows` now (done on the working copy, before any decision)."""
-    if r.referral_at:
-        r.windows = {"referral_invite": r.referral_at, **r.windows}
-        r.referral_at = 0
-
-
 class _Run:
     """One pass over a customer's due items: the generic evaluator of the rules' rituals.
 
@@ -387,7 +378,6 @@ class _Run:
         self.out: list[dict[str, Any]] = []
         self.outcomes: list[tuple[str, str, str, str]] = []
         self.use(ctx.rules)
-        upgrade(r)
 
     def use(self, rules: Rules) -> None:
         """Decide with these rules (the version in force at the item's instant)."""

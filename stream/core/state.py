@@ -185,7 +185,11 @@ def _read_v1(raw: bytes) -> CustomerState:
     """Format 1 decoded with its own frozen layout, then upgraded by field name: a field
     format 1 did not have takes its default, one the current layout dropped is left behind.
     A field renamed or moved since needs its value carried over here, explicitly."""
-    return msgspec.convert(DECODER_V1.decode(raw), CustomerState, from_attributes=True)
+    old = DECODER_V1.decode(raw)
+    state = msgspec.convert(old, CustomerState, from_attributes=True)
+    if old.r.referral_at:  # format 1 kept the invite's once-per instant in its own field
+        state.r.windows = {"referral_invite": old.r.referral_at}
+    return state
 
 
 #: format version -> how to read it into the current `CustomerState`
