@@ -9,7 +9,8 @@ records) of the worker's own topics (inputs, clock, erasures) and hands it, as p
 to one callback (the batch shell; before the first fetch after a rebalance, another callback
 starts the engines of the partitions assigned), then acknowledges the records it processed
 with Faust's own bookkeeping, so offsets are committed by Faust exactly as before. Records of
-every other topic (the tables' changelogs during recovery) take Faust's path. Faust keeps
+the tables' changelogs (recovery, standby replicas) go to their tables a fetch at a time
+(`stream.adapter.restore`); any other topic's take Faust's path. Faust keeps
 group membership, rebalances, fetching, pausing, seeking, commits, the tables and their
 recovery; the agent over the same topics stays declared (it makes Faust subscribe to and
 assign them) and receives nothing. A rebalance waits for the batch in progress
@@ -52,6 +53,7 @@ from faust.types import TP, TransportT
 from mode.services import WaitResults
 from mode.utils.futures import notify
 
+from stream.adapter.restore import restore_fetch
 from stream.core.engine import Record
 from stream.kafka_client import DURABLE_PRODUCER
 
@@ -149,6 +151,7 @@ class DirectConsumer(LeanConsumer):
         self.direct_prepare: DirectPrepare | None = None  # likewise
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
+        self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
 
     async def wait_empty(self) -> None:
         """Faust's wait for the messages being processed, plus the direct batch in progress
@@ -202,6 +205,7 @@ class DirectConsumer(LeanConsumer):
             return
         generation = self.app.consumer_generation_id
         direct = self.direct_topics
+        changelogs = self.app.tables._changelogs  # topic name -> table
         read_offset = self._read_offset
         monitor = self.app.monitor
         batch: list[Record] = []
@@ -214,6 +218,9 @@ class DirectConsumer(LeanConsumer):
             if not recs:
                 continue
             monitor.track_tp_end_offset(tp, self.highwater(tp))
+            if tp.topic in changelogs:
+                self._restore(tp, recs)
+                continue
             if tp.topic in direct:
                 tps[tp.topic, tp.partition] = tp
                 r_offset = read_offset.get(tp)
@@ -242,8 +249,17 @@ class DirectConsumer(LeanConsumer):
             self._n_acked = 0
             await self.commit()
 
+    def _restore(self, tp: TP, recs: Sequence[Any]) -> None:
+        """A fetch of a table changelog (recovery, standbys) to its table in one batch
+        (`stream.adapter.restore`), instead of one record at a time through Faust's path."""
+        r_offset = self._read_offset.get(tp)
+        fresh = [rec for rec in recs if r_offset is None or rec.offset >= r_offset]
+        if fresh:
+            self._read_offset[tp] = fresh[-1].offset
+            self.restored += restore_fetch(self.app.tables.recovery, tp, fresh)
+
     async def _through_callback(self, tp: TP, recs: Sequence[Any]) -> None:
-        """Faust's per-message path (table changelogs during recovery, standbys)."""
+        """Faust's per-message path (the topics neither direct nor a table changelog)."""
         read_offset = self._read_offset
         callback = self.callback
         for rec in recs:
