@@ -151,10 +151,11 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=60, description="Consumer group heartbeats (< session/3)."
     )
     standby_replicas: int = Field(
-        default=0,
+        default=1,
         ge=0,
         le=8,
-        description="Warm copies of each table partition on other workers (faster failover).",
+        description="Warm copies of each table partition on other workers (faster failover); "
+        "a single worker keeps none whatever the setting.",
     )
     projection_interval_s: float = Field(
         default=0.5,

@@ -152,3 +152,41 @@ def test_a_standby_partition_is_mirrored_and_reported_ready(tmp_path: Path) -> N
     assert restore_fetch(recovery, tp, recs) == len(recs)
     assert _contents(table)[0][1] == {b"d": b"d2", b"e": b"e1"}
     assert app.tables.standbys_ready
+
+
+def test_the_restore_progress_is_exported_by_role(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream.adapter.faust_sensor import FaustSensor
+
+    app, table = _app("rocksdb://", tmp_path)
+    recovery, (tp0, tp1) = _start_recovery(app, table)
+    recovery.active_tps.discard(tp1)  # p1 mirrored here instead of owned
+    recovery.standby_tps.add(tp1)
+    recovery.standby_offsets[tp1] = -1
+    recovery.standby_highwaters[tp1] = recovery.active_highwaters.pop(tp1)
+    registry = CollectorRegistry()
+    registry.register(FaustSensor(app))
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    records = _records(table.changelog_name)
+    assert value("engage_faust_table_partitions", role="active") == 1
+    assert value("engage_faust_table_partitions", role="standby") == 1
+    assert value("engage_faust_recovery_remaining_records", role="active") == len(records[0])
+    assert value("engage_faust_standbys_ready") == 0
+    restore_fetch(recovery, tp0, records[0])
+    restore_fetch(recovery, tp1, records[1])
+    assert value("engage_faust_recovery_remaining_records", role="active") == 0
+    assert value("engage_faust_recovery_remaining_records", role="standby") == 0
+    assert value("engage_faust_standbys_ready") == 1
+
+
+def test_one_standby_replica_by_default_passed_to_faust() -> None:
+    from stream.adapter.app import create_app
+    from stream.settings import Settings
+
+    assert create_app(Settings(redis_enabled=False)).app.conf.table_standby_replicas == 1
+    off = create_app(Settings(redis_enabled=False, standby_replicas=0))
+    assert off.app.conf.table_standby_replicas == 0

@@ -63,3 +63,39 @@ class FaustSensor(Collector):
             tables.add_metric([name, "updated"], state.keys_updated)
             tables.add_metric([name, "deleted"], state.keys_deleted)
         yield tables
+        yield from self._recovery()
+
+    def _recovery(self) -> Iterator[Any]:
+        """Table restore: the changelog partitions this worker restores (active: it owns
+        them) or mirrors (standby: a warm copy for a takeover), the changelog records still to
+        read, whether the standbys have caught up, and the records restored so far."""
+        recovery = self.app.tables.recovery
+        partitions = GaugeMetricFamily(
+            "engage_faust_table_partitions",
+            "Table changelog partitions restored here: active (owned) or standby (mirrored).",
+            labels=["role"],
+        )
+        remaining = GaugeMetricFamily(
+            "engage_faust_recovery_remaining_records",
+            "Changelog records still to read, by role (active or standby).",
+            labels=["role"],
+        )
+        for role, tps, left in (
+            ("active", recovery.active_tps, recovery.active_remaining_total),
+            ("standby", recovery.standby_tps, recovery.standby_remaining_total),
+        ):
+            partitions.add_metric([role], len(tps))
+            remaining.add_metric([role], max(0, left()))
+        yield partitions
+        yield remaining
+        yield GaugeMetricFamily(
+            "engage_faust_standbys_ready",
+            "1 once the standby copies have caught up with their changelogs.",
+            value=1 if self.app.tables.standbys_ready else 0,
+        )
+        consumer = self.app._consumer  # None before the worker starts
+        yield CounterMetricFamily(
+            "engage_faust_changelog_records_restored",
+            "Changelog records applied to the tables a fetch at a time (the direct drain).",
+            value=getattr(consumer, "restored", 0),
+        )
