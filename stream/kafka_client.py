@@ -132,7 +132,7 @@ def faust_options(settings: Any) -> dict[str, Any]:
         "broker_max_poll_records": settings.consumer_max_poll_records,
         "broker_session_timeout": settings.session_timeout_s,
         "broker_heartbeat_interval": settings.heartbeat_interval_s,
-        "table_standby_replicas": settings.standby_replicas,
+        "table_standby_replicas": settings.table_standby_replicas,
         # The agent takes up to batch_max_events at a time: let the stream buffer hold them.
         "stream_buffer_maxsize": max(4096, 2 * settings.batch_max_events),
     }

@@ -150,12 +150,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(
         default=2.0, gt=0, le=60, description="Consumer group heartbeats (< session/3)."
     )
-    standby_replicas: int = Field(
-        default=1,
+    standby_replicas: int | None = Field(
+        default=None,
         ge=0,
         le=8,
         description="Warm copies of each table partition on other workers (faster failover); "
-        "a single worker keeps none whatever the setting.",
+        "unset: 1 with `rocksdb://`, 0 with `memory://` (see `table_standby_replicas`).",
     )
     projection_interval_s: float = Field(
         default=0.5,
@@ -263,6 +263,18 @@ class Settings(BaseSettings):
         ):
             raise ValueError("SASL needs ENGAGE_SASL_USERNAME and ENGAGE_SASL_PASSWORD")
         return self
+
+    @property
+    def table_standby_replicas(self) -> int:
+        """The standby replicas Faust keeps: `ENGAGE_STANDBY_REPLICAS`, else 1 with `rocksdb://`
+        and 0 with `memory://`. A `rocksdb://` standby keeps its copy and the offset it has
+        read, so the worker taking a partition over reads only the changelog's tail; Faust's
+        `memory://` store drops the keys of partitions it does not own at the end of every
+        recovery and keeps no offset, so there a standby costs a full read and saves none.
+        A single worker has no other worker to mirror: it keeps none whatever the setting."""
+        if self.standby_replicas is not None:
+            return self.standby_replicas
+        return 1 if self.store.startswith("rocksdb") else 0
 
     @property
     def bootstrap_servers(self) -> str:

@@ -183,10 +183,15 @@ def test_the_restore_progress_is_exported_by_role(tmp_path: Path) -> None:
     assert value("engage_faust_standbys_ready") == 1
 
 
-def test_one_standby_replica_by_default_passed_to_faust() -> None:
+def test_one_standby_replica_by_default_with_rocksdb_none_with_memory_passed_to_faust() -> None:
     from stream.adapter.app import create_app
     from stream.settings import Settings
 
-    assert create_app(Settings(redis_enabled=False)).app.conf.table_standby_replicas == 1
-    off = create_app(Settings(redis_enabled=False, standby_replicas=0))
-    assert off.app.conf.table_standby_replicas == 0
+    def replicas(**settings: object) -> int:
+        conf = create_app(Settings(redis_enabled=False, **settings)).app.conf  # type: ignore[arg-type]
+        return int(conf.table_standby_replicas)
+
+    assert replicas(store="rocksdb://") == 1
+    assert replicas(store="memory://") == 0
+    assert replicas(store="rocksdb://", standby_replicas=0) == 0
+    assert replicas(store="memory://", standby_replicas=2) == 2
