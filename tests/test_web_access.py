@@ -109,7 +109,13 @@ def test_two_rocksdb_workers_serve_no_table_view_and_route_profiles_with_the_tok
         "ENGAGE_REDIS_ENABLED": "false",
     }
     first = make_worker(**env).start()
-    second = make_worker(app_id=first.app_id, namespace=first.namespace, **env).start()
+    # each worker its own data dir, as in production: with rocksdb:// each keeps a standby copy
+    # of the other's partitions (ENGAGE_STANDBY_REPLICAS defaults to 1), and a RocksDB database
+    # is opened by one process at a time
+    own_dir = str(first.log_path.parent / f"data-{first.app_id}-second")
+    second = make_worker(
+        app_id=first.app_id, namespace=first.namespace, ENGAGE_DATA_DIR=own_dir, **env
+    ).start()
     customers = [unique("raw") for _ in range(6)]  # spread over both workers' partitions
     now = datetime.now(UTC).isoformat()
     produce_events(
