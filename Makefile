@@ -12,6 +12,8 @@
 #                (requirements-bench.lock; made by `make bench`, never needed by the product)
 #   make bench-startup  start-up with 1,000,000 customers, memory:// and rocksdb:// (ready, first
 #                event, RSS); STARTUP_ARGS="--customers 100000" for a smaller table
+#   make bench-handover  two workers, one stopped: time until the other owns everything, with
+#                and without standby replicas; HANDOVER_ARGS="--store memory --customers 100000"
 #   make bench-backtest  `engage rules diff` over 90 days, 1,000,000 events (goal < 3 min; no
 #                broker needed); BACKTEST_ARGS="--events 200000 --compare-jobs" to vary it
 #   make bench-scale  1, 2 and 4 workers on 16 partitions (events/s, CPU per event) and the
@@ -43,7 +45,7 @@ BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp
 
 .PHONY: venv bench-venv stack tools kube-tools status test demo bench bench-startup \
-	bench-backtest bench-scale chaos chaos-cluster down lint clean
+	bench-handover bench-backtest bench-scale chaos chaos-cluster down lint clean
 
 venv: $(STAMP)
 
@@ -103,6 +105,10 @@ bench: venv stack bench-venv
 STARTUP_ARGS ?=
 bench-startup: venv stack
 	$(PY) bench/startup.py $(STARTUP_ARGS)
+
+HANDOVER_ARGS ?=
+bench-handover: venv stack
+	$(PY) bench/handover.py $(HANDOVER_ARGS)
 
 BACKTEST_ARGS ?=
 bench-backtest: venv

@@ -11,7 +11,7 @@ id, as `bench/startup.py` does. Then, for each `ENGAGE_STANDBY_REPLICAS` value a
    before the group notices) and times B until it owns every partition and `/readyz` answers
    200 again: the hand-over.
 
-    .venv/bin/python bench/handover.py --customers 200000 --store memory
+    .venv/bin/python bench/handover.py --customers 200000 --store rocksdb
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ async def prepare(args: argparse.Namespace, bootstrap: str, app_id: str, namespa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=200_000)
-    parser.add_argument("--store", choices=("memory", "rocksdb"), default="memory")
+    parser.add_argument("--store", choices=("memory", "rocksdb"), default="rocksdb")
     parser.add_argument("--standbys", default="0,1", help="comma-separated standby counts")
     parser.add_argument("--template-customers", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
