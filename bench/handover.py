@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,10 +67,10 @@ def start(worker: Worker) -> None:
     )  # fmt: skip
 
 
-def wait(probe: object, timeout: float, what: str) -> float:
+def wait(probe: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll `probe` until true; the time it took (fails at the deadline)."""
     started = time.perf_counter()
-    while not probe():  # type: ignore[operator]
+    while not probe():
         if time.perf_counter() - started > timeout:
             raise AssertionError(f"not {what} after {timeout} s")
         time.sleep(0.05)
