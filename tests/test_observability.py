@@ -120,6 +120,7 @@ CLOSED_LABELS: dict[str, Any] = {
     "scope": set(CONSENT_SCOPES),
     "source": set(CONSENT_SOURCE_LABELS),
     "found": {"true", "false"},
+    "role": {"active", "standby"},
 }
 
 # Survey answers of the Prometheus load, one per customer.
