@@ -14,7 +14,6 @@ import itertools
 import json
 import random
 import string
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -47,6 +46,7 @@ from stream.telemetry.kpis import (
 from stream.telemetry.metrics import PipelineMetrics
 from stream.tools.emitter.simulation import SimConfig, Simulation
 from stream.tools.hostile import CATEGORIES, generate
+from tests.test_shell import _Table, _Topic
 
 NS = "mb"
 PARTITIONS = 4
@@ -103,35 +103,6 @@ BOUNDS: dict[str, dict[str, int]] = {
 }
 #: Labels the client library adds to histogram and summary samples (bounded by their buckets).
 LIBRARY_LABELS = {"le", "quantile"}
-
-
-class _Table:
-    """A table of one worker's partitions, in memory (what the shell reads and writes)."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-
-    def read(self, key: bytes, partition: int) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.data[key] = value
-
-    def remove(self, key: bytes, partition: int) -> None:
-        self.data.pop(key, None)
-
-    def scan(self, partitions: list[int], *, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
-        items = list(self.data.items())
-        for i in range(0, len(items), chunk):
-            yield items[i : i + chunk]
-
-
-class _Topic:
-    def send_soon(self, **kwargs: object) -> None:
-        pass
-
-    async def send(self, **kwargs: object) -> None:
-        pass
 
 
 class _Log:
