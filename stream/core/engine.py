@@ -60,12 +60,13 @@ from stream.core.state import (
     peek,
     to_ms,
 )
+from stream.core.vocabulary import OutputName
 
 log = logging.getLogger("engage")
 
-#: Logical output names; the shell maps them to topics.
-DECISIONS, NUDGES, DLQ, REPLAY_STATUS = "decisions", "nudges", "dlq", "replay_status"
-ERASURE_RECEIPTS = "erasure_receipts"
+#: Logical output names (`OutputName`); the shell maps them to topics.
+DECISIONS, NUDGES, DLQ = OutputName.DECISIONS, OutputName.NUDGES, OutputName.DLQ
+REPLAY_STATUS, ERASURE_RECEIPTS = OutputName.REPLAY_STATUS, OutputName.ERASURE_RECEIPTS
 
 
 @dataclass(frozen=True, slots=True)
