@@ -152,6 +152,7 @@ class PerKeyEngage:
         self.clock = clock
         self.store = QuixCustomerStore()
         self.engines: dict[int, PartitionEngine] = {}
+        self.acked: dict[int, dict[bytes, set[str]]] = {}  # per partition, for its next record
         self.counts: Counter[tuple[str, ...]] = Counter()
 
     def _engine(self, partition: int) -> PartitionEngine:
@@ -167,26 +168,25 @@ class PerKeyEngage:
     def handle(self, record: Record, transaction: Transaction) -> list[Output]:
         """Fold one record into its customer's Quix state; returns the outputs to produce.
 
-        Decisions handed back are taken as acknowledged (cleared from the outbox) here: the
-        caller produces them in the same Quix checkpoint as the state writes."""
+        Decisions handed back are taken as acknowledged (the caller produces them in the same
+        Quix checkpoint as the state writes): like in engage's own worker, they leave their
+        outboxes in the partition's next state write (`process(acknowledged=...)`)."""
         store = self.store
         store.transaction = transaction
-        engine = self._engine(record.partition)
-        result = engine.process([record], wall_ms=self.clock())
+        p = record.partition
+        engine = self._engine(p)
+        result = engine.process(
+            [record], wall_ms=self.clock(), acknowledged=self.acked.pop(p, None)
+        )
         for key in result.erased:
             store.delete(key)
         for key, raw in result.states.items():
             store.put(key, raw)
         if result.time is not None:
-            store.put_clock(record.partition, result.time)
-        acked: dict[bytes, list[str]] = {}
+            store.put_clock(p, result.time)
         for out in result.outputs:
             if out.name == DECISIONS and out.customer is not None and out.nudge_id is not None:
-                acked.setdefault(out.customer, []).append(out.nudge_id)
-        for customer, ids in acked.items():
-            raw = engine.acknowledge(customer, ids)
-            if raw is not None:
-                store.put(customer, raw)
+                self.acked.setdefault(p, {}).setdefault(out.customer, set()).add(out.nudge_id)
         self.counts.update(result.counts)
         return result.outputs
 

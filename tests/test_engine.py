@@ -112,10 +112,13 @@ def run(records: list[Record], cuts: list[int] | None = None, mode: str = "repla
     for a, b in itertools.pairwise(bounds):
         if b > a:
             driver.pipe(records[a:b], wall_ms=WALL)
+    driver.settle()  # the worker at rest: acknowledged decisions cleared from the outboxes
     return driver
 
 
 def summary(driver: MemoryDriver) -> tuple[dict[bytes, bytes], dict[str, bytes]]:
+    """(states, decisions) at rest: acknowledged decisions cleared from the outboxes."""
+    driver.settle()
     return dict(driver.customers), driver.decisions()
 
 
@@ -218,6 +221,7 @@ def test_any_interleaving_of_topics_and_any_crashes_give_the_same_decisions(
         if data.draw(st.booleans()):
             driver.crash()
     driver.tick(range(PARTITIONS), wall_ms=WALL)
+    driver.settle()
     assert driver.decisions() == whole[1]
     # The same states, but for what the fold takes in read order by design (the decayed
     # activity's rounding, the reactivation gap, the recent-id window's order).
@@ -256,7 +260,9 @@ def test_a_crash_before_acknowledgement_resends_under_the_same_nudge_id() -> Non
     assert len(resent) == 2 * len(first)
     assert {o.nudge_id for o in resent} == set(first)
     assert driver.counts[("resent",)] == len(first)
-    assert not decode(driver.customers[cid.encode()]).outbox  # acknowledged now
+    assert decode(driver.customers[cid.encode()]).outbox  # acknowledged: cleared next batch
+    driver.settle()
+    assert not decode(driver.customers[cid.encode()]).outbox
     driver.crash()
     driver.tick([partition_of(cid)], wall_ms=WALL)
     assert len([o for o in driver.sent if o.name == "decisions"]) == 2 * len(first)

@@ -277,6 +277,17 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             await asyncio.Event().wait()
             raise
 
+    async def settle() -> None:
+        """The direct drain found nothing to read (`BatchShell.idle`); an error stops there,
+        like a failed batch."""
+        try:
+            await shell.idle()
+        except Exception as exc:
+            log.exception("the batch shell failed: stopping (see /healthz)")
+            shell.failure = exc
+            await asyncio.Event().wait()
+            raise
+
     @app.agent(stream_topics, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
         """Batches to the engines. With the direct drain the consumer hands the batches over
@@ -288,6 +299,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
             consumer.direct_topics = frozenset(stream_topics.topics)
             consumer.direct_sink = direct
             consumer.direct_prepare = prepare
+            consumer.direct_settle = settle
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_within_s
         ):

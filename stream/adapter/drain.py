@@ -63,6 +63,8 @@ log = logging.getLogger("engage")
 DirectSink = Callable[[list[Record]], Awaitable[Sequence[Record]]]
 # The batch shell again: starts the engines of the assigned partitions not started yet.
 DirectPrepare = Callable[[set[int]], Awaitable[None]]
+# The batch shell again, when a fetch found nothing: a batch without records (acknowledgements).
+DirectSettle = Callable[[], Awaitable[None]]
 
 
 class SuspendFlow(asyncio.Event):
@@ -149,6 +151,7 @@ class DirectConsumer(LeanConsumer):
         self.direct_topics: frozenset[str] = frozenset()
         self.direct_sink: DirectSink | None = None  # set by the app before the worker starts
         self.direct_prepare: DirectPrepare | None = None  # likewise
+        self.direct_settle: DirectSettle | None = None  # likewise
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
         self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
@@ -201,7 +204,15 @@ class DirectConsumer(LeanConsumer):
                 finally:
                     self.direct_idle.set()
         records, active = await self._wait_next_records(1.0)
-        if not records or self.should_stop:
+        if self.should_stop:
+            return
+        if not records:
+            if self.direct_settle is not None and self.flow_active and not self.app.rebalancing:
+                self.direct_idle.clear()
+                try:
+                    await self.direct_settle()
+                finally:
+                    self.direct_idle.set()
             return
         generation = self.app.consumer_generation_id
         direct = self.direct_topics

@@ -1,20 +1,22 @@
 """An in-process driver for the partition engines: dicts for tables, lists for topics.
 
-The analogue of Kafka Streams' TopologyTestDriver. Tests (and the core-only benchmark) pipe
-records through `PartitionEngine`s exactly as the Faust adapter does (one engine per partition,
-states written once per batch, clock records into the control table, sends acknowledged after
-the batch), and can simulate a crash: `crash()` forgets everything in memory and optionally the
-acknowledgements in flight, like a `kill -9` before the producer answered.
+The analogue of Kafka Streams' TopologyTestDriver. Tests, the backtest and the core-only
+benchmark pipe records through the same commit protocol as the worker (`stream.core.commit`:
+one `Checkpoint`, its steps in the same order), with ports that are plain dicts and lists and
+never wait. Sends are acknowledged when the caller says so (`acknowledge`, or `pipe(ack=True)`);
+like in the worker, an acknowledged decision leaves its outbox in the next batch's write
+(`settle` runs a batch without records). `crash()` forgets everything in memory, including the
+acknowledgements not folded into a batch yet, like a `kill -9`.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from stream.core.clock import PartitionTime
+from stream.core.commit import Checkpoint, Done, Hooks, Table, drive
 from stream.core.engine import (
     BatchResult,
     EngineConfig,
@@ -22,15 +24,12 @@ from stream.core.engine import (
     PartitionEngine,
     Projection,
     Record,
-    by_partition,
-    time_key,
 )
-from stream.core.state import decode
 
 
 @dataclass
 class MemoryDriver:
-    """Engines per partition over an in-memory customers table, control table and topics."""
+    """The commit protocol over an in-memory customers table, control table and topics."""
 
     config: EngineConfig
     projection: Projection | None = None
@@ -38,23 +37,33 @@ class MemoryDriver:
     control: dict[bytes, bytes] = field(default_factory=dict)
     sent: list[Output] = field(default_factory=list)
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
-    engines: dict[int, PartitionEngine] = field(default_factory=dict)
-    unacked: list[Output] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._unacked: list[Done] = []
+        self._highwaters: Mapping[str, int | None] = {}
+        self.checkpoint = self._checkpoint()
+
+    def _checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            self.config,
+            tables=_Tables(self),
+            source=_Source(self),
+            sink=_Sink(self),
+            projection=self.projection,
+            hooks=Hooks(count=self._count),
+        )
+
+    @property
+    def engines(self) -> dict[int, PartitionEngine]:
+        """The partition engines started so far (since the last crash)."""
+        return self.checkpoint.engines
 
     def engine(self, partition: int) -> PartitionEngine:
         """The partition's engine; a new one resumes from the tables (like an assignment)."""
-        engine = self.engines.get(partition)
-        if engine is None:
-            raw = self.control.get(time_key(partition))
-            time = PartitionTime.from_json(json.loads(raw)) if raw is not None else None
-            engine = PartitionEngine(
-                partition, self.config, self.customers, time=time, projection=self.projection
-            )
-            self.engines[partition] = engine
-            stored, _unreadable = by_partition(list(self.customers.items()))
-            self._apply(engine.recover(stored.get(partition, [])))
-            self._apply(engine.recovered())
-        return engine
+        if partition not in self.engines:
+            self.checkpoint.projection = self.projection  # set after construction by tests
+            drive(self.checkpoint.prepare([partition]))
+        return self.engines[partition]
 
     def pipe(
         self,
@@ -64,73 +73,46 @@ class MemoryDriver:
         wall_ms: int = 0,
         ack: bool = True,
     ) -> list[BatchResult]:
-        """One batch: each partition's slice to its engine, in arrival order per partition.
+        """One batch through the commit protocol; returns each partition's result.
 
-        `ack=False` leaves the batch's sends unacknowledged (their outbox entries stay).
-        """
-        slices: dict[int, list[Record]] = {}
-        for record in records:
-            slices.setdefault(record.partition, []).append(record)
-        results = []
-        for partition, batch in slices.items():
-            engine = self.engine(partition)
-            result = engine.process(batch, highwaters=highwaters, wall_ms=wall_ms)
-            self._apply(result)
-            results.append(result)
+        `ack=False` leaves the batch's sends unacknowledged (their outbox entries stay, and a
+        crash loses the acknowledgements)."""
+        self._highwaters = highwaters or {}
+        batch = list(records)
+        self.checkpoint.projection = self.projection  # set after construction by tests
+        drive(self.checkpoint.commit(batch, wall_ms=wall_ms))
         if ack:
             self.acknowledge()
-        return results
+        partitions = {r.partition for r in batch}
+        return [r for r in self.checkpoint.processed if r.partition in partitions]
 
     def tick(self, partitions: Iterable[int], *, wall_ms: int = 0) -> list[BatchResult]:
-        """An empty batch per partition (a timer's clock re-check)."""
-        results = []
-        for p in partitions:
-            result = self.engine(p).process([], wall_ms=wall_ms)
-            self._apply(result)
-            results.append(result)
-        self.acknowledge()
-        return results
+        """A clock tick on each partition (a timer's re-check), as one batch."""
+        tick = json.dumps({"kind": "tick"}).encode()
+        control = self.config.control_topic
+        ticks = [Record(control, p, 0, 0, None, tick) for p in partitions]
+        return self.pipe(ticks, wall_ms=wall_ms)
 
     def acknowledge(self) -> None:
-        """The broker acknowledged every send so far: clear the outboxes."""
-        pending: dict[tuple[int, bytes], set[str]] = {}
-        for out in self.unacked:
-            if out.customer is not None and out.nudge_id is not None:
-                raw = self.customers.get(out.customer)
-                partition = decode(raw).partition if raw is not None else -1
-                pending.setdefault((partition, out.customer), set()).add(out.nudge_id)
-        self.unacked.clear()
-        for (partition, customer), ids in pending.items():
-            engine = self.engines.get(partition)
-            if engine is None:
-                continue
-            raw = engine.acknowledge(customer, ids)
-            if raw is not None:
-                self.customers[customer] = raw
+        """Kafka acknowledged every send so far (cleared from the outboxes by the next batch)."""
+        pending, self._unacked = self._unacked, []
+        for done in pending:
+            done(True)
+
+    def settle(self) -> None:
+        """A batch without records: acknowledged decisions leave their outboxes."""
+        drive(self.checkpoint.settle())
 
     def projected(self, customer_ids: list[str]) -> None:
         """The projection confirmed these customers' writes (the shell's `projected`): each
         engine drops the erasures among them and its clock record is written again."""
-        for partition, engine in self.engines.items():
-            raw = engine.projected(customer_ids)
-            if raw is not None:
-                self.control[time_key(partition)] = raw
+        self.checkpoint.projected(customer_ids)
 
-    def crash(self, *, lose_unacked: bool = True) -> None:
-        """Forget all in-memory state (engines, due indexes, sends not yet acknowledged)."""
-        self.engines.clear()
-        if lose_unacked:
-            self.unacked.clear()
-
-    def _apply(self, result: BatchResult) -> None:
-        for key in result.erased:
-            self.customers.pop(key, None)
-        self.customers.update(result.states)
-        if result.time is not None:
-            self.control[time_key(result.partition)] = result.time
-        self.sent.extend(result.outputs)
-        self.unacked.extend(result.outputs)
-        self.counts.update(result.counts)
+    def crash(self) -> None:
+        """Forget all in-memory state: engines, due indexes, positions, and acknowledgements
+        not yet folded into a batch (the tables and the topics stay)."""
+        self._unacked.clear()
+        self.checkpoint = self._checkpoint()
 
     def decisions(self) -> dict[str, bytes]:
         """Every decision sent, once per nudge_id (the first copy)."""
@@ -139,3 +121,69 @@ class MemoryDriver:
             if o.name == "decisions" and o.nudge_id is not None:
                 out.setdefault(o.nudge_id, o.value or b"")
         return out
+
+    def _count(self, result: BatchResult) -> None:
+        self.counts.update(result.counts)
+
+
+class _Tables:
+    """The driver's dicts as the protocol's `Tables`."""
+
+    def __init__(self, driver: MemoryDriver) -> None:
+        self.driver = driver
+
+    def read(self, table: Table, key: bytes, partition: int) -> bytes | None:
+        """A stored value (one dict for every partition)."""
+        store = self.driver.customers if table is Table.CUSTOMERS else self.driver.control
+        return store.get(key)
+
+    def scan(self, partitions: list[int], *, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every stored customer, `chunk` at a time (the engines skip other partitions')."""
+        items = list(self.driver.customers.items())
+        for i in range(0, len(items), chunk):
+            yield items[i : i + chunk]
+
+
+class _Source:
+    """No consumer: nothing committed, highwaters as the caller gave them, no seeks."""
+
+    def __init__(self, driver: MemoryDriver) -> None:
+        self.driver = driver
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """Nothing is committed in memory: an engine starts from its clock record."""
+        return None
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The end offset the caller gave `pipe` for this topic."""
+        return self.driver._highwaters.get(topic)
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Records are handed over by the caller: a hole is the caller's to fill."""
+
+
+class _Sink:
+    """Writes to the dicts, sends to the driver's list; acknowledgements wait for the caller."""
+
+    def __init__(self, driver: MemoryDriver) -> None:
+        self.driver = driver
+
+    def write(self, table: Table, key: bytes, value: bytes | None, partition: int) -> None:
+        """Store or delete at once."""
+        store = self.driver.customers if table is Table.CUSTOMERS else self.driver.control
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+
+    def send(self, out: Output, done: Done | None) -> None:
+        """Append to the topics' list; `done` is called by `MemoryDriver.acknowledge`."""
+        self.driver.sent.append(out)
+        if done is not None:
+            self.driver._unacked.append(done)
+
+    async def flush(self) -> None:
+        """Nothing is buffered."""
+
+    async def barrier(self) -> None:
+        """Every send is in the list already."""

@@ -15,9 +15,10 @@ Guarantees it gives the shell, whatever the batch boundaries:
   restarts from an old committed offset folds nothing twice (the 32-id window still catches
   producer retries, which have new offsets).
 * No decision lost. A decision is appended to the customer's `outbox` in the same state record
-  that records it, and leaves the outbox only when the shell reports its sends acknowledged
-  (`acknowledge`). A partition taken over after a crash re-sends what its outbox still holds
-  (`recover`), under the same nudge_id, counted as `resent`.
+  that records it, and leaves the outbox in the partition's next batch after the commit
+  protocol reports its sends acknowledged (`process(acknowledged=...)`). A partition taken
+  over after a crash re-sends what its outbox still holds (`recover`), under the same
+  nudge_id, counted as `resent`.
 * Nothing stops the stream. An exception while handling one record sends that record to the
   dead-letter topic with reason `processing_error` naming the exception class (never the
   payload); the customer's state stays as it was before the record.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -233,6 +234,7 @@ class PartitionEngine:
         self._dirty: set[bytes] = set()
         self._touched: set[bytes] = set()  # projection refresh only (a segment change)
         self._erased: set[bytes] = set()  # deleted in this batch (unless re-created after)
+        self._acked: set[bytes] = set()  # outboxes shortened by acknowledgements in this batch
         # Reading a record this partition's clock record says was read before a crash whose
         # state writes were lost: its decisions are re-sends (same nudge_id), counted so.
         self._rereading = False
@@ -303,44 +305,30 @@ class PartitionEngine:
         self.time.unprojected = [c for c in pending if c not in done]
         return json.dumps(self.time.to_json(), separators=(",", ":")).encode()
 
-    def acknowledge(self, customer: bytes, nudge_ids: Iterable[str]) -> bytes | None:
-        """Every send of these decisions is acknowledged: drop them from the customer's outbox.
-
-        Returns the customer's new encoded state to write, or None when nothing changed. Call
-        between batches (the shell's send callbacks do).
-        """
-        raw = self.store.get(customer)
-        if raw is None:
-            return None
-        state = decode(raw)
-        ids = set(nudge_ids)
-        kept = [s for s in state.outbox if s.nudge_id not in ids]
-        if len(kept) == len(state.outbox):
-            return None
-        state.outbox = kept
-        return encode(state)
-
     def process(
         self,
         records: Sequence[Record],
         *,
         highwaters: Mapping[str, int | None] | None = None,
         wall_ms: int,
+        acknowledged: Mapping[bytes, Collection[str]] | None = None,
     ) -> BatchResult:
         """Handle one batch of this partition's records, in offset order per topic.
 
         `highwaters` (input topic -> end offset, read once per batch; None where unknown) feed
         clock policies that use them; `wall_ms` is the wall clock read once for the batch.
+        `acknowledged` (customer key -> nudge_ids whose sends Kafka acknowledged since the last
+        batch) leave their customers' outboxes in this batch's state writes: an acknowledgement
+        costs no write of its own, and a customer both acknowledged and changed is written once.
         """
         result = self._result = BatchResult(self.partition)
         self._highwaters = dict(highwaters or {})
         self._wall_ms = wall_ms
         self._wall = datetime.fromtimestamp(wall_ms / 1000, UTC)
         self._ctx = Context(self.rules, self.policy.decision_wall(wall_ms))
-        self._cache.clear()
-        self._dirty.clear()
-        self._touched.clear()
-        self._erased.clear()
+        self._begin()
+        if acknowledged:
+            self._clear_outboxes(acknowledged)
         control, erasures = self.config.control_topic, self.config.erasures_topic
         before = self.time.to_json()
         for record in records:
@@ -360,6 +348,45 @@ class PartitionEngine:
         self._flush(before)
         result.clock = self.time.clock
         return result
+
+    def settle(self, acknowledged: Mapping[bytes, Collection[str]]) -> BatchResult:
+        """A batch without records: only clears acknowledged decisions from their outboxes
+        (see `process`). For a partition with acknowledgements and nothing to read: its clock,
+        timers and replay state stay as they are."""
+        result = self._result = BatchResult(self.partition, clock=self.time.clock)
+        self._begin()
+        self._clear_outboxes(acknowledged)
+        self._write_acknowledged()
+        return result
+
+    def _begin(self) -> None:
+        """A new batch: nothing cached, changed, touched, erased or acknowledged yet."""
+        self._cache.clear()
+        self._dirty.clear()
+        self._touched.clear()
+        self._erased.clear()
+        self._acked.clear()
+
+    def _clear_outboxes(self, acknowledged: Mapping[bytes, Collection[str]]) -> None:
+        """Drop acknowledged decisions from their customers' outboxes (in the batch's cache;
+        `_flush` writes them). Runs before the batch's records, so a decision taken in this
+        batch is never mistaken for an acknowledged one."""
+        for key, ids in acknowledged.items():
+            state = self._state(key)
+            if state is None or not state.outbox:
+                continue
+            kept = [s for s in state.outbox if s.nudge_id not in ids]
+            if len(kept) != len(state.outbox):
+                self._cache[key] = msgspec.structs.replace(state, outbox=kept)
+                self._acked.add(key)
+
+    def _write_acknowledged(self) -> None:
+        """Encode the customers whose only change is a shorter outbox (no projection: their
+        profiles did not change)."""
+        states, dirty, erased = self._result.states, self._dirty, self._erased
+        for key in self._acked:
+            if key not in dirty and key not in erased:
+                states[key] = encode(self._cache[key])
 
     # --- records ------------------------------------------------------------------------------
 
@@ -653,6 +680,7 @@ class PartitionEngine:
             for key in self._touched - self._dirty:
                 state = self._cache[key]
                 self.projection.enqueue(state.customer_id, self.store.get(key), clock)
+        self._write_acknowledged()
         after = self.time.to_json()
         if after != before:
             result.time = json.dumps(after, separators=(",", ":")).encode()

@@ -1,0 +1,163 @@
+"""The commit protocol's ports on Faust: tables, consumer, and one sink per processing guarantee.
+
+`stream.core.commit.Checkpoint` orders a batch's steps; these classes carry them out with
+Faust's objects:
+
+* `FaustTables`: reads of the two `PartitionedTable`s (`customers`, `control`).
+* `FaustSource`: the consumer's committed offsets, highwater marks and seeks.
+* `AtLeastOnceSink` (`ENGAGE_PROCESSING_GUARANTEE=at_least_once`): each write is stored in the
+  table and its changelog record, like every output, queued on the `Sender`, which hands them to
+  the producer in queue order (`flush`); Faust flushes the producer before each offset commit.
+* `TransactionalSink` (`exactly_once`): writes and outputs go through Faust's `send_soon`, so
+  they join the transaction Faust commits with the input offsets.
+
+Imports: faust types and the adapter's table and sender (an adapter module).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from faust.types import TP
+
+from stream.adapter.sender import Sender
+from stream.adapter.tables import PartitionedTable
+from stream.core.commit import Done, Table
+from stream.core.engine import Output
+
+log = logging.getLogger("engage")
+
+
+def committed_offsets(consumer: Any) -> Mapping[Any, int]:
+    """The consumer's committed offset per topic-partition (empty before it started)."""
+    return getattr(consumer, "_committed_offset", {})  # type: ignore[no-any-return]
+
+
+class FaustTables:
+    """The worker's tables, as the protocol reads them."""
+
+    def __init__(self, *, customers: PartitionedTable, control: PartitionedTable) -> None:
+        self.tables = {Table.CUSTOMERS: customers, Table.CONTROL: control}
+        self.customers = customers
+
+    def read(self, table: Table, key: bytes, partition: int) -> bytes | None:
+        """A stored value (with `rocksdb://`, from the partition's own database)."""
+        return self.tables[table].read(key, partition)
+
+    def scan(self, partitions: list[int], *, chunk: int) -> Any:
+        """The stored customers of `partitions`, a chunk at a time."""
+        return self.customers.scan(partitions, chunk=chunk)
+
+
+class FaustSource:
+    """The app's consumer, as the protocol sees it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The committed offset of a topic-partition, or None."""
+        return committed_offsets(self.app.consumer).get(TP(topic, partition))
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The end offset as last fetched, or None (not assigned yet, or no fetch answered)."""
+        try:
+            return self.app.consumer.highwater(TP(topic, partition))  # type: ignore[no-any-return]
+        except Exception:
+            return None
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read a topic-partition again from `offset`."""
+        await self.app.consumer.seek(TP(topic, partition), offset)
+
+
+def _answered(done: Done) -> Any:
+    """A producer callback (called with the send's future) that tells `done` how it went."""
+
+    def callback(fut: Any) -> None:
+        try:
+            ok = not fut.cancelled() and fut.exception() is None
+        except Exception:
+            ok = False
+        done(ok)
+
+    return callback
+
+
+class AtLeastOnceSink:
+    """Writes and sends queued on the `Sender`, handed to the producer in order by `flush`."""
+
+    def __init__(
+        self,
+        *,
+        app: Any,
+        sender: Sender,
+        tables: FaustTables,
+        topic_names: Mapping[str, str],
+    ) -> None:
+        self.app = app
+        self.sender = sender
+        self.tables = tables.tables
+        self.topic_names = topic_names
+
+    def write(self, table: Table, key: bytes, value: bytes | None, partition: int) -> None:
+        """Store locally, and queue the changelog record (its offset recorded once sent)."""
+        t = self.tables[table]
+        t.store(key, value, partition)
+        self.sender.queue(t.changelog_name, key=key, value=value, partition=partition,
+                          callback=t.persisted if t.persists_offsets else None)  # fmt: skip
+
+    def send(self, out: Output, done: Done | None) -> None:
+        """Queue an output on its topic."""
+        self.sender.queue(self.topic_names[out.name], key=out.key, value=out.value,
+                          headers=out.headers,
+                          callback=_answered(done) if done is not None else None)  # fmt: skip
+
+    async def flush(self) -> None:
+        """Hand what is queued to the producer, in order."""
+        await self.sender.send()
+
+    def flush_later(self) -> None:
+        """Writes made between batches (a projector callback): sent by a task."""
+        self.sender.send_later()
+
+    async def barrier(self) -> None:
+        """Every send so far is acknowledged by Kafka."""
+        await self.sender.send()
+        await self.app.producer.flush()
+
+
+class TransactionalSink:
+    """Writes and sends through Faust's `send_soon`: inside the transaction of the batch."""
+
+    def __init__(self, *, app: Any, tables: FaustTables, topics: Mapping[str, Any]) -> None:
+        self.app = app
+        self.tables = tables.tables
+        self.topics = topics
+
+    def write(self, table: Table, key: bytes, value: bytes | None, partition: int) -> None:
+        """A table write (a delete for None), its changelog record through Faust."""
+        t = self.tables[table]
+        if value is None:
+            t.remove(key, partition)
+        else:
+            t.put(key, value, partition)
+
+    def send(self, out: Output, done: Done | None) -> None:
+        """An output through Faust's producer buffer."""
+        self.topics[out.name].send_soon(key=out.key, value=out.value, headers=out.headers,
+                                        callback=_answered(done) if done else None)  # fmt: skip
+
+    async def flush(self) -> None:
+        """Faust's buffer drains by itself; yield so it can."""
+        await asyncio.sleep(0)
+
+    def flush_later(self) -> None:
+        """Nothing to do: `send_soon` already queued it."""
+
+    async def barrier(self) -> None:
+        """Every send so far is acknowledged by Kafka."""
+        await self.app.producer.flush()
