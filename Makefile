@@ -4,7 +4,7 @@
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
 #   make tools   programs tests need besides the stack, when missing (chromium, for the report)
 #   make kube-tools  the Kubernetes manifest validator (requirements-kube.lock) into .venv
-#   make test    ruff, then pytest (unit + integration tests against the stack)
+#   make test    ruff, then pytest (unit + integration tests against the stack, the import contract)
 #   make demo    the end-to-end demo, ending with an HTML report
 #   make bench   the benchmark: throughput, latency, bytes per customer, then bench-startup
 #                and bench-scale (BENCH_STARTUP=0 / BENCH_SCALE=0 leave them out)

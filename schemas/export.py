@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.events import EVENT_ADAPTER, MODELS
-from stream.core.cloudevents import schema_id
+from schemas.ids import schema_id
 
 JSON_DIR = Path(__file__).parent / "json"
 
