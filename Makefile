@@ -71,7 +71,7 @@ stack: venv
 tools: venv
 	$(PY) -m stream devstack tools
 
-# tests/test_kubernetes.py validates ops/kubernetes/ against a pinned Kubernetes version's
+# tests/system/test_kubernetes.py validates ops/kubernetes/ against a pinned Kubernetes version's
 # schemas with kubernetes-validate: too large for requirements.lock, so installed on its own.
 kube-tools: $(KUBE_STAMP)
 
