@@ -4,7 +4,7 @@
 #   make stack   Kafka + Redis + Prometheus as local processes (python -m stream devstack up)
 #   make tools   programs tests need besides the stack, when missing (chromium, for the report)
 #   make kube-tools  the Kubernetes manifest validator (requirements-kube.lock) into .venv
-#   make test    ruff, then pytest (unit + integration tests against the stack)
+#   make test    ruff, then pytest (unit + integration tests against the stack, the import contract)
 #   make demo    the end-to-end demo, ending with an HTML report
 #   make bench   the benchmark: throughput, latency, bytes per customer, then bench-startup
 #                and bench-scale (BENCH_STARTUP=0 / BENCH_SCALE=0 leave them out)
@@ -71,7 +71,7 @@ stack: venv
 tools: venv
 	$(PY) -m stream devstack tools
 
-# tests/test_kubernetes.py validates ops/kubernetes/ against a pinned Kubernetes version's
+# tests/system/test_kubernetes.py validates ops/kubernetes/ against a pinned Kubernetes version's
 # schemas with kubernetes-validate: too large for requirements.lock, so installed on its own.
 kube-tools: $(KUBE_STAMP)
 

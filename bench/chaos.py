@@ -1,8 +1,8 @@
 """Fault injection against the local stack: crashes, rebalances, a broker outage, hostile input.
 
-Every experiment runs real `engage worker` processes (see tests/harness.py) on a fresh topic
-namespace of the local Kafka, feeds them persona traffic from `engage emit --out`, injects one
-kind of fault and compares the outcome with what must hold:
+Every experiment runs real `engage worker` processes (see stream/tools/processes.py) on a
+fresh topic namespace of the local Kafka, feeds them persona traffic from `engage emit --out`,
+injects one kind of fault and compares the outcome with what must hold:
 
   a  one worker, `kill -9` five times under load, restarted each time: every profile equals a
      clean run's field by field (time-dependent fields aside), every clean-run decision is
@@ -68,7 +68,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
 from stream.core.state import CustomerState  # noqa: E402
 from stream.tools.hostile import generate, interleave  # noqa: E402
-from tests.harness import Worker, read_all, table_state, unique, wait_for  # noqa: E402
+from stream.tools.processes import Worker, read_all, table_state, unique, wait_for  # noqa: E402
 
 INPUT_SUFFIXES = sorted(set(TOPIC_SUFFIX.values()))
 #: CustomerState fields left out of the profile comparison: ritual internals move with the
@@ -125,7 +125,7 @@ def _fmt(value: Any) -> str:
 @dataclass
 class ChaosWorker(Worker):
     """A harness worker that may run another source tree (`--worker-root`: e.g. an export of
-    main, for the "before" figures); everything else is tests/harness.py's Worker."""
+    main, for the "before" figures); everything else is stream/tools/processes.py's Worker."""
 
     root: Path = ROOT
 

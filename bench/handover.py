@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from startup import PARTITIONS, delete_topics, templates, write_changelog  # noqa: E402
 
-from tests.harness import Worker, free_port, unique  # noqa: E402
+from stream.tools.processes import Worker, free_port, unique  # noqa: E402
 
 TABLES = 2  # customers and control: each partition is one changelog partition of each
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
 from stream.kafka_client import consumer as kafka_consumer  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from tests.harness import unique  # noqa: E402
+from stream.tools.processes import unique  # noqa: E402
 
 
 def persona_traffic(n: int, customers: int, seed: int) -> list[tuple[str, bytes, bytes]]:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ingest import persona_traffic  # noqa: E402
 
 from stream.settings import Settings  # noqa: E402
-from tests.harness import Worker, produce, unique, wait_for  # noqa: E402
+from stream.tools.processes import Worker, produce, unique, wait_for  # noqa: E402
 
 PARTITIONS = 16
 #: Settings of every worker the benchmark starts: no Redis (not what is measured), quiet logs.

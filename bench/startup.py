@@ -60,7 +60,7 @@ from stream.core.ingest import Limits  # noqa: E402
 from stream.core.partitioning import murmur2  # noqa: E402
 from stream.core.rules import load_rules  # noqa: E402
 from stream.core.state import CustomerState, decode, encode  # noqa: E402
-from tests.harness import Worker, free_port, unique  # noqa: E402
+from stream.tools.processes import Worker, free_port, unique  # noqa: E402
 
 PARTITIONS = 4
 MIB = 1024 * 1024

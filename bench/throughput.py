@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ingest import baseline, persona_traffic  # noqa: E402
 
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
-from tests.harness import Worker, free_port, produce, table_state, unique, wait_for  # noqa: E402
+from stream.tools.processes import Worker, free_port, produce, table_state, unique, wait_for  # noqa: E402
 
 PARTITIONS = 4
 #: The last commit with the seven rituals written in Python (before rituals became data).

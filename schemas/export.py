@@ -1,7 +1,8 @@
 """Writes the JSON Schemas of the event models into `schemas/json/`.
 
-Run `python -m schemas.export` after changing a model; `tests/test_schemas.py` fails while the
-committed files drift from the models, so emitters never validate against a stale contract.
+Run `python -m schemas.export` after changing a model; `tests/schemas/test_schemas.py` fails
+while the committed files drift from the models, so emitters never validate against a stale
+contract.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.events import EVENT_ADAPTER, MODELS
-from stream.core.cloudevents import schema_id
+from schemas.ids import schema_id
 
 JSON_DIR = Path(__file__).parent / "json"
 

@@ -13,17 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stream import __version__
+from schemas.ids import schema_id
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
-
-
-def schema_id(name: str) -> str:
-    """The `$id` of a published JSON Schema (schemas/json/): a URN naming the record and the
-    release whose schema it is, `urn:engage:schema:nudge:0.1.0`, so a consumer can tell which
-    contract a record was written against (no network fetch is implied)."""
-    return f"urn:engage:schema:{name}:{__version__}"
 
 
 #: `$id` of the published JSON Schemas of the two records.

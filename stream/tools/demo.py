@@ -424,7 +424,8 @@ def _summary(view: View) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The demo's options (also read by tests/test_compose.py for the compose demo service)."""
+    """The demo's options (also read by tests/system/test_compose.py for the compose demo
+    service)."""
     parser = command_parser("demo", __doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--days", type=float, default=400.0, help="simulated days")

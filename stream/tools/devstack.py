@@ -65,7 +65,7 @@ PROMETHEUS_TEMPLATE = OPS_DIR / "prometheus" / "prometheus.yml"
 
 SERVICES: tuple[str, ...] = ("kafka", "redis", "prometheus")
 #: Programs some tests and commands need besides the services: name -> {binary: Debian package}.
-#: `chromium` renders the `engage report` page headless (tests/test_report.py).
+#: `chromium` renders the `engage report` page headless (tests/tools/test_report.py).
 TOOLS: dict[str, dict[str, str]] = {"chromium": {"chromium": "chromium"}}
 JARS_MARKER = ".engage-jars"
 

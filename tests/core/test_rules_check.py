@@ -31,7 +31,7 @@ def problems_of(tmp_path: Path, text: str | bytes) -> list[str]:
 
 
 def test_the_packaged_file_and_the_examples_are_valid() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for path in [root / "stream/core/default_rules.yaml", *root.glob("docs/examples/*.yaml")]:
         assert check_rules_file(path) == [], path
 

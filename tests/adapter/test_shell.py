@@ -187,8 +187,8 @@ def test_records_after_offsets_the_consumer_skipped_are_not_folded_before_them()
     from stream.core.state import decode
     from stream.telemetry.kpis import Kpis
     from stream.telemetry.metrics import PipelineMetrics
+    from tests.core.test_engine import config
     from tests.factory import event, raw
-    from tests.test_engine import config
 
     topic = "t.clicks"
     tp = TP(topic, 1)
@@ -238,7 +238,7 @@ def _started_shell(revoke_after_first_chunk: int | None = None) -> tuple[Any, An
     from stream.adapter.shell import BatchShell
     from stream.telemetry.kpis import Kpis
     from stream.telemetry.metrics import PipelineMetrics
-    from tests.test_engine import config, stored_unacknowledged
+    from tests.core.test_engine import config, stored_unacknowledged
 
     driver = stored_unacknowledged(3)
     customers, control = _Table(), _Table()

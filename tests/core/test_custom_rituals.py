@@ -9,9 +9,9 @@ import pytest
 
 from stream.core.rituals import Context, holdout_bucket
 from stream.core.rules import load_rules
-from tests.test_rituals import Sim
+from tests.core.test_rituals import Sim
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
 BROWSE = load_rules(EXAMPLES / "browse-abandon.yaml")
 SECOND = load_rules(EXAMPLES / "second-purchase.yaml")

@@ -28,7 +28,7 @@ from stream.tools.rules import main
 from tests.factory import event
 from tests.harness import unique
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bucket(customer_id: str, ritual: str) -> int:

@@ -12,7 +12,7 @@ from schemas.nudges import Decision
 from stream.core.rituals import RITUALS
 from stream.tools.replay import canonical_lines, run_replay
 from tests.factory import event
-from tests.test_ritual_engine import lines, replay_settings, treated
+from tests.system.test_ritual_engine import lines, replay_settings, treated
 
 pytestmark = pytest.mark.integration
 

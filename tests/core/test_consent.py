@@ -13,8 +13,8 @@ from stream.core.profile import view
 from stream.core.rituals import Context, next_due
 from stream.core.rules import Rules
 from stream.core.state import fold, new_state
+from tests.core.test_rituals import Sim, ms, treated
 from tests.factory import event
-from tests.test_rituals import Sim, ms, treated
 
 CID = treated()
 OPT_IN_REGION = Rules(version="test-optin", consent={"marketing_default": "opted_out"})

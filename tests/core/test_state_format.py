@@ -26,11 +26,11 @@ from stream.core.state import (
     format_version,
     peek,
 )
+from tests.core.test_engine import INPUTS, PARTITIONS, config
 from tests.factory import event, raw
 from tests.fixtures.golden_states import describe
-from tests.test_engine import INPUTS, PARTITIONS, config
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def golden(version: str) -> tuple[list[bytes], dict[str, dict]]:

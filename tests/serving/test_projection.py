@@ -601,7 +601,7 @@ def test_worker_projection_survives_a_redis_outage_and_rebuilds(
     env = {**worker.env, "ENGAGE_REDIS_URL": own_redis.url}
     client.flushdb()
     subprocess.run([sys.executable, "-m", "stream", "project", "rebuild"], env=env, check=True,
-                   timeout=120, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+                   timeout=120, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
     assert all_projected(customers)
 
 
@@ -620,7 +620,7 @@ async def test_an_erasure_the_projector_never_flushed_is_made_at_the_next_start(
     from stream.core.driver import MemoryDriver
     from stream.core.engine import EngineConfig, time_key
     from stream.serving.projection import SEGMENT_KEYS, profile_key
-    from tests.test_engine import CONTROL, INPUTS, LIMITS, NS, RULES, WALL, Log
+    from tests.core.test_engine import CONTROL, INPUTS, LIMITS, NS, RULES, WALL, Log
 
     erasures = f"{NS}.erasures"
     config = EngineConfig(RULES, clock_for("follow", grace_ms=1000), INPUTS, CONTROL, LIMITS,

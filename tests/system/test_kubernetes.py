@@ -24,7 +24,7 @@ from stream.settings import Settings
 
 #: The Kubernetes version the manifests are checked against (bump with requirements-kube.lock).
 KUBERNETES_VERSION = "1.33.0"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIR = ROOT / "ops" / "kubernetes"
 FILES = sorted(p for p in DIR.glob("*.yaml") if p.name != "kustomization.yaml")
 

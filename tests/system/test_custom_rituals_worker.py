@@ -14,11 +14,11 @@ import pytest
 
 from stream.core.rules import load_rules
 from stream.tools.replay import run_replay
+from tests.core.test_custom_rituals import EXAMPLES, customer
 from tests.factory import event
 from tests.harness import produce_events, read_all, wait_for
 from tests.pinned import HERE, decisions, persona_events
-from tests.test_custom_rituals import EXAMPLES, customer
-from tests.test_ritual_engine import lines, replay_settings
+from tests.system.test_ritual_engine import lines, replay_settings
 
 pytestmark = pytest.mark.integration
 

@@ -46,7 +46,7 @@ from stream.telemetry.kpis import (
 from stream.telemetry.metrics import PipelineMetrics
 from stream.tools.emitter.simulation import SimConfig, Simulation
 from stream.tools.hostile import CATEGORIES, generate
-from tests.test_shell import _Table, _Topic
+from tests.adapter.test_shell import _Table, _Topic
 
 NS = "mb"
 PARTITIONS = 4

@@ -30,7 +30,7 @@ from stream.tools import devstack
 from stream.tools.charts import ReportData, Trend, render
 from stream.tools.report import build, parse_range
 from tests.harness import ROOT, wait_for
-from tests.test_observability import HELD_OUT_CUSTOMERS, NPS_SCORES, customer_ids, load
+from tests.telemetry.test_observability import HELD_OUT_CUSTOMERS, NPS_SCORES, customer_ids, load
 
 CHARTS = {"quadrants", "funnel", "decisions", "lift-came_back", "dlq"}
 

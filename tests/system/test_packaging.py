@@ -23,7 +23,7 @@ import pytest
 
 from stream import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
