@@ -38,6 +38,7 @@ from typing import Any
 
 from faust.types import TP
 
+from stream.adapter.faust_private import committed_offsets
 from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable, PartitionStore
 from stream.core.clock import PartitionTime, Progress, Replay, consumer_lag, wall_ms
@@ -167,7 +168,7 @@ class BatchShell:
         done: list[Record] = []
         expected = self.expected
         inputs = self.config.inputs
-        committed = getattr(self.app.consumer, "_committed_offset", {})
+        committed = committed_offsets(self.app.consumer)
         for record in records:
             if record.topic not in inputs:
                 done.append(record)
@@ -290,7 +291,7 @@ class BatchShell:
         return None
 
     def _committed(self, p: int) -> dict[str, int | None]:
-        committed = getattr(self.app.consumer, "_committed_offset", {})
+        committed = committed_offsets(self.app.consumer)
         return {t: committed.get(TP(t, p)) for t in self.config.inputs}
 
     def _highwaters(self, p: int) -> dict[str, int | None]:
