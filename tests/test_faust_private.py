@@ -271,3 +271,19 @@ def test_the_consumer_is_none_until_the_app_creates_it() -> None:
     assert started_consumer(app) is None
     consumer = app.consumer
     assert started_consumer(app) is consumer
+
+
+def test_importing_the_module_loads_no_faust() -> None:
+    """The changelog rebuild (`stream.serving`, which never loads Faust) and the tools use its
+    aiokafka helper: the Faust and mode imports are inside the functions that need them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, stream.adapter.faust_private, stream.serving.projection, stream.tools.forget;"
+        "print(sorted(m for m in ('faust', 'mode') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
