@@ -287,3 +287,16 @@ def test_importing_the_module_loads_no_faust() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_text_search_for_a_listed_name_finds_only_the_module() -> None:
+    """What a reader's `grep` sees: not even a comment or docstring of another module names a
+    listed private name (nor does one of engage's own helpers share such a name)."""
+    word = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(EXPECTED))) + r")\b")
+    found = {
+        f"{path.relative_to(ROOT)}:{number}": line.strip()
+        for path in other_modules()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if word.search(line)
+    }
+    assert found == {}
