@@ -66,6 +66,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
+from stream.adapter.faust_private import refresh_metadata  # noqa: E402
 from stream.core.state import CustomerState  # noqa: E402
 from stream.tools.hostile import generate, interleave  # noqa: E402
 from stream.tools.processes import Worker, read_all, table_state, unique, wait_for  # noqa: E402
@@ -265,7 +266,7 @@ async def _offsets(bootstrap: str, group: str | None, topics: list[str]) -> tupl
         for topic in topics:
             parts = consumer.partitions_for_topic(topic)
             if not parts:
-                await consumer._client.force_metadata_update()
+                await refresh_metadata(consumer)
                 parts = consumer.partitions_for_topic(topic) or set()
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         ends = await consumer.end_offsets(tps) if tps else {}

@@ -23,9 +23,9 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
-from stream.adapter import offsets
 from stream.adapter.access import guard
 from stream.adapter.drain import DirectConsumer, LeanApp
+from stream.adapter.faust_private import install_commit_rule
 from stream.adapter.faust_sensor import FaustSensor
 from stream.adapter.sender import Sender
 from stream.adapter.shell import BatchShell
@@ -163,10 +163,10 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
     rules = rules or load_rules(settings.rules_file)
     if settings.processing_guarantee == "at_least_once":
-        # Commits never crawl nor pass an unprocessed offset (see the module). Transactions
-        # (exactly_once) put markers in the changelog and output topics, which are real gaps:
-        # there Faust's own bookkeeping stays.
-        offsets.install()
+        # Commits never crawl nor pass an unprocessed offset (`stream.adapter.offsets`).
+        # Transactions (exactly_once) put markers in the changelog and output topics, which are
+        # real gaps: there Faust's own bookkeeping stays.
+        install_commit_rule()
     app = LeanApp(
         settings.app_id,
         store=settings.store,

@@ -36,6 +36,9 @@ raced against the suspend flag through Faust's own `wait_first`, exactly as befo
 call of `wait_first` takes Faust's path unchanged. Faust keeps everything else: group
 membership, rebalances, fetching, offsets and commits, tables and their recovery.
 
+Faust's private names (its fetcher loop, offset bookkeeping, the stopped and crashed flags,
+the producer's and the app's private hooks) are reached through `stream.adapter.faust_private`.
+
 Imports: faust, asyncio and the core's `Record` (an adapter module).
 """
 
@@ -43,16 +46,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer, Producer, Transport
 from faust.types import TP, TransportT
 from mode.services import WaitResults
-from mode.utils.futures import notify
 
+from stream.adapter.faust_private import (
+    FetchLoopHook,
+    ProducerSettingsHook,
+    TransportHook,
+    ack,
+    buffered_partitions,
+    changelog_tables,
+    commit_due,
+    next_records,
+    read_offsets,
+    stopping,
+    to_message,
+)
 from stream.adapter.restore import restore_fetch
 from stream.core.engine import Record
 from stream.kafka_client import DURABLE_PRODUCER
@@ -104,8 +118,7 @@ class LeanConsumer(Consumer):
             and isinstance(coros[1], _SuspendWait)
             and asyncio.iscoroutine(coros[0])
             and not self.suspend_flow.is_set()
-            and not self._stopped.is_set()
-            and not self._crashed.is_set()
+            and not stopping(self)
         ):
             handover: Coroutine[Any, Any, Any] = coros[0]
             try:
@@ -143,7 +156,7 @@ async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
             return done.value
 
 
-class DirectConsumer(LeanConsumer):
+class DirectConsumer(FetchLoopHook, LeanConsumer):
     """`LeanConsumer` whose fetches of `direct_topics` go to `direct_sink` in one call."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -166,31 +179,11 @@ class DirectConsumer(LeanConsumer):
                 log.info("rebalance waits for the batch in progress")
         await super().wait_empty()
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (Kafka tests)
-        """Faust's fetcher loop (`Consumer._drain_messages`) with the direct hand-over."""
-        if self.direct_sink is None or not self.direct_topics:
-            await super()._drain_messages(fetcher)
-            return
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                self.diag.set_flag(CONSUMER_FETCHING)
-                try:
-                    await self._fetch_once()
-                finally:
-                    self.diag.unset_flag(CONSUMER_FETCHING)
-                await self.sleep(0)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                return
-            raise
+    def fetches_directly(self) -> bool:
+        """The fetcher loop is `fetch_once` once the app has set the sink and its topics."""
+        return self.direct_sink is not None and bool(self.direct_topics)
 
-    async def _fetch_once(self) -> None:
+    async def fetch_once(self) -> None:
         """One `getmany`: direct topics' records to the sink, the rest through the callback.
         Once a rebalance has ended (recovery done, seeks made), the partitions assigned are
         prepared first (`direct_prepare`), like a batch (a rebalance waits for it)."""
@@ -203,7 +196,7 @@ class DirectConsumer(LeanConsumer):
                     await self.direct_prepare(assigned)
                 finally:
                     self.direct_idle.set()
-        records, active = await self._wait_next_records(1.0)
+        records, active = await next_records(self, 1.0)
         if self.should_stop:
             return
         if not records:
@@ -216,15 +209,15 @@ class DirectConsumer(LeanConsumer):
             return
         generation = self.app.consumer_generation_id
         direct = self.direct_topics
-        changelogs = self.app.tables._changelogs  # topic name -> table
-        read_offset = self._read_offset
+        changelogs = changelog_tables(self.app)  # topic name -> table
+        read_offset = read_offsets(self)
         monitor = self.app.monitor
         batch: list[Record] = []
         tps: dict[tuple[str, int], Any] = {}  # the client's own partition objects, for acks
         for tp, recs in records.items():
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 return  # a rebalance began: Faust seeks back to the committed offsets
-            if active is not None and tp not in active and tp not in self._buffered_partitions:
+            if active is not None and tp not in active and tp not in buffered_partitions(self):
                 continue
             if not recs:
                 continue
@@ -255,61 +248,40 @@ class DirectConsumer(LeanConsumer):
             done = await self.direct_sink(batch)
         finally:
             self.direct_idle.set()
-        self._ack_records(done, tps)
-        if self._commit_every is not None and self._n_acked >= self._commit_every:
-            self._n_acked = 0
+        ack(self, done, tps)  # what Faust's commit reads
+        if commit_due(self):
             await self.commit()
 
     def _restore(self, tp: TP, recs: Sequence[Any]) -> None:
         """A fetch of a table changelog (recovery, standbys) to its table in one batch
         (`stream.adapter.restore`), instead of one record at a time through Faust's path."""
-        r_offset = self._read_offset.get(tp)
+        read_offset = read_offsets(self)
+        r_offset = read_offset.get(tp)
         fresh = [rec for rec in recs if r_offset is None or rec.offset >= r_offset]
         if fresh:
-            self._read_offset[tp] = fresh[-1].offset
+            read_offset[tp] = fresh[-1].offset
             self.restored += restore_fetch(self.app.tables.recovery, tp, fresh)
 
     async def _through_callback(self, tp: TP, recs: Sequence[Any]) -> None:
         """Faust's per-message path (the topics neither direct nor a table changelog)."""
-        read_offset = self._read_offset
+        read_offset = read_offsets(self)
         callback = self.callback
         for rec in recs:
             if not self.flow_active:
                 return
             r_offset = read_offset.get(tp)
             if r_offset is None or rec.offset >= r_offset:
-                await self.wait_first(callback(self._to_message(tp, rec)), self.suspend_flow.wait())
+                await self.wait_first(callback(to_message(self, tp, rec)), self.suspend_flow.wait())
                 read_offset[tp] = rec.offset
 
-    def _ack_records(self, records: Sequence[Record], tps: dict[tuple[str, int], Any]) -> None:
-        """`Consumer.ack` for processed records: what Faust's commit reads (keyed by the
-        client's partition objects: a transaction's offsets must be aiokafka's type)."""
-        committed = self._committed_offset
-        acked = self._acked
-        acked_index = self._acked_index
-        n = 0
-        for rec in records:
-            tp = tps[rec.topic, rec.partition]
-            offset = rec.offset
-            c = committed.get(tp)
-            if c is None or offset >= c:
-                index = acked_index[tp]
-                if offset not in index:
-                    index.add(offset)
-                    acked[tp].append(offset)
-                    n += 1
-        self._n_acked += n
-        notify(self._waiting_for_ack)
 
-
-class DurableProducer(Producer):
+class DurableProducer(ProducerSettingsHook, Producer):
     """Faust's aiokafka producer, always idempotent with acks=all (`DURABLE_PRODUCER`): Faust
     asks for idempotence only inside transactions (exactly_once), but an at-least-once worker's
     changelog and decision writes are retried too, after a lost acknowledgement or a leader
     moving to another broker, and must not land twice."""
 
-    def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), **DURABLE_PRODUCER}
+    extra_producer_settings = DURABLE_PRODUCER
 
 
 class DurableTransport(Transport):
@@ -319,7 +291,7 @@ class DurableTransport(Transport):
 
 
 class LeanTransport(DurableTransport):
-    """The aiokafka transport with `LeanConsumer` (`faust.App._new_transport` picks it)."""
+    """The aiokafka transport with `LeanConsumer` (`LeanApp.new_transport` picks it)."""
 
     Consumer = LeanConsumer
 
@@ -330,14 +302,15 @@ class DirectTransport(DurableTransport):
     Consumer = DirectConsumer
 
 
-class LeanApp(faust.App):
+class LeanApp(TransportHook, faust.App):
     """`faust.App` whose consumer is `DirectConsumer` (`drain="direct"`) or `LeanConsumer`
     (`drain="lean"`) for Kafka brokers; `drain="faust"` keeps Faust's. Every Kafka transport
     produces with `DurableProducer`."""
 
     drain = "direct"
 
-    def _new_transport(self) -> TransportT:
+    def new_transport(self) -> TransportT | None:
+        """One of the transports above for a Kafka broker; None (Faust's choice) otherwise."""
         url = self.conf.broker_consumer[0]
         if url.scheme in {"kafka", "aiokafka"}:
             if self.drain == "direct":
@@ -345,4 +318,4 @@ class LeanApp(faust.App):
             if self.drain == "lean":
                 return LeanTransport(self.conf.broker_consumer, self)
             return DurableTransport(self.conf.broker_consumer, self)
-        return super()._new_transport()
+        return None

@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.adapter.faust_private import started_consumer
+
 
 class FaustSensor(Collector):
     """Reads `app.monitor` when Prometheus scrapes; costs nothing per event."""
@@ -93,7 +95,7 @@ class FaustSensor(Collector):
             "1 once the standby copies have caught up with their changelogs.",
             value=1 if self.app.tables.standbys_ready else 0,
         )
-        consumer = self.app._consumer  # None before the worker starts
+        consumer = started_consumer(self.app)  # None before the worker starts
         yield CounterMetricFamily(
             "engage_faust_changelog_records_restored",
             "Changelog records applied to the tables a fetch at a time (the direct drain).",

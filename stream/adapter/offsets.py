@@ -13,13 +13,13 @@ they were processed (an event lost at the next crash).
 The worker's acknowledged topics (inputs, clock, erasures) are plain append-only topics written
 without transactions: they have no gaps. So no gap is recorded, and the offset committed is the
 end of the run of acknowledged offsets that starts exactly at the committed offset (never past an
-offset that was not acknowledged; duplicates ignored). `next_commit` is that rule, pure.
+offset that was not acknowledged; duplicates ignored). `next_commit` is that rule, pure;
+`stream.adapter.faust_private.install_commit_rule` makes Faust's consumer use it (at_least_once).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 
 def next_commit(acked: Sequence[int], committed: int | None) -> tuple[int | None, list[int]]:
@@ -40,28 +40,3 @@ def next_commit(acked: Sequence[int], committed: int | None) -> tuple[int | None
             break
         end += 1
     return end, [o for o in pending if o >= end]
-
-
-def _new_offset(self: Any, tp: Any) -> int | None:
-    """`Consumer._new_offset` by `next_commit` (replaces Faust's, see the module docstring)."""
-    acked = self._acked[tp]
-    if not acked:
-        return None
-    offset, keep = next_commit(acked, self._committed_offset.get(tp))
-    if offset is not None:
-        index = self._acked_index[tp]
-        index.intersection_update(keep)
-    acked[:] = keep
-    return offset
-
-
-async def _no_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-    """`Consumer._add_gap`: our topics have no gaps; a jump is a record read ahead."""
-
-
-def install() -> None:
-    """Use these rules in every Faust consumer of this process (idempotent)."""
-    from faust.transport.consumer import Consumer
-
-    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
-    Consumer._add_gap = _no_gap  # type: ignore[method-assign]

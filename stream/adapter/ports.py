@@ -23,17 +23,13 @@ from typing import Any
 
 from faust.types import TP
 
+from stream.adapter.faust_private import committed_offsets
 from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable
 from stream.core.commit import Done, Table
 from stream.core.engine import Output
 
 log = logging.getLogger("engage")
-
-
-def committed_offsets(consumer: Any) -> Mapping[Any, int]:
-    """The consumer's committed offset per topic-partition (empty before it started)."""
-    return getattr(consumer, "_committed_offset", {})  # type: ignore[no-any-return]
 
 
 class FaustTables:

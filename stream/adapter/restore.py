@@ -22,7 +22,10 @@ flushed), so the worker is ready only once its state is complete.
 The direct drain (`stream.adapter.drain.DirectConsumer`) calls it for the records of every
 table changelog; the other drains keep Faust's path.
 
-Imports: faust's types only (an adapter module).
+Recovery's private bookkeeping (when a partition last received a record, the end of recovery,
+the standbys' tracing span) is reached through `stream.adapter.faust_private`.
+
+Imports: `stream.adapter.faust_private` only (an adapter module).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 from time import monotonic
 from typing import Any
 
-from faust.utils.tracing import finish_span
+from stream.adapter.faust_private import after_restore, restored_offsets
 
 
 class RestoredRecord:
@@ -63,13 +66,8 @@ def restore_fetch(recovery: Any, tp: Any, records: Sequence[Any]) -> int:
     if table is None:
         return 0
     now = monotonic()
-    if tp in recovery.active_tps:
-        offsets = recovery.active_offsets
-        recovery._active_events_received_at[tp] = now
-    elif tp in recovery.standby_tps:
-        offsets = recovery.standby_offsets
-        recovery._standby_events_received_at[tp] = now
-    else:
+    offsets = restored_offsets(recovery, tp, now)
+    if offsets is None:
         return 0
     seen = offsets.get(tp, None)
     batch = [RestoredRecord(tp, rec) for rec in records if seen is None or rec.offset > seen]
@@ -81,17 +79,5 @@ def restore_fetch(recovery: Any, tp: Any, records: Sequence[Any]) -> int:
         buffered.clear()
     table.apply_changelog_batch(batch)
     offsets[tp] = batch[-1].offset
-    recovery._last_flush_at = now
-    if recovery.in_recovery and not recovery.need_recovery():
-        # What `Recovery._slurp_changelogs` does after the last record of the last partition.
-        recovery.flush_buffers()
-        recovery._set_recovery_ended()
-        recovery.signal_recovery_end.set()
-    tables = recovery.tables
-    standby_ready = recovery._standbys_span is None and tables.standbys_ready
-    if not standby_ready and not recovery.standby_remaining_total():
-        if recovery._standbys_span:
-            finish_span(recovery._standbys_span)
-            recovery._standbys_span = None
-        tables.on_standbys_ready()
+    after_restore(recovery, now)
     return len(batch)

@@ -25,13 +25,8 @@ from typing import Any
 
 from faust.types import TP
 
-from stream.adapter.ports import (
-    AtLeastOnceSink,
-    FaustSource,
-    FaustTables,
-    TransactionalSink,
-    committed_offsets,
-)
+from stream.adapter.faust_private import committed_offsets
+from stream.adapter.ports import AtLeastOnceSink, FaustSource, FaustTables, TransactionalSink
 from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable
 from stream.core.clock import consumer_lag, wall_ms

@@ -5,20 +5,21 @@ a read or write) through `current_event()`, which is set only in the task iterat
 message at a time. The batch engine writes each changed customer once per batch, and an
 acknowledged decision clears its outbox from a send callback, where no current event is set.
 So every access here names its partition, the input partition the customer lives on, and
-`_on_partition` presents Faust with a stand-in event on it. `use_partitioner=True` would instead
+`_on_partition` presents Faust with a stand-in event on it (made the current event by
+`stream.adapter.faust_private.set_current_event`). `use_partitioner=True` would instead
 re-hash the key with the producer's partitioner, which is wrong for producers whose
 partitioner differs from the Java client's.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import faust
-from faust.streams import _current_event
+
+from stream.adapter.faust_private import reset_current_event, set_current_event, store_databases
 
 
 class _Message:
@@ -53,11 +54,11 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
         event = self._events.get(partition)
         if event is None:
             event = self._events[partition] = _PartitionEvent(self.source_topic, partition)
-        token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+        token = set_current_event(event)
         try:
             yield
         finally:
-            _current_event.reset(token)
+            reset_current_event(token)
 
     def partition_for_key(self, key: Any) -> int | None:
         """The partition named by the access in progress (co-partitioning of the changelog
@@ -92,7 +93,7 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
     def persists_offsets(self) -> bool:
         """True with `rocksdb://` (one database per partition, which keeps the offset of the
         last changelog record it holds); `memory://` keeps none, so `persisted` is not needed."""
-        return getattr(self.data, "_dbs", None) is not None
+        return store_databases(self.data) is not None
 
     def persisted(self, fut: Any) -> None:
         """A changelog record sent by `store`'s caller is in Kafka: with `rocksdb://` the
@@ -135,7 +136,7 @@ def scan_store(
     `memory://` keeps one dict for all partitions: its keys are listed once (references only)
     and each value is read with its chunk; entries of every partition come (the caller sorts
     them by the partition each state records)."""
-    dbs = getattr(store, "_dbs", None)
+    dbs = store_databases(store)
     if dbs is None:  # memory://
         data = store.data
         keys = list(data)

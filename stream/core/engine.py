@@ -234,7 +234,7 @@ class PartitionEngine:
         self._dirty: set[bytes] = set()
         self._touched: set[bytes] = set()  # projection refresh only (a segment change)
         self._erased: set[bytes] = set()  # deleted in this batch (unless re-created after)
-        self._acked: set[bytes] = set()  # outboxes shortened by acknowledgements in this batch
+        self._acked_keys: set[bytes] = set()  # outboxes shortened by acknowledgements in this batch
         # Reading a record this partition's clock record says was read before a crash whose
         # state writes were lost: its decisions are re-sends (same nudge_id), counted so.
         self._rereading = False
@@ -365,7 +365,7 @@ class PartitionEngine:
         self._dirty.clear()
         self._touched.clear()
         self._erased.clear()
-        self._acked.clear()
+        self._acked_keys.clear()
 
     def _clear_outboxes(self, acknowledged: Mapping[bytes, Collection[str]]) -> None:
         """Drop acknowledged decisions from their customers' outboxes (in the batch's cache;
@@ -378,13 +378,13 @@ class PartitionEngine:
             kept = [s for s in state.outbox if s.nudge_id not in ids]
             if len(kept) != len(state.outbox):
                 self._cache[key] = msgspec.structs.replace(state, outbox=kept)
-                self._acked.add(key)
+                self._acked_keys.add(key)
 
     def _write_acknowledged(self) -> None:
         """Encode the customers whose only change is a shorter outbox (no projection: their
         profiles did not change)."""
         states, dirty, erased = self._result.states, self._dirty, self._erased
-        for key in self._acked:
+        for key in self._acked_keys:
             if key not in dirty and key not in erased:
                 states[key] = encode(self._cache[key])
 

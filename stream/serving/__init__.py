@@ -1,5 +1,6 @@
 """Serving: the Redis profile projection (and its rebuild) that messaging systems read.
 
 May import: ``stream.core``, ``stream.telemetry``, ``stream.settings``, redis and aiokafka (to
-read the changelog for a rebuild); never faust.
+read the changelog for a rebuild), and ``stream.adapter.faust_private`` for aiokafka's private
+names (it loads no faust); never faust.
 """

@@ -276,7 +276,7 @@ class RedisProjector:
         self._inflight: dict[str, Pending] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._client: Any = None
+        self._redis: Any = None
         self._script: Any = None
         self._failures = 0  # consecutive failed attempts, for backoff and log throttling
         # Called with the ids of every batch Redis confirmed (all its commands succeeded): the
@@ -402,13 +402,13 @@ class RedisProjector:
 
     async def _write(self, batch: Mapping[str, Pending]) -> bool:
         """Write one batch; True when Redis ran every command of it (nothing skipped)."""
-        if self._client is None:
-            self._client = connect(self.redis_url, socket_timeout_s=self.socket_timeout_s)
-            self._script = self._client.register_script(WRITE_SCRIPT)
+        if self._redis is None:
+            self._redis = connect(self.redis_url, socket_timeout_s=self.socket_timeout_s)
+            self._script = self._redis.register_script(WRITE_SCRIPT)
         # No MULTI: each customer's script is atomic, and a batch cut short by a lost
         # connection is simply written again (writes are idempotent).
         skipped = False
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             for i, (cid, (raw, clock)) in enumerate(batch.items()):
                 if i % 50 == 49:  # ~100 µs a profile: let the stream run between slices
                     await asyncio.sleep(0)
@@ -451,7 +451,7 @@ class RedisProjector:
         self._failures = 0
 
     async def _close(self) -> None:
-        client, self._client = self._client, None
+        client, self._redis = self._redis, None
         if client is not None:
             # closing a broken connection may fail too; there is nothing left to do about it
             with contextlib.suppress(Exception):
@@ -521,6 +521,7 @@ async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]
     """
     from aiokafka import TopicPartition
 
+    from stream.adapter.faust_private import refresh_metadata
     from stream.kafka_client import check_access
     from stream.kafka_client import consumer as kafka_consumer
 
@@ -539,7 +540,7 @@ async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             raise LookupError(f"changelog topic {topic} not found (is ENGAGE_APP_ID right?)")

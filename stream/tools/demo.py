@@ -161,7 +161,7 @@ class View:
         return Group(Table.grid(padding=2), pipeline, kpis, rituals, latest)
 
 
-def _consumer(bootstrap: str, *topics: str, **options: Any) -> Any:
+def _kafka_consumer(bootstrap: str, *topics: str, **options: Any) -> Any:
     """A consumer of the demo's broker with the ENGAGE_ security settings (one home)."""
     from stream.kafka_client import consumer
     from stream.settings import Settings
@@ -170,7 +170,7 @@ def _consumer(bootstrap: str, *topics: str, **options: Any) -> Any:
 
 
 async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Event) -> None:
-    consumer = _consumer(
+    consumer = _kafka_consumer(
         bootstrap, topic, auto_offset_reset="earliest", enable_auto_commit=False,
         metadata_max_age_ms=2000,
     )  # fmt: skip
@@ -189,7 +189,7 @@ async def _watch_nudges(bootstrap: str, topic: str, view: View, stop: asyncio.Ev
 async def _end_offsets(bootstrap: str, topics: list[str], partitions: int) -> int:
     from aiokafka import TopicPartition
 
-    consumer = _consumer(bootstrap)
+    consumer = _kafka_consumer(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]

@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from stream.adapter.faust_private import refresh_metadata
 from stream.adapter.topics import TopicMismatch, ensure_topics
 from stream.cli import command_parser
 from stream.kafka_client import KafkaAccessError, consumer, describe_error, producer
@@ -44,7 +45,7 @@ async def _receipt_positions(settings: Settings) -> tuple[Any, list[TopicPartiti
     topic = settings.erasure_receipts_topic
     partitions = c.partitions_for_topic(topic)
     if not partitions:
-        await c._client.force_metadata_update()
+        await refresh_metadata(c)
         partitions = c.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     c.assign(tps)

@@ -94,7 +94,7 @@ class Forwarder:
         self.stats = ForwardStats()
         kwargs = options.client_kwargs()
         self._options = options
-        self._consumer = AIOKafkaConsumer(
+        self._source = AIOKafkaConsumer(
             self.topic,
             group_id=config.group,
             enable_auto_commit=False,
@@ -113,14 +113,14 @@ class Forwarder:
 
         await self._ensure_dlq_topic()
         await self._producer.start()
-        await self._consumer.start()
+        await self._source.start()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)
         )
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await self._consumer.stop()
+            await self._source.stop()
         with contextlib.suppress(Exception):
             await self._producer.stop()
         if self._session is not None:
@@ -149,7 +149,7 @@ class Forwarder:
     async def run(self) -> None:
         """Forever: fetch, forward each partition's records in order, commit what is done."""
         while True:
-            batch = await self._consumer.getmany(timeout_ms=1000)
+            batch = await self._source.getmany(timeout_ms=1000)
             if batch:
                 await asyncio.gather(
                     *(self._partition(tp, records) for tp, records in batch.items())
@@ -160,11 +160,11 @@ class Forwarder:
         from aiokafka.structs import OffsetAndMetadata
 
         for record in records:
-            if tp not in self._consumer.assignment():
+            if tp not in self._source.assignment():
                 return  # revoked meanwhile: its new owner re-sends from the committed offset
             await self._one(record)
             try:
-                await self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+                await self._source.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
             except (CommitFailedError, IllegalStateError):
                 log.warning("partition %s moved to another forwarder; it re-sends from there", tp)
                 return

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import stream
+from stream.adapter.faust_private import refresh_metadata
 from stream.core.state import CustomerState, decode
 
 # The source tree the imported `stream` package comes from: a worker started from here runs the
@@ -210,7 +211,7 @@ async def _read_all(bootstrap: str, topic: str) -> list[Any]:
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from stream.adapter import offsets
 from stream.adapter.app import create_app
 from stream.adapter.drain import DirectConsumer, LeanConsumer, _resume
+from stream.adapter.faust_private import install_commit_rule
 from stream.core.engine import Record
 from stream.settings import Settings
 
@@ -86,9 +86,9 @@ def test_a_fetch_goes_to_the_sink_in_one_call_and_processed_records_are_acknowle
     c, batches, through_faust = _direct(fetched, keep=lambda r: (r.partition, r.offset) != (0, 12))
     c._committed_offset[clicks0] = 10
     c._read_offset[clicks1] = 6  # offset 5 was read before: dropped, as Faust drops it
-    offsets.install()
+    install_commit_rule()
 
-    asyncio.run(c._fetch_once())
+    asyncio.run(c.fetch_once())
 
     assert len(batches) == 1  # one call for the whole fetch
     assert [(r.partition, r.offset) for r in batches[0]] == [(0, 10), (0, 11), (0, 12), (0, 13),
@@ -116,7 +116,7 @@ def test_a_fetch_overtaken_by_a_rebalance_is_dropped() -> None:
     clicks0 = TopicPartition("in.clicks", 0)
     c, batches, _ = _direct({clicks0: [_record("in.clicks", 0, 0)]})
     c.flow_active = False  # a rebalance stopped the flow while the fetch was in flight
-    asyncio.run(c._fetch_once())
+    asyncio.run(c.fetch_once())
     assert batches == [] and not c._acked[clicks0]
 
 

@@ -101,9 +101,9 @@ def test_a_record_read_ahead_after_a_restart_does_not_make_commits_crawl() -> No
     (the partition "advancing 0.4 messages/s" in the chaos suite)."""
     from faust.transport.consumer import Consumer
 
-    from stream.adapter import offsets
+    from stream.adapter.faust_private import install_commit_rule
 
-    offsets.install()
+    install_commit_rule()
     state, tp = _consumer_state(committed=447)
     _ack(state, tp, [447])
     _read(state, tp, last=447, offset=500)
@@ -119,9 +119,9 @@ def test_a_commit_never_passes_an_offset_not_yet_processed() -> None:
     would lose them at the next crash (the chaos suite's event never folded)."""
     from faust.transport.consumer import Consumer
 
-    from stream.adapter import offsets
+    from stream.adapter.faust_private import install_commit_rule
 
-    offsets.install()
+    install_commit_rule()
     state, tp = _consumer_state(committed=447)
     _ack(state, tp, [447])
     _read(state, tp, last=447, offset=1169)

@@ -346,24 +346,24 @@ class NudgeListener:
         self.topic = f"{options.namespace}.nudges"
         self.queue: asyncio.Queue[Nudge] = asyncio.Queue()
         self.invalid = 0
-        self._consumer = AIOKafkaConsumer(group_id=None, **options.client_kwargs())
+        self._reader = AIOKafkaConsumer(group_id=None, **options.client_kwargs())
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, partitions: set[int], timeout_s: float = 60.0) -> None:
         from aiokafka import TopicPartition
 
-        await _start_with_retry(self._consumer, timeout_s)
+        await _start_with_retry(self._reader, timeout_s)
         assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self._consumer.assign(assignment)
-        await self._consumer.seek_to_end(*assignment)
+        self._reader.assign(assignment)
+        await self._reader.seek_to_end(*assignment)
         for tp in assignment:  # resolve the positions now, before anything is produced
-            await self._consumer.position(tp)
+            await self._reader.position(tp)
         self._task = asyncio.create_task(self._run(), name="nudge-listener")
 
     async def _run(self) -> None:
         import msgspec
 
-        async for record in self._consumer:
+        async for record in self._reader:
             try:
                 nudge = Nudge.from_record(msgspec.json.decode(record.value or b""))
             except msgspec.DecodeError:
@@ -378,4 +378,4 @@ class NudgeListener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        await self._consumer.stop()
+        await self._reader.stop()
