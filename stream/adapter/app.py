@@ -163,7 +163,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
     rules = rules or load_rules(settings.rules_file)
     if settings.processing_guarantee == "at_least_once":
-        # Commits never crawl nor pass an unprocessed offset (`stream.adapter.offsets`).
+        # Commits never crawl nor pass an unprocessed offset (`stream.core.commit.next_commit`).
         # Transactions (exactly_once) put markers in the changelog and output topics, which are
         # real gaps: there Faust's own bookkeeping stays.
         install_commit_rule()

@@ -5,10 +5,10 @@ these topics: the direct drain reads and acknowledges records with Faust's offse
 (`stream.adapter.drain`), the changelog restore does Faust's recovery bookkeeping a fetch at a
 time (`stream.adapter.restore`), a table write names its partition through the context
 variable Faust reads it from (`stream.adapter.tables`), the commit rule for plain append-only
-topics replaces Faust's (`stream.adapter.offsets`), and a freshly started aiokafka consumer
+topics replaces Faust's (`stream.core.commit.next_commit`), and a freshly started aiokafka consumer
 refreshes its metadata. Those names are private: a Faust, mode or aiokafka release may rename
 or remove any of them without notice. So they are all here, behind small public functions and
-three base classes, and nowhere else in the repository (`tests/test_faust_private.py` lists
+three base classes, and nowhere else in the repository (`tests/adapter/test_faust_private.py` lists
 them and fails, naming the missing one, when an installed release no longer has one).
 
 The three base classes override a private hook and call a public method of the subclass:
@@ -20,7 +20,7 @@ Nothing from Faust, mode or aiokafka is imported when this module is imported (o
 functions that need it): the changelog rebuild (`stream.serving`) and the command-line tools
 use the aiokafka helper without loading Faust.
 
-On a Faust (or mode, aiokafka) upgrade: run `tests/test_faust_private.py` (every name still
+On a Faust (or mode, aiokafka) upgrade: run `tests/adapter/test_faust_private.py` (every name still
 exists), then the drain, restore, tables and shell tests against Kafka, and read the new
 release's `Consumer._drain_messages`, `Consumer._new_offset`, `Consumer._add_gap`,
 `Recovery._slurp_changelogs` and `Producer._settings_extra` against the copies and
@@ -36,7 +36,7 @@ from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from stream.adapter.offsets import next_commit
+from stream.core.commit import next_commit
 
 if TYPE_CHECKING:
     from stream.core.engine import Record
@@ -127,9 +127,9 @@ async def _no_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
 
 
 def install_commit_rule() -> None:
-    """Commit by `stream.adapter.offsets.next_commit` in every Faust consumer of this process,
+    """Commit by `stream.core.commit.next_commit` in every Faust consumer of this process,
     and record no gaps (idempotent). Right for plain append-only topics written without
-    transactions (at_least_once): see `stream.adapter.offsets` for why Faust's rule is not."""
+    transactions (at_least_once): `stream.core.commit.next_commit` says why Faust's is not."""
     from faust.transport.consumer import Consumer
 
     Consumer._new_offset = _gapless_new_offset  # type: ignore[method-assign]

@@ -105,7 +105,7 @@ def test_a_fetch_goes_to_the_sink_in_one_call_and_processed_records_are_acknowle
     # Acknowledged under the client's own partition objects, only what was processed:
     assert all(isinstance(tp, TopicPartition) for tp in c._acked)
     assert sorted(c._acked[clicks0]) == [10, 11, 13] and c._acked[clicks1] == [6]
-    # so the commit stops before the held-back offset (stream.adapter.offsets).
+    # so the commit stops before the held-back offset (stream.core.commit.next_commit).
     assert c._new_offset(clicks0) == 12
     # The seek back stands: the held-back record will be read again, not dropped as read.
     assert c._read_offset[clicks0] == 12 and c._read_offset[clicks1] == 6

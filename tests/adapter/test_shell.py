@@ -58,7 +58,7 @@ def test_a_worker_stuck_in_recovery_becomes_unhealthy() -> None:
     assert e.health()[0] and e.not_ready_since is None
 
 
-# --- input offsets committed (Faust's bookkeeping, see stream/adapter/offsets.py) -------------
+# --- input offsets committed (Faust's bookkeeping, see stream.core.commit.next_commit) --------
 
 
 def _consumer_state(committed: int) -> tuple[SimpleNamespace, object]:
