@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.core.state import CustomerState, decode
+from stream.topic_names import customers_changelog, namespaced
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -80,11 +81,11 @@ class Worker:
         }
 
     def topic(self, suffix: str) -> str:
-        return f"{self.namespace}.{suffix}"
+        return namespaced(self.namespace, suffix)
 
     @property
     def changelog(self) -> str:
-        return f"{self.app_id}-customers-changelog"
+        return customers_changelog(self.app_id)
 
     def start(self, timeout: float = 90.0) -> Worker:
         log = self.log_path.open("ab")

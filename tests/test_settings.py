@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from stream.settings import Settings
+from stream.topic_names import control_changelog, customers_changelog, forward_group
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,23 @@ def test_defaults_name_the_spec_topics() -> None:
         "engage.nudge-decisions",
     )
     assert s.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_the_changelog_names_are_the_ones_faust_gives_the_tables() -> None:
+    """`stream.topic_names` spells the changelogs the same way Faust names them: the topics
+    `engage topics` creates, the projector and the tools read are the ones the worker writes."""
+    from stream.adapter.app import create_app
+
+    s = Settings(app_id="shop-1", broker="kafka://127.0.0.1:1", redis_enabled=False)
+    engage = create_app(s)
+    faust_names = sorted(t.changelog_topic.get_topic_name() for t in engage.app.tables.values())
+    assert faust_names == sorted(s.changelog_topics())
+    assert s.changelog_topics() == [customers_changelog("shop-1"), control_changelog("shop-1")]
+    assert s.customers_changelog == "shop-1-customers-changelog"
+    assert (s.forward_dlq_topic, forward_group(s.topic_namespace)) == (
+        "engage.forward-dlq",
+        "engage.forward",
+    )
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

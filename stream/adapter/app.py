@@ -42,6 +42,7 @@ from stream.settings import Settings
 from stream.telemetry.kpis import Kpis, Snapshot, add_to_snapshot
 from stream.telemetry.kpis import summary as kpi_summary
 from stream.telemetry.metrics import PipelineMetrics
+from stream.topic_names import CONTROL_TABLE, CUSTOMERS_TABLE
 
 log = logging.getLogger("engage")
 
@@ -203,8 +204,8 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         }.items()
     }
     # bytes key and value types make Faust use the raw codec: we encode values ourselves.
-    table = _table(app, "customers", settings)
-    control = _table(app, "control", settings)
+    table = _table(app, CUSTOMERS_TABLE, settings)
+    control = _table(app, CONTROL_TABLE, settings)
     metrics = PipelineMetrics(rules=rules)
     metrics.registry.register(FaustSensor(app))
     kpis = Kpis(metrics.registry)

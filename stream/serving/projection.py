@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from stream.core.profile import QUADRANTS, STAGES, view
 from stream.core.rules import DEFAULT_RULES, ProfileRules, Rules
 from stream.core.state import MS_PER_DAY, CustomerState, Peek, decode
+from stream.topic_names import customers_changelog
 
 log = logging.getLogger("engage")
 
@@ -506,10 +507,6 @@ def kafka_security(settings: Any) -> dict[str, Any]:
     return security_kwargs(settings)
 
 
-def changelog_topic(settings: Any) -> str:
-    return f"{settings.app_id}-customers-changelog"
-
-
 async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]:
     """The `customers` changelog, one partition at a time: latest value per customer.
 
@@ -524,7 +521,7 @@ async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]
     from stream.kafka_client import check_access
     from stream.kafka_client import consumer as kafka_consumer
 
-    topic = changelog_topic(settings)
+    topic = customers_changelog(settings.app_id)
     await check_access(settings)
     consumer = kafka_consumer(
         settings,
@@ -683,5 +680,6 @@ def main(argv: list[str]) -> int:
         print(f"engage project rebuild: {describe_failure(exc, settings)}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
-    print(f"rebuilt {count} profiles from {changelog_topic(settings)} in {elapsed:.2f} s")
+    topic = customers_changelog(settings.app_id)
+    print(f"rebuilt {count} profiles from {topic} in {elapsed:.2f} s")
     return 0

@@ -20,6 +20,7 @@ from stream.core.partitioning import expected_partition
 from stream.kafka_client import SASL_MECHANISMS, SECURITY_PROTOCOLS
 from stream.tools.emitter.reactions import Nudge
 from stream.tools.emitter.wire import Message, namespace, topic
+from stream.topic_names import nudges_topic
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 _PROTOCOLS = SECURITY_PROTOCOLS
@@ -343,7 +344,7 @@ class NudgeListener:
     def __init__(self, options: KafkaOptions) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        self.topic = f"{options.namespace}.nudges"
+        self.topic = nudges_topic(options.namespace)
         self.queue: asyncio.Queue[Nudge] = asyncio.Queue()
         self.invalid = 0
         self._consumer = AIOKafkaConsumer(group_id=None, **options.client_kwargs())

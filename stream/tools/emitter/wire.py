@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from schemas.events import TOPIC_SUFFIX
+from stream.topic_names import input_topic
 
 DEFAULT_NAMESPACE = "engage"
 
@@ -48,4 +48,5 @@ def namespace(env: dict[str, str] | None = None) -> str:
 
 
 def topic(ns: str, kind: str) -> str:
-    return f"{ns}.{TOPIC_SUFFIX[kind]}"
+    """The input topic of event type `kind` (`stream.topic_names.input_topic`)."""
+    return input_topic(ns, kind)
