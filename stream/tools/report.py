@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.cli import command_parser
-from stream.telemetry.kpis import Samples, summary_of
+from stream.telemetry.kpis import summary_of
+from stream.telemetry.samples import Samples
 from stream.tools.charts import ReportData, Trend, render
 
 DEFAULT_SELECTOR = 'job="engage"'
