@@ -34,7 +34,7 @@ from stream.core.ingest import Limits
 from stream.core.rules import Rules, load_rules
 from stream.core.state import CustomerState, Peek
 from stream.kafka_client import faust_options
-from stream.serving.projection import RedisProjector, next_segment_change
+from stream.serving.projector import RedisProjector, next_segment_change
 from stream.settings import Settings
 from stream.telemetry.kpis import Kpis
 from stream.telemetry.metrics import PipelineMetrics
