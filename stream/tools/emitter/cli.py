@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
+from schemas.events import TOPIC_SUFFIX
 from stream.cli import command_parser, fail
 from stream.tools.emitter.faults import FILE_REASONS, MAX_FRACTION, REASONS, FaultMixer
 from stream.tools.emitter.report import ProgressBar, Stats, print_summary
@@ -33,7 +34,7 @@ from stream.tools.emitter.sink import (
     MissingTopics,
     NudgeListener,
 )
-from stream.tools.emitter.wire import TOPIC_SUFFIX, topic
+from stream.tools.emitter.wire import topic
 
 #: The processor dead-letters events this far ahead of its wall clock (SPEC §1).
 _FUTURE_SKEW = timedelta(minutes=5)
