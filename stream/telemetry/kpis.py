@@ -44,7 +44,6 @@ from schemas.events import (
     Survey,
 )
 from schemas.iso4217 import CURRENCIES
-from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.lift import lift as lift_of
 from stream.core.profile import (
@@ -58,6 +57,7 @@ from stream.core.profile import (
 from stream.core.rituals import OUTCOME_BITS, RITUALS
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
+from stream.core.vocabulary import Status
 from stream.telemetry.samples import Samples
 
 #: The currency label of a stored customer whose currency is not in ISO 4217 (a state written
@@ -322,7 +322,7 @@ class Kpis:
     def count_decisions(self, decisions: Iterable[dict[str, object]]) -> None:
         """Suppressions by reason, for a batch of decision records."""
         for record in decisions:
-            if record["status"] == "suppressed":
+            if record["status"] == Status.SUPPRESSED:
                 self._suppression(str(record["reason"])).inc()
 
     @cache  # noqa: B019 - closed label sets
@@ -471,7 +471,7 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     active = {w: get("engage_active_customers", window=w) for w in ACTIVE_WINDOWS}
     clicks = get("engage_clicks_total")
     prompted = get("engage_clicks_total", prompted="true")
-    delivered = get("engage_ritual_decisions_total", status="delivered")
+    delivered = get("engage_ritual_decisions_total", status=Status.DELIVERED)
     retention: dict[str, dict[str, float | None]] = {}
     for w in RETENTION_WINDOWS:
         cohort = get("engage_retention_cohort_customers", window=w)
@@ -509,7 +509,7 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     }
     decisions = {
         ritual: {
-            st: get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in STATUSES
+            st: get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in Status
         }
         for ritual in rituals
     }

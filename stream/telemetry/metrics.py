@@ -14,11 +14,11 @@ from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.rituals import OUTCOMES
 from stream.core.rules import Rules, load_rules
 from stream.core.state import UNREADABLE_REASONS
+from stream.core.vocabulary import Status
 
 log = logging.getLogger("engage")
 
@@ -184,7 +184,7 @@ class PipelineMetrics:
             for arm in ("treated", "held_out"):
                 for outcome in OUTCOMES:
                     self.outcomes.labels(ritual, arm, outcome, rules.version)
-            for status in STATUSES:
+            for status in Status:
                 self.decisions.labels(ritual, status, rules.version)
 
     @cache  # noqa: B019 - bounded by the closed label sets; lives as long as the worker

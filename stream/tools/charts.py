@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import RITUALS
+from stream.core.vocabulary import Status
 
 Series = list[tuple[float, float]]
 
@@ -30,11 +31,11 @@ QUADRANT_GRID = (  # rows: engaged, not engaged; columns: negative, neutral, pos
 SENTIMENTS = ("negative", "neutral", "positive")
 FUNNEL = ("new", "active", "reactivated", "at_risk", "dormant")
 STATUS_COLOURS = {
-    "delivered": "#2e7d32",
-    "held_out": "#90a4ae",
-    "suppressed": "#f9a825",
-    "expired": "#c62828",
-    "cancelled": "#8d6e63",
+    Status.DELIVERED: "#2e7d32",
+    Status.HELD_OUT: "#90a4ae",
+    Status.SUPPRESSED: "#f9a825",
+    Status.EXPIRED: "#c62828",
+    Status.CANCELLED: "#8d6e63",
 }
 STAGE_COLOURS = {
     "new": "#42a5f5",
@@ -273,7 +274,7 @@ def funnel(stages: dict[str, float], width: int = 420, height: int = 230) -> str
 def decisions_chart(decisions: dict[str, dict[str, float]], width: int = 1000) -> str:
     """Ritual decisions by status: one stacked bar per ritual, with a legend."""
     rituals = [r for r in RITUALS if r in decisions] + [r for r in decisions if r not in RITUALS]
-    statuses = list(STATUSES) + sorted({s for d in decisions.values() for s in d} - set(STATUSES))
+    statuses = [*Status, *sorted({s for d in decisions.values() for s in d} - set(Status))]
     row, top, label_w = 26, 30, 170
     height = top + row * max(len(rituals), 1) + 10
     totals = {r: sum(decisions[r].values()) for r in rituals}

@@ -31,9 +31,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import RITUALS
 from stream.cli import EXIT_USAGE, command_parser, fail
 from stream.core.rules import RulesError, load_rules
+from stream.core.vocabulary import Status
 from stream.telemetry.samples import Samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,14 +132,14 @@ class View:
         kpis.add_row("stages", " ".join(f"{n}={int(v)}" for n, v in stages.items() if v))
         rituals = Table(title="ritual decisions")
         rituals.add_column("ritual")
-        for status in STATUSES:
+        for status in Status:
             rituals.add_column(status, justify="right")
         rituals.add_column("lift (came back)", justify="right")
         lift = k.get("ritual_lift", {})
         for ritual in RITUALS:
             counts = [
                 s.get("engage_ritual_decisions_total", ritual=ritual, status=st)
-                for st in STATUSES
+                for st in Status
             ]
             rituals.add_row(
                 ritual, *(f"{c:.0f}" for c in counts),

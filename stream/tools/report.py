@@ -67,6 +67,7 @@ TRENDS: tuple[tuple[str, str, str], ...] = (
     ("Events per second", "sum(rate(engage_events_consumed_total{{{sel}}}[1m]))", ""),
     (
         "Nudges delivered per second",
+        # PromQL is written as Prometheus reads it: "delivered" is Status.DELIVERED's value.
         'sum(rate(engage_ritual_decisions_total{{{sel},status="delivered"}}[1m]))',
         "",
     ),
