@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from schemas.events import TOPIC_SUFFIX
 from schemas.nudges import RITUALS
+from stream.kafka_client import KafkaOptions
 from stream.tools.emitter import cli
 from stream.tools.emitter.actions import Kind, Planned
 from stream.tools.emitter.faults import FILE_REASONS, REASONS, FaultMixer
@@ -39,7 +40,7 @@ from stream.tools.emitter.reactions import CustomerView, Nudge, react
 from stream.tools.emitter.report import ProgressBar, Stats
 from stream.tools.emitter.runner import run_file, run_kafka
 from stream.tools.emitter.simulation import DAY, Customer, SimConfig, Simulation, allocate, to_ms
-from stream.tools.emitter.sink import FileSink, KafkaOptions
+from stream.tools.emitter.sink import FileSink
 from stream.tools.emitter.wire import Message, message, topic
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

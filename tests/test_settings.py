@@ -102,8 +102,8 @@ SECRET_FIELD = re.compile(r"password|token|secret|authorization|redis_url", re.I
 def _settings_classes() -> list[type]:
     """Every settings object of the product: the pydantic-settings classes and the dataclasses
     the tools build from ENGAGE_ variables."""
+    from stream.kafka_client import KafkaOptions
     from stream.tools.devstack import DevstackSettings
-    from stream.tools.emitter.sink import KafkaOptions
     from stream.tools.forward import ForwardConfig
 
     return [Settings, DevstackSettings, KafkaOptions, ForwardConfig]
@@ -126,8 +126,8 @@ def test_every_secret_field_is_hidden_from_repr() -> None:
 
 
 def test_no_settings_object_prints_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.kafka_client import KafkaOptions
     from stream.tools.devstack import DevstackSettings
-    from stream.tools.emitter.sink import KafkaOptions
     from stream.tools.forward import ForwardConfig
 
     secrets = ["pw-sasl-7f3a", "tok-api-7f3a", "pw-redis-7f3a", "Bearer fwd-7f3a", "hook-7f3a"]

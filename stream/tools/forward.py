@@ -395,7 +395,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from stream.tools.emitter.sink import KafkaOptions
+    from stream.kafka_client import KafkaOptions
 
     try:
         options = KafkaOptions.from_env()

@@ -6,14 +6,11 @@ exact bytes a Kafka run would produce (a replay of the file is the same traffic)
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import msgspec
 
 from stream.topic_names import input_topic
-
-DEFAULT_NAMESPACE = "engage"
 
 _encoder = msgspec.json.Encoder()
 
@@ -36,15 +33,6 @@ def encode(event: dict[str, Any]) -> bytes:
 def message(at_ms: int, kind: str, customer_id: str, event: dict[str, Any]) -> Message:
     """A good message: key is the customer_id as UTF-8 bytes (SPEC §1)."""
     return Message(at_ms, kind, customer_id.encode("utf-8"), encode(event))
-
-
-def namespace(env: dict[str, str] | None = None) -> str:
-    """The topic namespace from ENGAGE_TOPIC_NAMESPACE (the worker's setting of that name)."""
-    env = dict(os.environ) if env is None else env
-    value = env.get("ENGAGE_TOPIC_NAMESPACE", DEFAULT_NAMESPACE)
-    if not value or not all(ch.isalnum() or ch in "._-" for ch in value):
-        raise ValueError("ENGAGE_TOPIC_NAMESPACE: only letters, digits, '.', '_' and '-'")
-    return value
 
 
 def topic(ns: str, kind: str) -> str:
