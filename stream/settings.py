@@ -282,10 +282,6 @@ class Settings(BaseSettings):
         """The broker list in the form aiokafka wants (`host:port,host:port`)."""
         return self.broker.removeprefix("kafka://").replace(";", ",")
 
-    def topic(self, suffix: str) -> str:
-        """`{namespace}.{suffix}` (`stream.topic_names` spells every derived name)."""
-        return topic_names.namespaced(self.topic_namespace, suffix)
-
     @cached_property
     def input_topics(self) -> dict[str, str]:
         """Event type -> input topic name, in the order of the event types."""

@@ -14,14 +14,6 @@ from typing import Any
 from stream.topic_names import customers_changelog
 
 
-def kafka_security(settings: Any) -> dict[str, Any]:
-    """aiokafka client arguments for the configured SASL/SSL (kept for callers; one home:
-    `stream.kafka_client`)."""
-    from stream.kafka_client import security_kwargs
-
-    return security_kwargs(settings)
-
-
 async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]:
     """The `customers` changelog, one partition at a time: latest value per customer.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -670,17 +670,3 @@ def _interval(item: dict[str, Any], *, signed: bool = False, ratio: bool = False
     if ratio and item.get("corrected"):
         text += " *"
     return text
-
-
-def trend_titles() -> Sequence[tuple[str, str, str]]:
-    """(title, PromQL, unit) of the trends drawn from Prometheus."""
-    return (
-        ("NPS", "sum(engage:nps:score)", ""),
-        ("CSAT", "sum(engage:csat:percent)", " %"),
-        ("Active customers, 7 days", 'sum(engage:active_customers:sum{window="7d"})', ""),
-        ("Retention, 30 days", 'sum(engage:retention:ratio{window="30d"})', ""),
-        ("Prompted share", "sum(engage:prompted_interactions:ratio)", ""),
-        ("Events per second", "sum(engage:events:rate5m)", ""),
-        ("Dead-letter ratio", "sum(engage:dlq:ratio_rate5m)", ""),
-        ("Lag p99 (s)", "max(engage:end_to_end_lag_seconds:p99_5m)", ""),
-    )

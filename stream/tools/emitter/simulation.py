@@ -335,9 +335,6 @@ class Simulation:
             self._push(c, max(step.at_ms, self.now_ms), step.kind, step.data or None, True)
         return plan
 
-    def persona_of(self, customer_id: str) -> str:
-        return self.by_id[customer_id].persona.name
-
     # ------------------------------------------------------------------------- population
 
     def _populate(self) -> list[Customer]:
