@@ -3,7 +3,7 @@
 SPEC §7: the Kafka security settings (SASL, SSL) apply to every client: the Faust worker, the
 admin client that creates topics, `engage replay`, `engage forget`, the projection rebuild, the
 emitter and the benchmarks. Each of them passes its settings (anything with the `ENGAGE_`
-security fields: `stream.settings.Settings`, the emitter's `KafkaOptions`) to the functions
+security fields: `stream.settings.Settings`, or `KafkaOptions` below) to the functions
 below instead of building aiokafka arguments itself, so a new option is added once.
 
 `describe_error` turns the errors a misconfigured client meets (wrong credentials, no broker,
