@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from stream.adapter.tables import PartitionedTable
+from stream.core.vocabulary import OutputName
 from stream.settings import Settings
 from stream.topic_names import CONTROL_TABLE, CUSTOMERS_TABLE
 
@@ -27,7 +28,7 @@ class Topology:
 
     inputs: Any  # the agent's topic: inputs, clock and erasures, co-partitioned
     clock: Any  # the clock topic alone (timers send ticks to it)
-    outputs: dict[str, Any]  # output name -> topic, as `BatchShell` sends to them
+    outputs: dict[str, Any]  # the engine's output name -> topic, as `BatchShell` sends to them
     customers: PartitionedTable
     control: PartitionedTable
 
@@ -45,11 +46,11 @@ def declare(app: faust.App, settings: Settings) -> Topology:
     outputs = {
         name: app.topic(topic, partitions=settings.partitions, **RAW)
         for name, topic in {
-            "dlq": settings.dlq_topic,
-            "decisions": settings.decisions_topic,
-            "nudges": settings.nudges_topic,
-            "replay_status": settings.replay_status_topic,
-            "erasure_receipts": settings.erasure_receipts_topic,
+            OutputName.DLQ: settings.dlq_topic,
+            OutputName.DECISIONS: settings.decisions_topic,
+            OutputName.NUDGES: settings.nudges_topic,
+            OutputName.REPLAY_STATUS: settings.replay_status_topic,
+            OutputName.ERASURE_RECEIPTS: settings.erasure_receipts_topic,
         }.items()
     }
     return Topology(
