@@ -1,9 +1,9 @@
 """Reading the `customers` table's changelog back, one partition at a time.
 
 The changelog, not Redis, is the source of truth of every profile: `engage project rebuild`
-reads it to recreate the projection. This module is the product's one reader of it outside Faust, so
-the rules of reading it (read_committed, the end found by position, tombstones dropping a key)
-are in one place.
+reads it to recreate the projection. This module is the product's one reader of it outside
+Faust, so the rules of reading it (read_committed, the end found by position, tombstones
+dropping a key) are in one place.
 """
 
 from __future__ import annotations
