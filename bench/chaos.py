@@ -70,6 +70,13 @@ from stream.adapter.faust_private import refresh_metadata  # noqa: E402
 from stream.core.state import CustomerState  # noqa: E402
 from stream.tools.hostile import generate, interleave  # noqa: E402
 from stream.tools.processes import Worker, read_all, table_state, unique, wait_for  # noqa: E402
+from stream.topic_names import (  # noqa: E402
+    customers_changelog,
+    decisions_topic,
+    dlq_topic,
+    input_topic,
+    namespaced,
+)
 
 INPUT_SUFFIXES = sorted(set(TOPIC_SUFFIX.values()))
 #: CustomerState fields left out of the profile comparison: ritual internals move with the
@@ -216,7 +223,7 @@ def routed(namespace: str, lines: Iterable[bytes]) -> list[tuple[str, bytes | No
     out: list[tuple[str, bytes | None, bytes | None]] = []
     for line in lines:
         evt = json.loads(line)
-        out.append((f"{namespace}.{TOPIC_SUFFIX[evt['type']]}", evt["customer_id"].encode(), line))
+        out.append((input_topic(namespace, evt["type"]), evt["customer_id"].encode(), line))
     return out
 
 
@@ -291,14 +298,14 @@ def offsets(bootstrap: str, group: str | None, topics: list[str]) -> tuple[dict,
 
 def backlog(lab: Lab, app_id: str, namespace: str) -> int:
     """Input messages not yet committed by the app's consumer group."""
-    topics = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    topics = [namespaced(namespace, s) for s in INPUT_SUFFIXES]
     ends, committed = offsets(lab.bootstrap, app_id, topics)
     return sum(max(end - committed.get(tp, 0), 0) for tp, end in ends.items())
 
 
 def _backlog_detail(lab: Lab, app_id: str, namespace: str) -> dict[str, int]:
     """Uncommitted input messages per topic-partition, where there are any."""
-    topics = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    topics = [namespaced(namespace, s) for s in INPUT_SUFFIXES]
     ends, committed = offsets(lab.bootstrap, app_id, topics)
     return {
         f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": end - committed.get(tp, 0)
@@ -320,7 +327,7 @@ def wait_settled(
     growing (3 s); returns the seconds waited, or None at the deadline or when the backlog
     has not moved for `stall` seconds (a stalled stream)."""
     started = time.monotonic()
-    outputs = [f"{app_id}-customers-changelog", f"{namespace}.nudge-decisions"]
+    outputs = [customers_changelog(app_id), decisions_topic(namespace)]
     last: tuple[int, int] | None = None
     stable_since = 0.0
     left, moved = -1, started
@@ -462,7 +469,7 @@ def resend_metric(worker: Worker) -> float | None:
 
 def judge_run(out: Outcome, clean: dict[str, Any], lab: Lab, app_id: str, namespace: str) -> None:
     """Profiles and decisions of a faulted run against the clean run, into `out`."""
-    states = table_state(lab.bootstrap, f"{app_id}-customers-changelog")
+    states = table_state(lab.bootstrap, customers_changelog(app_id))
     prof = compare_profiles(clean["states"], states)
     examples = prof.pop("_examples")
     out.figures.update(prof)
@@ -510,7 +517,7 @@ def clean_run(lab: Lab) -> dict[str, Any]:
     finally:
         worker.stop()
     lab._clean = {
-        "states": table_state(lab.bootstrap, f"{app_id}-customers-changelog"),
+        "states": table_state(lab.bootstrap, customers_changelog(app_id)),
         "decisions": decisions(lab, namespace),
         "nudges": decisions(lab, namespace, "nudges"),
         "ready_s": ready,
@@ -637,8 +644,8 @@ def experiment_b(lab: Lab) -> Outcome:
             interval=0.1,
             what="40 % of the input",
         )
-        changelog = f"{app_id}-customers-changelog"
-        inputs = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+        changelog = customers_changelog(app_id)
+        inputs = [namespaced(namespace, s) for s in INPUT_SUFFIXES]
         kill9(workers[0])
         killed_at = time.monotonic()
         stalled = _partitions_with_backlog(lab, app_id, inputs)
@@ -995,7 +1002,7 @@ def experiment_e(lab: Lab, outage: float = 30.0, rate: int = 150) -> Outcome:
         reported = None if events is None or bad is None else events + bad
         unsent = _count(text, r"([\d,]+) messages could not be confirmed") or 0
         resent = _count(text, r"after ([\d,]+) re-sends") or 0
-        ends, _ = offsets(bootstrap, None, [f"{namespace}.{s}" for s in INPUT_SUFFIXES])
+        ends, _ = offsets(bootstrap, None, [namespaced(namespace, s) for s in INPUT_SUFFIXES])
         on_topics = sum(ends.values())
         out.figures["emitter's count of messages sent"] = (
             "no summary" if reported is None else reported
@@ -1055,7 +1062,7 @@ def experiment_f(lab: Lab) -> Outcome:
         out.figures["/healthz"] = health
         crashes = _log_count(worker, r"crashed|Traceback|OverflowError|RecursionError")
         out.figures["crash lines in the worker log"] = crashes
-        dlq = read_all(lab.bootstrap, f"{namespace}.dlq")
+        dlq = read_all(lab.bootstrap, dlq_topic(namespace))
         got: dict[tuple[str, int, int], tuple[str, Any]] = {}
         for msg in dlq:
             h = {k: v.decode() for k, v in msg.headers}
@@ -1078,7 +1085,7 @@ def experiment_f(lab: Lab) -> Outcome:
             if msg.value != item.value or msg.key != item.key:
                 altered += 1
         valid_in_dlq = sum(1 for where in got if where not in expected)
-        states = table_state(lab.bootstrap, f"{app_id}-customers-changelog")
+        states = table_state(lab.bootstrap, customers_changelog(app_id))
         want: Counter[str] = Counter()
         ids: set[tuple[str, str]] = set()
         for evt in valid_events:
@@ -1330,7 +1337,7 @@ def _cluster_run(lab: Lab, prefix: str) -> tuple[str, list[Any], list[str]]:
     """A fresh namespace on the cluster: (namespace = app id, routed records, input topics)."""
     namespace = unique(prefix)
     ensure_topics(lab, namespace)
-    inputs = [f"{namespace}.{s}" for s in INPUT_SUFFIXES]
+    inputs = [namespaced(namespace, s) for s in INPUT_SUFFIXES]
     return namespace, list(routed(namespace, lab.lines())), inputs
 
 
@@ -1421,7 +1428,7 @@ def experiment_g(lab: Lab) -> Outcome:
         back = time.monotonic()
         lab.cluster.up()
         out.figures["killed broker restarted in s"] = time.monotonic() - back
-        synced = _wait_in_sync(lab, [*inputs, f"{namespace}-customers-changelog"], 300)
+        synced = _wait_in_sync(lab, [*inputs, customers_changelog(namespace)], 300)
         out.figures["replicas in sync again after s"] = "never" if synced is None else synced
         killed = None
         _finish_cluster_run(out, lab, clean, namespace, [worker], feeder, progress, fault_at)
@@ -1440,7 +1447,7 @@ def experiment_h(lab: Lab) -> Outcome:
     assert lab.cluster is not None
     clean = clean_run(lab)
     namespace, records, inputs = _cluster_run(lab, "chaos-h")
-    watched = [*inputs, f"{namespace}-customers-changelog", f"{namespace}.nudge-decisions"]
+    watched = [*inputs, customers_changelog(namespace), decisions_topic(namespace)]
     nodes = len(lab.cluster.nodes())
     feeder = _feed(lab, records, 30.0 * nodes)
     worker = lab.worker(namespace, namespace)

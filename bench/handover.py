@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from startup import PARTITIONS, delete_topics, templates, write_changelog  # noqa: E402
 
 from stream.tools.processes import Worker, free_port, unique  # noqa: E402
+from stream.topic_names import customers_changelog  # noqa: E402
 
 TABLES = 2  # customers and control: each partition is one changelog partition of each
 
@@ -130,7 +131,7 @@ async def prepare(args: argparse.Namespace, bootstrap: str, app_id: str, namespa
     )  # fmt: skip
     tpl = templates(args.template_customers, args.seed)
     await ensure_topics(settings)
-    await write_changelog(bootstrap, f"{app_id}-customers-changelog", tpl, args.customers, "ho")
+    await write_changelog(bootstrap, customers_changelog(app_id), tpl, args.customers, "ho")
 
 
 def main() -> int:

@@ -77,6 +77,7 @@ from stream.core.engine import (  # noqa: E402
 )
 from stream.core.ingest import Limits  # noqa: E402
 from stream.core.rules import load_rules  # noqa: E402
+from stream.topic_names import input_topic  # noqa: E402
 
 #: The Quix state key holding a customer's encoded state (under the customer's key prefix).
 STATE_KEY = "customer"
@@ -193,11 +194,11 @@ class PerKeyEngage:
 
 def engine_config(namespace: str, partitions: int) -> EngineConfig:
     """The engine configuration `engage worker` builds for this namespace (default settings)."""
-    from schemas.events import EVENT_TYPES, TOPIC_SUFFIX
+    from schemas.events import EVENT_TYPES
     from stream.settings import Settings
 
     settings = Settings(topic_namespace=namespace, partitions=partitions)
-    inputs = [f"{namespace}.{TOPIC_SUFFIX[t]}" for t in EVENT_TYPES]
+    inputs = [input_topic(namespace, t) for t in EVENT_TYPES]
     return EngineConfig(
         rules=load_rules(settings.rules_file),
         clock=clock_for(settings.mode, grace_ms=settings.grace_ms),
@@ -218,7 +219,7 @@ def main() -> None:
     from quixstreams import Application, message_context
     from quixstreams.models.serializers import SerializationContext, Serializer
 
-    from schemas.events import EVENT_TYPES, TOPIC_SUFFIX
+    from schemas.events import EVENT_TYPES
 
     bootstrap, app_id, namespace, events, partitions, result, state_dir = sys.argv[1:8]
     n, parts = int(events), int(partitions)
@@ -239,7 +240,7 @@ def main() -> None:
         consumer_poll_timeout=float(os.environ.get("BENCH_QUIX_POLL_TIMEOUT", "0.1")),
     )
     inputs = [
-        app.topic(f"{namespace}.{TOPIC_SUFFIX[t]}", key_deserializer="bytes",
+        app.topic(input_topic(namespace, t), key_deserializer="bytes",
                   value_deserializer="bytes")
         for t in EVENT_TYPES
     ]  # fmt: skip

@@ -61,6 +61,7 @@ from stream.core.partitioning import murmur2  # noqa: E402
 from stream.core.rules import load_rules  # noqa: E402
 from stream.core.state import CustomerState, decode, encode  # noqa: E402
 from stream.tools.processes import Worker, free_port, unique  # noqa: E402
+from stream.topic_names import clock_topic, customers_changelog, input_topic, namespaced  # noqa: E402
 
 PARTITIONS = 4
 MIB = 1024 * 1024
@@ -70,8 +71,8 @@ def templates(customers: int, seed: int) -> list[CustomerState]:
     """Realistic states: persona traffic folded by the core, settled up to now."""
     now_ms = time.time_ns() // 1_000_000
     namespace = "tpl"
-    inputs = {f"{namespace}.{suffix}": suffix for suffix in TOPIC_SUFFIX.values()}
-    control = f"{namespace}.clock"
+    inputs = {namespaced(namespace, suffix): suffix for suffix in TOPIC_SUFFIX.values()}
+    control = clock_topic(namespace)
     config = EngineConfig(
         load_rules(), clock_for("replay"), inputs, control,
         Limits(max_future_skew=timedelta(days=1)), partitions=PARTITIONS,
@@ -79,7 +80,7 @@ def templates(customers: int, seed: int) -> list[CustomerState]:
     offsets: dict[tuple[str, int], int] = {}
     records: list[Record] = []
     for suffix, key, value in persona_traffic(10**9, customers, seed):
-        topic = f"{namespace}.{suffix}"
+        topic = namespaced(namespace, suffix)
         p = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
         offset = offsets.get((topic, p), 0)
         offsets[(topic, p)] = offset + 1
@@ -186,7 +187,7 @@ async def measure(
         "action": "page_view",
     }  # fmt: skip
     await producer.send_and_wait(
-        f"{worker.namespace}.{TOPIC_SUFFIX['click']}", value=json.dumps(evt).encode(),
+        input_topic(worker.namespace, "click"), value=json.dumps(evt).encode(),
         key=customer.encode(),
     )  # fmt: skip
     while worker.metric("engage_events_processed_total") <= before:
@@ -231,7 +232,7 @@ async def run(args: argparse.Namespace, bootstrap: str, tmp: Path) -> list[Row]:
         tpl = templates(args.template_customers, args.seed)
         await ensure_topics(settings)
         size = await write_changelog(
-            bootstrap, f"{app_id}-customers-changelog", tpl, args.customers, "su"
+            bootstrap, customers_changelog(app_id), tpl, args.customers, "su"
         )
         print(f"{args.customers:,} customer states ({size / args.customers:,.0f} bytes each on "
               f"average, {size / MIB:,.0f} MiB), cloned from {len(tpl)} persona states, "

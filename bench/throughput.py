@@ -47,6 +47,12 @@ from ingest import baseline, persona_traffic  # noqa: E402
 
 from schemas.events import TOPIC_SUFFIX  # noqa: E402
 from stream.tools.processes import Worker, free_port, produce, table_state, unique, wait_for  # noqa: E402
+from stream.topic_names import (  # noqa: E402
+    customers_changelog,
+    decisions_topic,
+    input_topic,
+    namespaced,
+)
 
 PARTITIONS = 4
 #: The last commit with the seven rituals written in Python (before rituals became data).
@@ -142,7 +148,7 @@ def run_engage(
 async def _latency(bootstrap: str, namespace: str, rate: float, seconds: float) -> list[float]:
     """Send live traffic at `rate` events/s; every 10th is a new customer's first purchase.
     Returns the seconds from each such send to its welcome decision being readable."""
-    decisions = f"{namespace}.nudge-decisions"
+    decisions = decisions_topic(namespace)
     consumer = AIOKafkaConsumer(
         decisions, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, group_id=unique("bench-latency"),
@@ -184,7 +190,7 @@ async def _latency(bootstrap: str, namespace: str, rate: float, seconds: float) 
                     cid = f"lat-bg-{i % 400}"
                     evt = {"type": "click", "action": "page_view"}
                 evt.update(event_id=str(uuid.uuid4()), customer_id=cid, occurred_at=now_iso)
-                topic = f"{namespace}.{TOPIC_SUFFIX[evt['type']]}"
+                topic = input_topic(namespace, evt["type"])
                 await producer.send(topic, key=cid.encode(), value=json.dumps(evt).encode())
                 i += 1
             await asyncio.sleep(tick)
@@ -255,7 +261,7 @@ def main() -> int:
     namespace = unique("bench")
     messages = persona_traffic(args.events, args.customers, args.seed)
     n = len(messages)
-    topics = sorted({f"{namespace}.{suffix}" for suffix in TOPIC_SUFFIX.values()})
+    topics = sorted({namespaced(namespace, suffix) for suffix in TOPIC_SUFFIX.values()})
     asyncio.run(
         ensure_topics(
             Settings(
@@ -315,7 +321,7 @@ def main() -> int:
                   f"{args.reference} (rituals in Python), same data, same run")  # fmt: skip
 
         if "at_least_once" in app_ids:
-            states = table_state(bootstrap, f"{app_ids['at_least_once']}-customers-changelog")
+            states = table_state(bootstrap, customers_changelog(app_ids["at_least_once"]))
             from stream.core.state import encode
 
             sizes = sorted(len(encode(s)) for s in states.values())

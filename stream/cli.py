@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emit": ("stream.tools.emitter.cli", "produce synthetic customer traffic"),
     "replay": ("stream.tools.replay", "decide rituals over a JSONL file of events, in event time"),
     "forget": ("stream.tools.forget", "erase customers (right to erasure); --wait: receipts"),
-    "project": ("stream.serving.projection", "the Redis profile projection: `project rebuild`"),
+    "project": ("stream.serving.rebuild", "the Redis profile projection: `project rebuild`"),
     "demo": ("stream.tools.demo", "run the end-to-end demo"),
     "forward": ("stream.tools.forward", "POST delivered nudges to a webhook, with retries"),
     "probe": ("stream.tools.probe", "exit 0 if this machine's worker is ready (healthchecks)"),

@@ -3,7 +3,7 @@
 SPEC §7: the Kafka security settings (SASL, SSL) apply to every client: the Faust worker, the
 admin client that creates topics, `engage replay`, `engage forget`, the projection rebuild, the
 emitter and the benchmarks. Each of them passes its settings (anything with the `ENGAGE_`
-security fields: `stream.settings.Settings`, the emitter's `KafkaOptions`) to the functions
+security fields: `stream.settings.Settings`, or `KafkaOptions` below) to the functions
 below instead of building aiokafka arguments itself, so a new option is added once.
 
 `describe_error` turns the errors a misconfigured client meets (wrong credentials, no broker,
@@ -12,7 +12,10 @@ TLS trouble) into one readable line for a command to print.
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -65,6 +68,83 @@ def security_kwargs(conf: KafkaConf) -> dict[str, Any]:
 def client_kwargs(conf: KafkaConf) -> dict[str, Any]:
     """`bootstrap_servers` plus the security arguments: what every aiokafka client needs."""
     return {"bootstrap_servers": conf.bootstrap_servers, **security_kwargs(conf)}
+
+
+#: Where the clients other than the worker look when ENGAGE_BROKER / ENGAGE_TOPIC_NAMESPACE
+#: are unset (the worker's own defaults, `stream.settings.Settings`).
+DEFAULT_BROKER = "kafka://127.0.0.1:9092"
+DEFAULT_NAMESPACE = "engage"
+
+
+def namespace_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The topic namespace from ENGAGE_TOPIC_NAMESPACE (the worker's setting of that name)."""
+    env = os.environ if env is None else env
+    value = env.get("ENGAGE_TOPIC_NAMESPACE", DEFAULT_NAMESPACE)
+    if not value or not all(ch.isalnum() or ch in "._-" for ch in value):
+        raise ValueError("ENGAGE_TOPIC_NAMESPACE: only letters, digits, '.', '_' and '-'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """Kafka connection settings of the clients other than the worker (the emitter, the
+    emitter client `stream.client`, `engage forward`), read from the same `ENGAGE_` variables
+    as the worker's settings and validated with readable messages. Here, not with a tool, so
+    the client package needs nothing from `stream.tools`."""
+
+    bootstrap_servers: str
+    namespace: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)  # never in a repr or a log
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaOptions:
+        """Read ENGAGE_BROKER, ENGAGE_TOPIC_NAMESPACE and the security settings.
+
+        Raises ValueError naming every variable that is wrong.
+        """
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        broker = env.get("ENGAGE_BROKER", DEFAULT_BROKER)
+        servers = broker.removeprefix("kafka://").replace(";", ",")
+        if not broker.startswith("kafka://") or not servers:
+            problems.append("ENGAGE_BROKER: must look like kafka://host:port[;host:port]")
+        try:
+            ns = namespace_from_env(env)
+        except ValueError as exc:
+            problems.append(str(exc))
+            ns = ""
+        protocol = env.get("ENGAGE_SECURITY_PROTOCOL", "PLAINTEXT")
+        if protocol not in SECURITY_PROTOCOLS:
+            problems.append(f"ENGAGE_SECURITY_PROTOCOL: one of {', '.join(SECURITY_PROTOCOLS)}")
+        mechanism = env.get("ENGAGE_SASL_MECHANISM", "PLAIN")
+        if mechanism not in SASL_MECHANISMS:
+            problems.append(f"ENGAGE_SASL_MECHANISM: one of {', '.join(SASL_MECHANISMS)}")
+        user, password = env.get("ENGAGE_SASL_USERNAME"), env.get("ENGAGE_SASL_PASSWORD")
+        if protocol.startswith("SASL") and not (user and password):
+            problems.append("ENGAGE_SASL_USERNAME/ENGAGE_SASL_PASSWORD: needed for SASL")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls(
+            bootstrap_servers=servers,
+            namespace=ns,
+            security_protocol=protocol,
+            sasl_mechanism=mechanism,
+            sasl_username=user,
+            sasl_password=password,
+            ssl_cafile=env.get("ENGAGE_SSL_CAFILE"),
+            ssl_certfile=env.get("ENGAGE_SSL_CERTFILE"),
+            ssl_keyfile=env.get("ENGAGE_SSL_KEYFILE"),
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by aiokafka's producer and consumer (`client_kwargs`)."""
+        return client_kwargs(self)
 
 
 #: What every producer of the product writes with: acknowledged only once all in-sync

@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.events import EVENT_TYPES, TOPIC_SUFFIX
+from schemas.events import EVENT_TYPES
+from stream import topic_names
 
 
 class Settings(BaseSettings):
@@ -281,54 +282,61 @@ class Settings(BaseSettings):
         """The broker list in the form aiokafka wants (`host:port,host:port`)."""
         return self.broker.removeprefix("kafka://").replace(";", ",")
 
-    def topic(self, suffix: str) -> str:
-        return f"{self.topic_namespace}.{suffix}"
-
     @cached_property
     def input_topics(self) -> dict[str, str]:
-        """Event type -> input topic name, in SPEC §1 table order."""
-        return {t: self.topic(TOPIC_SUFFIX[t]) for t in EVENT_TYPES}
+        """Event type -> input topic name, in the order of the event types."""
+        return {t: topic_names.input_topic(self.topic_namespace, t) for t in EVENT_TYPES}
 
     @property
     def dlq_topic(self) -> str:
-        return self.topic("dlq")
+        """Inputs the worker could not accept."""
+        return topic_names.dlq_topic(self.topic_namespace)
 
     @property
     def forward_dlq_topic(self) -> str:
         """Nudges `engage forward` could not deliver (refused, expired)."""
-        return self.topic("forward-dlq")
+        return topic_names.forward_dlq_topic(self.topic_namespace)
 
     @property
     def nudges_topic(self) -> str:
-        return self.topic("nudges")
+        """Nudges to deliver."""
+        return topic_names.nudges_topic(self.topic_namespace)
 
     @property
     def decisions_topic(self) -> str:
-        return self.topic("nudge-decisions")
+        """The audit trail of every decision."""
+        return topic_names.decisions_topic(self.topic_namespace)
 
     @property
     def clock_topic(self) -> str:
         """Clock ticks and replay declarations, co-partitioned with the inputs."""
-        return self.topic("clock")
+        return topic_names.clock_topic(self.topic_namespace)
 
     @property
     def replay_status_topic(self) -> str:
-        return self.topic("replay-status")
+        """Replay completion reports."""
+        return topic_names.replay_status_topic(self.topic_namespace)
 
     @property
     def erasures_topic(self) -> str:
         """Erasure requests, keyed by customer_id, co-partitioned with the inputs."""
-        return self.topic("erasures")
+        return topic_names.erasures_topic(self.topic_namespace)
 
     @property
     def erasure_receipts_topic(self) -> str:
-        return self.topic("erasure-receipts")
+        """One receipt per erasure carried out."""
+        return topic_names.erasure_receipts_topic(self.topic_namespace)
+
+    @property
+    def customers_changelog(self) -> str:
+        """The `customers` table's changelog (every customer's latest state)."""
+        return topic_names.customers_changelog(self.app_id)
 
     def changelog_topics(self) -> list[str]:
         """The Faust tables' changelog topics (compacted). Created with the other topics, so a
         fresh app never starts while the broker's metadata still lacks them (Faust would stop
         the agent with PartitionsMismatch)."""
-        return [f"{self.app_id}-{table}-changelog" for table in ("customers", "control")]
+        return [topic_names.changelog_topic(self.app_id, t) for t in topic_names.TABLES]
 
     def changelog_configs(self) -> dict[str, str]:
         """The configs of the tables' changelog topics, derived from `erasure_max_days` (B).

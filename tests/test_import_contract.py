@@ -87,13 +87,7 @@ OUTER_LAYERS = (
 #: Known violations being fixed on another branch right now, as (file, imported module).
 #: An entry here passes its rule; an entry that no longer occurs fails the test below, so the
 #: list is emptied as soon as the fix lands.
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        # The client's producer takes the emitter's Kafka options; the typed-shell branch moves
-        # KafkaOptions out of stream.tools. Remove this entry when that branch is merged.
-        ("stream/client/producer.py", "stream.tools.emitter.sink"),
-    }
-)
+KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from stream.settings import Settings
+from stream.topic_names import control_changelog, customers_changelog, forward_group
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,23 @@ def test_defaults_name_the_spec_topics() -> None:
         "engage.nudge-decisions",
     )
     assert s.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_the_changelog_names_are_the_ones_faust_gives_the_tables() -> None:
+    """`stream.topic_names` spells the changelogs the same way Faust names them: the topics
+    `engage topics` creates, the projector and the tools read are the ones the worker writes."""
+    from stream.adapter.app import create_app
+
+    s = Settings(app_id="shop-1", broker="kafka://127.0.0.1:1", redis_enabled=False)
+    engage = create_app(s)
+    faust_names = sorted(t.changelog_topic.get_topic_name() for t in engage.app.tables.values())
+    assert faust_names == sorted(s.changelog_topics())
+    assert s.changelog_topics() == [customers_changelog("shop-1"), control_changelog("shop-1")]
+    assert s.customers_changelog == "shop-1-customers-changelog"
+    assert (s.forward_dlq_topic, forward_group(s.topic_namespace)) == (
+        "engage.forward-dlq",
+        "engage.forward",
+    )
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,8 +102,8 @@ SECRET_FIELD = re.compile(r"password|token|secret|authorization|redis_url", re.I
 def _settings_classes() -> list[type]:
     """Every settings object of the product: the pydantic-settings classes and the dataclasses
     the tools build from ENGAGE_ variables."""
+    from stream.kafka_client import KafkaOptions
     from stream.tools.devstack import DevstackSettings
-    from stream.tools.emitter.sink import KafkaOptions
     from stream.tools.forward import ForwardConfig
 
     return [Settings, DevstackSettings, KafkaOptions, ForwardConfig]
@@ -108,8 +126,8 @@ def test_every_secret_field_is_hidden_from_repr() -> None:
 
 
 def test_no_settings_object_prints_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.kafka_client import KafkaOptions
     from stream.tools.devstack import DevstackSettings
-    from stream.tools.emitter.sink import KafkaOptions
     from stream.tools.forward import ForwardConfig
 
     secrets = ["pw-sasl-7f3a", "tok-api-7f3a", "pw-redis-7f3a", "Bearer fwd-7f3a", "hook-7f3a"]

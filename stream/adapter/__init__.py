@@ -5,5 +5,6 @@ Turns batches of Kafka messages into calls of the core's per-partition engines
 It holds no business rule of its own.
 
 May import: ``stream.core``, ``stream.telemetry``, ``stream.serving``, ``stream.settings``,
+``stream.topic_names``, ``stream.kafka_client``,
 ``schemas``, faust and aiokafka.
 """

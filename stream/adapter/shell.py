@@ -213,30 +213,7 @@ class BatchShell:
 
     def _count(self, result: BatchResult) -> None:
         m = self.metrics
-        for key, n in result.counts.items():
-            name = key[0]
-            if name == "processed":
-                m.processed_child(key[1], key[2], key[3]).inc(n)
-            elif name == "consumed":
-                m.consumed_child(key[1]).inc(n)
-            elif name == "decision":
-                m.decision_child(key[1], key[2], key[3]).inc(n)
-            elif name == "outcome":
-                m.outcome_child(key[1], key[2], key[3], key[4]).inc(n)
-            elif name == "dlq":
-                m.dlq_child(key[1]).inc(n)
-            elif name == "duplicate":
-                m.duplicate_child(key[1]).inc(n)
-            elif name == "redelivered":
-                m.redelivered.inc(n)
-            elif name == "resent":
-                m.resent.inc(n)
-            elif name == "late":
-                m.late_events.inc(n)
-            elif name == "wake_errors":
-                m.wake_errors.inc(n)
-            elif name == "erasure":
-                m.erasures_child(key[1] == "true").inc(n)
+        m.add_counts(result.counts)
         for event, fcr in result.kpis:
             self.kpis.count(event, fcr)
         if result.decided:

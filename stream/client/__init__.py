@@ -9,10 +9,10 @@ has acknowledged it (acks=all).
     async with EngageProducer.from_env() as producer:
         await producer.send({"event_id": "...", "customer_id": "c-42", "type": "click", ...})
 
-May import: ``stream.core`` (validation rules, partitioning), ``schemas``, aiokafka, and the
-emitter's Kafka connection options (``stream.tools.emitter.sink.KafkaOptions``, the one reader
-of the ENGAGE_ Kafka variables for clients other than the worker). Nothing else in ``stream``
-imports the client.
+May import: ``stream.core`` (validation rules, partitioning), ``schemas``, aiokafka, and
+``stream.kafka_client`` (``KafkaOptions``, the one reader of the ENGAGE_ Kafka variables for
+clients other than the worker); never ``stream.tools``. Nothing else in ``stream`` imports the
+client.
 """
 
 from stream.client.envelope import Envelope, InvalidEvent, envelope

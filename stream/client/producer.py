@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from stream.client.envelope import DEFAULT_SOURCE, Envelope, InvalidEvent, envelope
 from stream.core.partitioning import expected_partition
-from stream.tools.emitter.sink import KafkaOptions
+from stream.kafka_client import KafkaOptions
 
 
 @dataclass

@@ -44,7 +44,6 @@ from schemas.events import (
     Survey,
 )
 from schemas.iso4217 import CURRENCIES
-from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.lift import lift as lift_of
 from stream.core.profile import (
@@ -58,6 +57,8 @@ from stream.core.profile import (
 from stream.core.rituals import OUTCOME_BITS, RITUALS
 from stream.core.rules import ProfileRules
 from stream.core.state import MS_PER_DAY, CustomerState
+from stream.core.vocabulary import Status
+from stream.telemetry.samples import Samples
 
 #: The currency label of a stored customer whose currency is not in ISO 4217 (a state written
 #: before the worker checked currencies): one series for all of them, never one per code.
@@ -321,7 +322,7 @@ class Kpis:
     def count_decisions(self, decisions: Iterable[dict[str, object]]) -> None:
         """Suppressions by reason, for a batch of decision records."""
         for record in decisions:
-            if record["status"] == "suppressed":
+            if record["status"] == Status.SUPPRESSED:
                 self._suppression(str(record["reason"])).inc()
 
     @cache  # noqa: B019 - closed label sets
@@ -393,43 +394,6 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
-class Samples:
-    """Metric samples by name: [(labels, value)]. What `summary_of` reads, from a worker's
-    registry or from Prometheus (where they are summed over the workers first)."""
-
-    def __init__(self, values: dict[str, list[tuple[dict[str, str], float]]]) -> None:
-        self.values = values
-
-    @classmethod
-    def of_registry(cls, registry: CollectorRegistry) -> Samples:
-        values: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in registry.collect():
-            for sample in family.samples:
-                values.setdefault(sample.name, []).append((sample.labels, sample.value))
-        return cls(values)
-
-    def get(self, name: str, **labels: str) -> float:
-        """The sum of the samples of `name` whose labels include `labels`."""
-        return sum(v for lbl, v in self.values.get(name, []) if labels.items() <= lbl.items())
-
-    def rituals(self) -> list[str]:
-        """The packaged rituals, then any other ritual these samples name (a rules file's
-        own rituals), in a stable order."""
-        seen = dict.fromkeys(RITUALS)
-        for name in ("engage_ritual_decisions_total", "engage_ritual_outcomes_total"):
-            for lbl, _v in self.values.get(name, []):
-                if "ritual" in lbl:
-                    seen.setdefault(lbl["ritual"])
-        return list(seen)
-
-    def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for lbl, v in self.values.get(name, []):
-            if label in lbl and labels.items() <= lbl.items():
-                out[lbl[label]] = out.get(lbl[label], 0.0) + v
-        return out
-
-
 def _quantile(buckets: dict[str, float], q: float) -> float | None:
     """histogram_quantile over cumulative buckets (le -> count), linear within a bucket."""
     points = sorted((float(le), n) for le, n in buckets.items())
@@ -490,9 +454,7 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     nps_n = promoters + passives + detractors
     reviews = {str(r): get("engage_reviews_total", rating=str(r)) for r in range(1, 6)}
 
-    def outcome(ritual: str, arm: str, name: str) -> float:
-        return get("engage_ritual_outcomes_total", ritual=ritual, arm=arm, outcome=name)
-
+    outcome = m.outcome
     rituals = m.rituals()
     lift: dict[str, dict[str, float | None]] = {}
     for ritual in rituals:
@@ -509,7 +471,7 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     active = {w: get("engage_active_customers", window=w) for w in ACTIVE_WINDOWS}
     clicks = get("engage_clicks_total")
     prompted = get("engage_clicks_total", prompted="true")
-    delivered = get("engage_ritual_decisions_total", status="delivered")
+    delivered = get("engage_ritual_decisions_total", status=Status.DELIVERED)
     retention: dict[str, dict[str, float | None]] = {}
     for w in RETENTION_WINDOWS:
         cohort = get("engage_retention_cohort_customers", window=w)
@@ -547,7 +509,7 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     }
     decisions = {
         ritual: {
-            st: get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in STATUSES
+            st: get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in Status
         }
         for ritual in rituals
     }
@@ -555,14 +517,11 @@ def summary_of(m: Samples, *, scope: str) -> dict[str, Any]:
     for version in sorted(m.by("engage_ritual_outcomes_total", "rules_version")):
 
         def versioned(ritual: str, arm: str, name: str, version: str = version) -> float:
-            return get(
-                "engage_ritual_outcomes_total",
-                ritual=ritual, arm=arm, outcome=name, rules_version=version,
-            )  # fmt: skip
+            return m.outcome(ritual, arm, name, rules_version=version)
 
         by_version[version] = ritual_lift(versioned, rituals)
     lag_buckets = m.by("engage_end_to_end_lag_seconds_bucket", "le")
-    watermark = [v for _, v in m.values.get("engage_watermark_lag_seconds", [])]
+    watermark = [v for _, v in m.series("engage_watermark_lag_seconds")]
     opt_outs = {
         scope: {
             src: get("engage_consent_opt_outs_total", scope=scope, source=src)

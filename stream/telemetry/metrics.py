@@ -8,15 +8,19 @@ lookup and an increment, not prometheus-client's label validation.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from schemas.nudges import STATUSES
 from stream.core.ingest import REASONS
 from stream.core.rituals import OUTCOMES
 from stream.core.rules import Rules, load_rules
 from stream.core.state import UNREADABLE_REASONS
+from stream.core.vocabulary import Status
+
+log = logging.getLogger("engage")
 
 # Sub-millisecond to minutes: processing is ~0.1 ms, lag after an outage can be minutes.
 LATENCY_BUCKETS = (
@@ -180,7 +184,7 @@ class PipelineMetrics:
             for arm in ("treated", "held_out"):
                 for outcome in OUTCOMES:
                     self.outcomes.labels(ritual, arm, outcome, rules.version)
-            for status in STATUSES:
+            for status in Status:
                 self.decisions.labels(ritual, status, rules.version)
 
     @cache  # noqa: B019 - bounded by the closed label sets; lives as long as the worker
@@ -215,6 +219,24 @@ class PipelineMetrics:
     def erasures_child(self, found: bool) -> Counter:
         return self.erasures.labels("true" if found else "false")
 
+    def add_counts(self, counts: Mapping[tuple[str, ...], int]) -> None:
+        """Add a batch's engine counts (`BatchResult.counts`) to their counters.
+
+        A key is a count name and then its labels (`("processed", topic, type, outcome)`);
+        `COUNTERS` maps each name to its counter child. A name with no counter is a release
+        whose engine counts something the metrics do not know yet: the counts are dropped and
+        that is logged once per name rather than stopping the worker over a metric."""
+        for key, n in counts.items():
+            child = COUNTERS.get(key[0])
+            if child is None:
+                self._unknown_count(key[0])
+                continue
+            child(self, key).inc(n)
+
+    @cache  # noqa: B019 - one warning per unknown name
+    def _unknown_count(self, name: str) -> None:
+        log.warning("engine count %r has no metric: dropped", name)
+
     def set_consumer_lags(self, lags: dict[tuple[str, int], int]) -> None:
         """Replace every consumer-lag sample with `lags` ((topic, partition) -> messages), so
         a partition this worker no longer owns stops being reported."""
@@ -225,3 +247,21 @@ class PipelineMetrics:
     @cache  # noqa: B019
     def watermark_lag_child(self, partition: int) -> Gauge:
         return self.watermark_lag.labels(str(partition))
+
+
+#: Engine count name -> the counter child a count of that key adds to. The key's other items
+#: are the counter's labels; counters without labels ignore them (`redelivered` carries the
+#: topic for the engine's own use, the metric has no topic label).
+COUNTERS: dict[str, Callable[[PipelineMetrics, tuple[str, ...]], Counter]] = {
+    "consumed": lambda m, key: m.consumed_child(key[1]),
+    "processed": lambda m, key: m.processed_child(key[1], key[2], key[3]),
+    "dlq": lambda m, key: m.dlq_child(key[1]),
+    "duplicate": lambda m, key: m.duplicate_child(key[1]),
+    "decision": lambda m, key: m.decision_child(key[1], key[2], key[3]),
+    "outcome": lambda m, key: m.outcome_child(key[1], key[2], key[3], key[4]),
+    "erasure": lambda m, key: m.erasures_child(key[1] == "true"),
+    "redelivered": lambda m, key: m.redelivered,
+    "resent": lambda m, key: m.resent,
+    "late": lambda m, key: m.late_events,
+    "wake_errors": lambda m, key: m.wake_errors,
+}

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import RITUALS
+from stream.core.vocabulary import Status
 
 Series = list[tuple[float, float]]
 
@@ -30,11 +31,11 @@ QUADRANT_GRID = (  # rows: engaged, not engaged; columns: negative, neutral, pos
 SENTIMENTS = ("negative", "neutral", "positive")
 FUNNEL = ("new", "active", "reactivated", "at_risk", "dormant")
 STATUS_COLOURS = {
-    "delivered": "#2e7d32",
-    "held_out": "#90a4ae",
-    "suppressed": "#f9a825",
-    "expired": "#c62828",
-    "cancelled": "#8d6e63",
+    Status.DELIVERED: "#2e7d32",
+    Status.HELD_OUT: "#90a4ae",
+    Status.SUPPRESSED: "#f9a825",
+    Status.EXPIRED: "#c62828",
+    Status.CANCELLED: "#8d6e63",
 }
 STAGE_COLOURS = {
     "new": "#42a5f5",
@@ -273,7 +274,7 @@ def funnel(stages: dict[str, float], width: int = 420, height: int = 230) -> str
 def decisions_chart(decisions: dict[str, dict[str, float]], width: int = 1000) -> str:
     """Ritual decisions by status: one stacked bar per ritual, with a legend."""
     rituals = [r for r in RITUALS if r in decisions] + [r for r in decisions if r not in RITUALS]
-    statuses = list(STATUSES) + sorted({s for d in decisions.values() for s in d} - set(STATUSES))
+    statuses = [*Status, *sorted({s for d in decisions.values() for s in d} - set(Status))]
     row, top, label_w = 26, 30, 170
     height = top + row * max(len(rituals), 1) + 10
     totals = {r: sum(decisions[r].values()) for r in rituals}
@@ -669,17 +670,3 @@ def _interval(item: dict[str, Any], *, signed: bool = False, ratio: bool = False
     if ratio and item.get("corrected"):
         text += " *"
     return text
-
-
-def trend_titles() -> Sequence[tuple[str, str, str]]:
-    """(title, PromQL, unit) of the trends drawn from Prometheus."""
-    return (
-        ("NPS", "sum(engage:nps:score)", ""),
-        ("CSAT", "sum(engage:csat:percent)", " %"),
-        ("Active customers, 7 days", 'sum(engage:active_customers:sum{window="7d"})', ""),
-        ("Retention, 30 days", 'sum(engage:retention:ratio{window="30d"})', ""),
-        ("Prompted share", "sum(engage:prompted_interactions:ratio)", ""),
-        ("Events per second", "sum(engage:events:rate5m)", ""),
-        ("Dead-letter ratio", "sum(engage:dlq:ratio_rate5m)", ""),
-        ("Lag p99 (s)", "max(engage:end_to_end_lag_seconds:p99_5m)", ""),
-    )

@@ -31,9 +31,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from schemas.nudges import RITUALS, STATUSES
+from schemas.nudges import RITUALS
 from stream.cli import EXIT_USAGE, command_parser, fail
 from stream.core.rules import RulesError, load_rules
+from stream.core.vocabulary import Status
+from stream.telemetry.samples import Samples
 
 ROOT = Path(__file__).resolve().parents[2]
 #: `scheme://user:password@` (or `scheme://:password@`, `scheme://token@`) in printed text.
@@ -68,20 +70,10 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _samples(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """The worker's /metrics, parsed: sample name -> [(labels, value)]."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+def _samples(port: int) -> Samples:
+    """The worker's /metrics, parsed (none when it does not answer)."""
     _, body = _get(port, "/metrics")
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def _total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **want: str) -> float:
-    return sum(v for labels, v in samples.get(name, []) if want.items() <= labels.items())
+    return Samples.of_text(body.decode())
 
 
 class View:
@@ -89,7 +81,7 @@ class View:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        self.samples = Samples()
         self.kpis: dict[str, Any] = {}
         self.nudges: deque[dict[str, Any]] = deque(maxlen=8)
         self.nudge_count = 0
@@ -109,7 +101,7 @@ class View:
 
     @property
     def consumed(self) -> float:
-        return _total(self.samples, "engage_events_consumed_total")
+        return self.samples.get("engage_events_consumed_total")
 
     def render(self) -> Group:
         s = self.samples
@@ -117,11 +109,11 @@ class View:
         pipeline.add_row("events/s", f"{self.rate:,.0f}")
         pipeline.add_row("consumed", f"{self.consumed:,.0f}")
         pipeline.add_row(
-            "folded", f"{_total(s, 'engage_events_processed_total', outcome='folded'):,.0f}"
+            "folded", f"{s.get('engage_events_processed_total', outcome='folded'):,.0f}"
         )
-        pipeline.add_row("dead letters", f"{_total(s, 'engage_dlq_messages_total'):,.0f}")
-        pipeline.add_row("duplicates", f"{_total(s, 'engage_duplicate_events_total'):,.0f}")
-        clocks = [v for _, v in s.get("engage_partition_clock_seconds", []) if v]
+        pipeline.add_row("dead letters", f"{s.get('engage_dlq_messages_total'):,.0f}")
+        pipeline.add_row("duplicates", f"{s.get('engage_duplicate_events_total'):,.0f}")
+        clocks = [v for _, v in s.series("engage_partition_clock_seconds") if v]
         if clocks:
             sim = datetime.fromtimestamp(min(clocks), UTC).strftime("%Y-%m-%d %H:%M")
             pipeline.add_row("simulated now", sim)
@@ -140,14 +132,14 @@ class View:
         kpis.add_row("stages", " ".join(f"{n}={int(v)}" for n, v in stages.items() if v))
         rituals = Table(title="ritual decisions")
         rituals.add_column("ritual")
-        for status in STATUSES:
+        for status in Status:
             rituals.add_column(status, justify="right")
         rituals.add_column("lift (came back)", justify="right")
         lift = k.get("ritual_lift", {})
         for ritual in RITUALS:
             counts = [
-                _total(s, "engage_ritual_decisions_total", ritual=ritual, status=st)
-                for st in STATUSES
+                s.get("engage_ritual_decisions_total", ritual=ritual, status=st)
+                for st in Status
             ]
             rituals.add_row(
                 ritual, *(f"{c:.0f}" for c in counts),
@@ -314,33 +306,25 @@ async def _run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     proc.kill()
 
 
-def arm_rates(
-    samples: dict[str, list[tuple[dict[str, str], float]]], ritual: str
-) -> dict[str, dict[str, float]]:
+def arm_rates(samples: Samples, ritual: str) -> dict[str, dict[str, float]]:
     """Per arm: decisions, and the share of them followed by each outcome within the window."""
     out: dict[str, dict[str, float]] = {}
     for arm in ("treated", "held_out"):
-        decided = _total(samples, "engage_ritual_outcomes_total", ritual=ritual, arm=arm,
-                         outcome="decided")  # fmt: skip
+        decided = samples.outcome(ritual, arm, "decided")
         row = {"decided": decided}
         for outcome in ("came_back", "reviewed", "purchased"):
-            n = _total(samples, "engage_ritual_outcomes_total", ritual=ritual, arm=arm,
-                       outcome=outcome)  # fmt: skip
+            n = samples.outcome(ritual, arm, outcome)
             row[outcome] = n / decided if decided else 0.0
         out[arm] = row
     return out
 
 
-def lifts(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, Any]:
+def lifts(samples: Samples) -> dict[str, Any]:
     """Per ritual and outcome: rates with Wilson intervals, Newcombe's interval of the
     difference, the Katz interval of the ratio and a verdict (stream.core.lift)."""
     from stream.telemetry.kpis import ritual_lift
 
-    def count(ritual: str, arm: str, outcome: str) -> float:
-        return _total(samples, "engage_ritual_outcomes_total", ritual=ritual, arm=arm,
-                      outcome=outcome)  # fmt: skip
-
-    return ritual_lift(count)
+    return ritual_lift(samples.outcome)
 
 
 def _rate(item: dict[str, Any]) -> str:
@@ -408,12 +392,12 @@ def _write_report(
 def _summary(view: View) -> dict[str, Any]:
     s = view.samples
     decisions: Counter[str] = Counter()
-    for labels, value in s.get("engage_ritual_decisions_total", []):
+    for labels, value in s.series("engage_ritual_decisions_total"):
         decisions[f"{labels['ritual']}/{labels['status']}"] += int(value)
     return {
         "consumed": view.consumed,
         "dead_letters": {  # the reasons seen (every reason is exported, most at 0)
-            labels["reason"]: v for labels, v in s.get("engage_dlq_messages_total", []) if v
+            labels["reason"]: v for labels, v in s.series("engage_dlq_messages_total") if v
         },
         "decisions": {k: v for k, v in decisions.items() if v},
         "nudges_seen": view.nudge_count,

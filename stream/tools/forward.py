@@ -41,6 +41,7 @@ from stream.core.webhook import (
     signed_headers,
     verdict,
 )
+from stream.topic_names import forward_dlq_topic, forward_group, nudges_topic
 
 log = logging.getLogger("engage.forward")
 _MESSAGE_LIMIT = 200
@@ -89,8 +90,8 @@ class Forwarder:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         self.config = config
-        self.topic = f"{options.namespace}.nudges"
-        self.dlq_topic = f"{options.namespace}.forward-dlq"
+        self.topic = nudges_topic(options.namespace)
+        self.dlq_topic = forward_dlq_topic(options.namespace)
         self.stats = ForwardStats()
         kwargs = options.client_kwargs()
         self._options = options
@@ -394,7 +395,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from stream.tools.emitter.sink import KafkaOptions
+    from stream.kafka_client import KafkaOptions
 
     try:
         options = KafkaOptions.from_env()
@@ -408,7 +409,7 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     config = ForwardConfig(
         url=args.url,
-        group=args.group or f"{options.namespace}.forward",
+        group=args.group or forward_group(options.namespace),
         timeout_s=args.timeout,
         backoff_initial_s=args.backoff_initial,
         backoff_max_s=args.backoff_max,

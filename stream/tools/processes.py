@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import stream
 from stream.adapter.faust_private import refresh_metadata
 from stream.core.state import CustomerState, decode
+from stream.topic_names import customers_changelog, namespaced
 
 # The source tree the imported `stream` package comes from: a worker started from here runs the
 # same code as its caller (a worktree, a checkout or site-packages).
@@ -94,12 +95,12 @@ class Worker:
 
     def topic(self, suffix: str) -> str:
         """The full name of one of this worker's topics (namespace prefix added)."""
-        return f"{self.namespace}.{suffix}"
+        return namespaced(self.namespace, suffix)
 
     @property
     def changelog(self) -> str:
         """The customer table's changelog topic, where `table_state` reads the state."""
-        return f"{self.app_id}-customers-changelog"
+        return customers_changelog(self.app_id)
 
     def start(self, timeout: float = 90.0) -> Worker:
         """Start the process and return once /readyz answers 200 (fails at the deadline)."""

@@ -39,6 +39,7 @@ from stream.adapter.topics import TopicMismatch, ensure_topics
 from stream.cli import EXIT_USAGE, command_parser, fail
 from stream.core.rules import RulesError, load_rules
 from stream.core.state import to_ms
+from stream.core.vocabulary import Status
 from stream.kafka_client import KafkaAccessError, consumer, describe_error, producer
 from stream.settings import Settings, settings_problems
 
@@ -336,7 +337,7 @@ def summary_table(decisions: list[dict[str, Any]]) -> Table:
     counts = Counter((d["ritual"], d["status"]) for d in decisions)
     table = Table(title=f"{len(decisions)} decisions")
     table.add_column("ritual")
-    for status in ("delivered", "held_out", "suppressed", "expired", "cancelled"):
+    for status in Status:
         table.add_column(status, justify="right")
     from stream.core.rituals import RITUALS
 
@@ -345,7 +346,7 @@ def summary_table(decisions: list[dict[str, Any]]) -> Table:
     for ritual in names:
         row = [
             str(counts.get((ritual, st), 0))
-            for st in ("delivered", "held_out", "suppressed", "expired", "cancelled")
+            for st in Status
         ]
         table.add_row(ritual, *row)
     return table

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.cli import command_parser
-from stream.telemetry.kpis import Samples, summary_of
+from stream.telemetry.kpis import summary_of
+from stream.telemetry.samples import Samples
 from stream.tools.charts import ReportData, Trend, render
 
 DEFAULT_SELECTOR = 'job="engage"'
@@ -66,6 +67,7 @@ TRENDS: tuple[tuple[str, str, str], ...] = (
     ("Events per second", "sum(rate(engage_events_consumed_total{{{sel}}}[1m]))", ""),
     (
         "Nudges delivered per second",
+        # PromQL is written as Prometheus reads it: "delivered" is Status.DELIVERED's value.
         'sum(rate(engage_ritual_decisions_total{{{sel},status="delivered"}}[1m]))',
         "",
     ),

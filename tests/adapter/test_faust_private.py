@@ -280,7 +280,8 @@ def test_importing_the_module_loads_no_faust() -> None:
     import sys
 
     probe = (
-        "import sys, stream.adapter.faust_private, stream.serving.projection, stream.tools.forget;"
+        "import sys, stream.adapter.faust_private, stream.serving.projector, "
+        "stream.serving.changelog_reader, stream.serving.rebuild, stream.tools.forget;"
         "print(sorted(m for m in ('faust', 'mode') if m in sys.modules))"
     )
     out = subprocess.run(

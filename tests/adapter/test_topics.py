@@ -13,6 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from stream.adapter.topics import ensure_topics
 from stream.kafka_client import admin as admin_client
 from stream.settings import Settings
+from stream.topic_names import control_changelog, customers_changelog
 from tests.harness import unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,7 @@ def test_changelogs_get_the_erasure_bound_new_and_existing(bootstrap: str) -> No
     name = unique("bound")
     settings = Settings(broker=f"kafka://{bootstrap}", app_id=name, topic_namespace=name,
                         partitions=2, erasure_max_days=2)  # fmt: skip
-    customers, control = changelogs = [f"{name}-customers-changelog", f"{name}-control-changelog"]
+    customers, control = changelogs = [customers_changelog(name), control_changelog(name)]
 
     async def create_old_style(admin: Any) -> None:  # what the previous version created
         await admin.create_topics(

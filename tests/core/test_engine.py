@@ -26,7 +26,7 @@ from stream.core.ingest import Limits
 from stream.core.rituals import next_due
 from stream.core.rules import Rules
 from stream.core.state import CustomerState, Peek, decode, peek, to_ms
-from stream.serving.projection import next_segment_change
+from stream.serving.projector import next_segment_change
 from tests.factory import T0, event, raw
 
 NS = "t"

@@ -31,15 +31,14 @@ from schemas.events import EVENT_ADAPTER
 from stream.core.profile import QUADRANTS, STAGES, view
 from stream.core.rules import DEFAULT_RULES
 from stream.core.state import MS_PER_DAY, CustomerState, encode, fold, new_state, to_ms
-from stream.serving.projection import (
+from stream.serving.changelog_reader import changelog_partitions
+from stream.serving.projector import (
     PROFILE_PREFIX,
     RedisProjector,
-    changelog_partitions,
-    main,
     next_segment_change,
     profile_hash,
-    rebuild,
 )
+from stream.serving.rebuild import main, rebuild
 from stream.settings import Settings
 from tests.factory import T0, event
 from tests.harness import free_port, produce_events, table_state, unique, wait_for
@@ -229,7 +228,7 @@ def test_profile_hash_of_a_real_profile() -> None:
 
 def test_a_clock_behind_the_state_reads_at_its_last_event() -> None:
     """Clock 0 (a replay not declared yet) would overflow `view`; the projection must not."""
-    from stream.serving.projection import read_profile
+    from stream.serving.projector import read_profile
 
     state = fold_all("bob", [event("click", "bob", 5)])
     assert read_profile(encode(state), 0, DEFAULT_RULES) == view(state, state.last_seen)
@@ -619,7 +618,7 @@ async def test_an_erasure_the_projector_never_flushed_is_made_at_the_next_start(
     from stream.core.clock import clock_for
     from stream.core.driver import MemoryDriver
     from stream.core.engine import EngineConfig, time_key
-    from stream.serving.projection import SEGMENT_KEYS, profile_key
+    from stream.serving.projector import SEGMENT_KEYS, profile_key
     from tests.core.test_engine import CONTROL, INPUTS, LIMITS, NS, RULES, WALL, Log
 
     erasures = f"{NS}.erasures"

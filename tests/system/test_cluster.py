@@ -198,8 +198,8 @@ def _durable(producer: object) -> tuple[object, bool]:
 
 async def test_product_clients_produce_with_acks_all_and_idempotence() -> None:
     from stream.client.producer import EngageProducer
-    from stream.kafka_client import faust_options, producer
-    from stream.tools.emitter.sink import KafkaOptions, KafkaSink
+    from stream.kafka_client import KafkaOptions, faust_options, producer
+    from stream.tools.emitter.sink import KafkaSink
 
     settings = Settings()
     assert _durable(producer(settings)) == (-1, True)

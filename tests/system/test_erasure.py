@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from schemas.erasure import ErasureReceipt
-from stream.serving.projection import SEGMENT_KEYS, profile_key
+from stream.serving.projector import SEGMENT_KEYS, profile_key
 from tests.factory import event
 from tests.harness import ROOT, produce_events, read_all, unique, wait_for
 

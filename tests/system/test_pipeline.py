@@ -14,6 +14,7 @@ import pytest
 
 from stream.core.profile import view
 from stream.core.state import to_ms
+from stream.topic_names import dlq_topic, input_topic
 from tests.factory import T0, event, raw
 from tests.harness import produce, produce_events, read_all, table_state, wait_for
 
@@ -120,32 +121,42 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_around_them_are_folded(
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     good = [event("click", "bob", d / 10) for d in range(7)]
     bad: list[tuple[str, str, bytes, bytes]] = [
-        ("malformed_json", f"{ns}.clicks", b"bob", b'{"type": "click", oops'),
-        ("schema_violation", f"{ns}.reviews", b"bob", raw(event("review", "bob", rating=9))),
+        ("malformed_json", input_topic(ns, "click"), b"bob", b'{"type": "click", oops'),
+        (
+            "schema_violation",
+            input_topic(ns, "review"),
+            b"bob",
+            raw(event("review", "bob", rating=9)),
+        ),
         (
             "unknown_type",
-            f"{ns}.clicks",
+            input_topic(ns, "click"),
             b"bob",
             raw({**event("click", "bob"), "type": "teleport"}),
         ),
-        ("key_mismatch", f"{ns}.clicks", b"mallory", raw(event("click", "bob"))),
+        ("key_mismatch", input_topic(ns, "click"), b"mallory", raw(event("click", "bob"))),
         (
             "future_timestamp",
-            f"{ns}.clicks",
+            input_topic(ns, "click"),
             b"bob",
             raw(event("click", "bob", occurred_at=future)),
         ),
-        ("oversized", f"{ns}.reviews", b"bob", raw(event("review", "bob", text="x" * 70_000))),
+        (
+            "oversized",
+            input_topic(ns, "review"),
+            b"bob",
+            raw(event("review", "bob", text="x" * 70_000)),
+        ),
     ]
     messages: list[tuple[str, bytes, bytes]] = []
     for i, (_, topic, key, value) in enumerate(bad):
-        messages.append((f"{ns}.clicks", b"bob", raw(good[i])))
+        messages.append((input_topic(ns, "click"), b"bob", raw(good[i])))
         messages.append((topic, key, value))
-    messages.append((f"{ns}.clicks", b"bob", raw(good[6])))
+    messages.append((input_topic(ns, "click"), b"bob", raw(good[6])))
     produce(bootstrap, messages)
 
     def dlq_full() -> list[Any] | None:
-        msgs = read_all(bootstrap, f"{ns}.dlq")
+        msgs = read_all(bootstrap, dlq_topic(ns))
         return msgs if len(msgs) >= len(bad) else None
 
     dlq = wait_for(dlq_full, timeout=60, what="six DLQ messages")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from stream.serving.projection import profile_key
+from stream.serving.projector import profile_key
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce_events, unique, wait_for
 

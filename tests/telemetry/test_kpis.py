@@ -182,3 +182,27 @@ def test_consent_opt_outs_by_scope_and_source_and_suppressions_by_reason() -> No
     assert s["consent_opt_outs"]["all"]["unspecified"] == 1.0
     assert s["consent_opt_outs"]["all"]["preference_center"] == 0.0
     assert s["suppressions"] == {"no_consent": 1.0, "once_per_window": 0.0, "frequency_cap": 1.0}
+
+
+def test_the_demo_reads_the_kpis_samples_the_same_way_from_metrics_text() -> None:
+    """One `Samples` serves /kpis (a registry) and the demo (the /metrics text): the same
+    counts read either way give the same sums and the same lift."""
+    from stream.telemetry.samples import Samples
+    from stream.tools.demo import arm_rates, lifts
+
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    Kpis(registry)
+    for arm, decided, came_back in (("treated", 40, 30), ("held_out", 50, 30)):
+        metrics.outcome_child("we_noticed", arm, "decided", "v1").inc(decided)
+        metrics.outcome_child("we_noticed", arm, "came_back", "v1").inc(came_back)
+    metrics.dlq_child("malformed_json").inc(3)
+    from_registry = Samples.of_registry(registry)
+    from_text = Samples.of_text(generate_latest(registry).decode())
+    for samples in (from_registry, from_text):
+        assert samples.get("engage_dlq_messages_total") == 3
+        assert samples.by("engage_dlq_messages_total", "reason")["malformed_json"] == 3
+        assert samples.outcome("we_noticed", "treated", "came_back") == 30
+        assert arm_rates(samples, "we_noticed")["held_out"]["came_back"] == 0.6
+    assert lifts(from_text) == summary(registry)["lift"] == lifts(from_registry)
+    assert Samples.of_text("").get("engage_events_consumed_total") == 0

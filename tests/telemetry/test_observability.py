@@ -54,6 +54,7 @@ from stream.telemetry.kpis import (
     SCORE_BANDS,
     SUPPRESSION_REASONS,
 )
+from stream.topic_names import input_topic
 from tests.factory import event
 from tests.harness import ROOT, Worker, free_port, produce, produce_events, unique, wait_for
 
@@ -297,8 +298,8 @@ def nudge_clicks(k: int) -> int:
 def bad_messages(namespace: str, cid: str, duplicate: dict[str, Any]) -> list[tuple]:
     """One malformed message (DLQ) and one repeated event_id (duplicate)."""
     return [
-        (f"{namespace}.clicks", cid.encode(), b"{not json"),
-        (f"{namespace}.clicks", cid.encode(), json.dumps(duplicate).encode()),
+        (input_topic(namespace, "click"), cid.encode(), b"{not json"),
+        (input_topic(namespace, "click"), cid.encode(), json.dumps(duplicate).encode()),
     ]
 
 

@@ -22,7 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.events import TOPIC_SUFFIX
 from schemas.nudges import RITUALS
+from stream.kafka_client import KafkaOptions
 from stream.tools.emitter import cli
 from stream.tools.emitter.actions import Kind, Planned
 from stream.tools.emitter.faults import FILE_REASONS, REASONS, FaultMixer
@@ -38,8 +40,8 @@ from stream.tools.emitter.reactions import CustomerView, Nudge, react
 from stream.tools.emitter.report import ProgressBar, Stats
 from stream.tools.emitter.runner import run_file, run_kafka
 from stream.tools.emitter.simulation import DAY, Customer, SimConfig, Simulation, allocate, to_ms
-from stream.tools.emitter.sink import FileSink, KafkaOptions
-from stream.tools.emitter.wire import TOPIC_SUFFIX, Message, message, topic
+from stream.tools.emitter.sink import FileSink
+from stream.tools.emitter.wire import Message, message, topic
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 BIG_CUSTOMERS, BIG_DAYS, BIG_SEED = 300, 120, 7
@@ -794,9 +796,11 @@ def test_kafka_options_from_env() -> None:
         KafkaOptions.from_env({"ENGAGE_TOPIC_NAMESPACE": "no spaces"})
 
 
-def test_topics_match_the_schemas_package() -> None:
-    events = pytest.importorskip("schemas.events")
-    assert events.TOPIC_SUFFIX == TOPIC_SUFFIX
+def test_topics_are_the_workers_input_topics() -> None:
+    from stream.settings import Settings
+
+    inputs = Settings(topic_namespace="shop").input_topics
+    assert {kind: topic("shop", kind) for kind in TOPIC_SUFFIX} == inputs
 
 
 def test_start_parsing() -> None:

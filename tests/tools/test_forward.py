@@ -46,6 +46,7 @@ from stream.core.webhook import (
     verdict,
 )
 from stream.tools.forward import ForwardConfig, _audiences
+from stream.topic_names import forward_dlq_topic, forward_group, nudges_topic
 from tests.harness import ROOT, read_all, unique, wait_for
 
 PARTITIONS = 2
@@ -191,7 +192,7 @@ def namespace(stack: dict[str, str]) -> Iterator[str]:
         admin = AIOKafkaAdminClient(bootstrap_servers=stack["kafka"])
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(f"{ns}.nudges", PARTITIONS, 1)])
+            await admin.create_topics([NewTopic(nudges_topic(ns), PARTITIONS, 1)])
         finally:
             await admin.close()
 
@@ -206,7 +207,7 @@ async def _produce(bootstrap: str, ns: str, records: list[dict[str, Any]]) -> No
         for r in records:
             headers = kafka_headers(r, namespace=ns, topic_kind="nudge")
             await producer.send_and_wait(
-                f"{ns}.nudges", json.dumps(r).encode(), key=r["customer_id"].encode(),
+                nudges_topic(ns), json.dumps(r).encode(), key=r["customer_id"].encode(),
                 headers=headers,
             )  # fmt: skip
     finally:
@@ -235,7 +236,7 @@ def test_forwarder_delivers_through_failures_and_dead_letters_refusals(
     # A service-team task among them: not for a customer webhook (default audience).
     team = nudge(99, "service_recovery", audience="service_team")
     asyncio.run(_produce(bootstrap, namespace, [*records[:6], team, *records[6:]]))
-    group = f"{namespace}.forward"
+    group = forward_group(namespace)
     env = {
         **os.environ,
         "ENGAGE_BROKER": f"kafka://{bootstrap}",
@@ -258,7 +259,7 @@ def test_forwarder_delivers_through_failures_and_dead_letters_refusals(
                 return len(receiver.accepted) >= len(records) - 1 and bool(receiver.refused)
 
             wait_for(done, timeout=90, what="every nudge delivered")
-            topic = f"{namespace}.nudges"
+            topic = nudges_topic(namespace)
             want = {0: 0, 1: 0}
             for msg in read_all(bootstrap, topic):
                 want[msg.partition] = max(want[msg.partition], msg.offset + 1)
@@ -291,13 +292,13 @@ def test_forwarder_delivers_through_failures_and_dead_letters_refusals(
     assert all(receiver.attempts[k] >= 3 for k in accepted_ids)  # 503 and timeout retried
     # the refusal was tried once and dead-lettered with its reason
     assert receiver.attempts[next(iter(refused))] == 1
-    dlq = read_all(bootstrap, f"{namespace}.forward-dlq")
+    dlq = read_all(bootstrap, forward_dlq_topic(namespace))
     assert len(dlq) == 1
     headers = dict(dlq[0].headers)
     assert json.loads(dlq[0].value)["nudge_id"] in refused
     assert headers["engage.reason"] == b"refused"
     assert headers["engage.message"] == b"HTTP 400 from the receiver"
-    assert headers["engage.original_topic"] == f"{namespace}.nudges".encode()
+    assert headers["engage.original_topic"] == nudges_topic(namespace).encode()
     assert headers["ce_id"].decode() in refused
     assert "Bearer" not in (tmp_path / "forward.log").read_text()
 
@@ -392,19 +393,19 @@ def test_redirects_are_never_followed_and_old_nudges_expire_to_the_dlq(
                 moved = nudge(2, decided_at=now.isoformat())
                 temporary = nudge(3, decided_at=(now + timedelta(seconds=max_age)).isoformat())
                 asyncio.run(_produce(bootstrap, namespace, [moved, temporary]))
-                dlq_topic = f"{namespace}.forward-dlq"
+                dlq_topic = forward_dlq_topic(namespace)
                 wait_for(
                     lambda: alive() or len(read_all(bootstrap, dlq_topic)) >= 2,
                     timeout=60,
                     what="both redirected nudges dead-lettered",
                 )
-                topic = f"{namespace}.nudges"
+                topic = nudges_topic(namespace)
                 want = {0: 0, 1: 0}
                 for msg in read_all(bootstrap, topic):
                     want[msg.partition] = max(want[msg.partition], msg.offset + 1)
                 wait_for(
                     lambda: (
-                        asyncio.run(_committed(bootstrap, f"{namespace}.forward", topic)) == want
+                        asyncio.run(_committed(bootstrap, forward_group(namespace), topic)) == want
                     ),
                     timeout=30,
                     what="offsets committed after dead-lettering",
@@ -425,7 +426,7 @@ def test_redirects_are_never_followed_and_old_nudges_expire_to_the_dlq(
     assert set(dlq) == {moved["nudge_id"], temporary["nudge_id"]}  # ... until it is too old
     for headers in dlq.values():
         assert headers["engage.reason"] == b"expired"
-        assert headers["engage.original_topic"] == f"{namespace}.nudges".encode()
+        assert headers["engage.original_topic"] == nudges_topic(namespace).encode()
     assert receiver.delivered == [first["nudge_id"]]
     assert "not-for-the-trap" not in (tmp_path / "forward.log").read_text()
 
@@ -437,7 +438,7 @@ def test_engage_topics_sets_the_forward_dlq_retention_also_on_an_existing_topic(
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     bootstrap, ns = stack["kafka"], unique("fdlq")
-    dlq_topic = f"{ns}.forward-dlq"
+    dlq_topic = forward_dlq_topic(ns)
 
     async def create() -> None:  # as a forwarder started before any retention was set does
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)

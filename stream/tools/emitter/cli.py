@@ -21,19 +21,15 @@ from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
+from schemas.events import TOPIC_SUFFIX
 from stream.cli import command_parser, fail
+from stream.kafka_client import KafkaOptions
 from stream.tools.emitter.faults import FILE_REASONS, MAX_FRACTION, REASONS, FaultMixer
 from stream.tools.emitter.report import ProgressBar, Stats, print_summary
 from stream.tools.emitter.runner import run_file, run_kafka
 from stream.tools.emitter.simulation import SimConfig, Simulation
-from stream.tools.emitter.sink import (
-    FileSink,
-    KafkaOptions,
-    KafkaSink,
-    MissingTopics,
-    NudgeListener,
-)
-from stream.tools.emitter.wire import TOPIC_SUFFIX, topic
+from stream.tools.emitter.sink import FileSink, KafkaSink, MissingTopics, NudgeListener
+from stream.tools.emitter.wire import topic
 
 #: The processor dead-letters events this far ahead of its wall clock (SPEC §1).
 _FUTURE_SKEW = timedelta(minutes=5)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from stream.core.vocabulary import Status
 from stream.tools.emitter.actions import Kind, Planned
 from stream.tools.emitter.personas import Persona
 
@@ -35,7 +36,7 @@ class Nudge:
     ritual: str
     customer_id: str
     decided_at_ms: int
-    status: str = "delivered"
+    status: str = Status.DELIVERED
     anchor: str = ""
     category: str = ""
 
@@ -56,7 +57,7 @@ class Nudge:
                 ritual=record["ritual"],
                 customer_id=record["customer_id"],
                 decided_at_ms=int(decided.timestamp() * 1000),
-                status=str(record.get("status", "delivered")),
+                status=str(record.get("status", Status.DELIVERED)),
                 anchor=str(record.get("anchor") or ""),
                 category=str(record.get("category") or ""),
             )
@@ -88,7 +89,7 @@ def react(
     """
     if customer is None or nudge.customer_id != customer.customer_id:
         return []
-    if nudge.status != "delivered":
+    if nudge.status != Status.DELIVERED:
         return []
     p = customer.persona
     if rng.random() >= p.open_rate:

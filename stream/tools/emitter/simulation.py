@@ -35,6 +35,7 @@ from itertools import accumulate
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+from stream.core.vocabulary import Status
 from stream.tools.emitter.actions import Kind, Planned
 from stream.tools.emitter.personas import (
     ACTIVITY_SIGMA,
@@ -326,16 +327,13 @@ class Simulation:
         `delivered`. An empty list: received, but the customer did not react.
         """
         c = self.by_id.get(nudge.customer_id)
-        if c is None or nudge.status != "delivered" or nudge.nudge_id in c.seen_nudges:
+        if c is None or nudge.status != Status.DELIVERED or nudge.nudge_id in c.seen_nudges:
             return None
         c.seen_nudges.append(nudge.nudge_id)
         plan = react(c.view(), nudge, self._react_rng, self.now_ms)
         for step in plan:
             self._push(c, max(step.at_ms, self.now_ms), step.kind, step.data or None, True)
         return plan
-
-    def persona_of(self, customer_id: str) -> str:
-        return self.by_id[customer_id].persona.name
 
     # ------------------------------------------------------------------------- population
 

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from stream.core.partitioning import expected_partition
-from stream.kafka_client import SASL_MECHANISMS, SECURITY_PROTOCOLS
+from stream.kafka_client import KafkaOptions
 from stream.tools.emitter.reactions import Nudge
-from stream.tools.emitter.wire import Message, namespace, topic
-
-DEFAULT_BROKER = "kafka://127.0.0.1:9092"
-_PROTOCOLS = SECURITY_PROTOCOLS
-_MECHANISMS = SASL_MECHANISMS
+from stream.tools.emitter.wire import Message, topic
+from stream.topic_names import nudges_topic
 
 
 class FileSink:
@@ -43,68 +39,6 @@ class FileSink:
             self._out.close()
         else:
             self._out.flush()
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaOptions:
-    """Connection settings from the environment, validated with readable messages."""
-
-    bootstrap_servers: str
-    namespace: str
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)  # never in a repr or a log
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaOptions:
-        """Read ENGAGE_BROKER, ENGAGE_TOPIC_NAMESPACE and the security settings.
-
-        Raises ValueError naming every variable that is wrong.
-        """
-        env = os.environ if env is None else env
-        problems: list[str] = []
-        broker = env.get("ENGAGE_BROKER", DEFAULT_BROKER)
-        servers = broker.removeprefix("kafka://").replace(";", ",")
-        if not broker.startswith("kafka://") or not servers:
-            problems.append("ENGAGE_BROKER: must look like kafka://host:port[;host:port]")
-        try:
-            ns = namespace(dict(env))
-        except ValueError as exc:
-            problems.append(str(exc))
-            ns = ""
-        protocol = env.get("ENGAGE_SECURITY_PROTOCOL", "PLAINTEXT")
-        if protocol not in _PROTOCOLS:
-            problems.append(f"ENGAGE_SECURITY_PROTOCOL: one of {', '.join(_PROTOCOLS)}")
-        mechanism = env.get("ENGAGE_SASL_MECHANISM", "PLAIN")
-        if mechanism not in _MECHANISMS:
-            problems.append(f"ENGAGE_SASL_MECHANISM: one of {', '.join(_MECHANISMS)}")
-        user, password = env.get("ENGAGE_SASL_USERNAME"), env.get("ENGAGE_SASL_PASSWORD")
-        if protocol.startswith("SASL") and not (user and password):
-            problems.append("ENGAGE_SASL_USERNAME/ENGAGE_SASL_PASSWORD: needed for SASL")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return cls(
-            bootstrap_servers=servers,
-            namespace=ns,
-            security_protocol=protocol,
-            sasl_mechanism=mechanism,
-            sasl_username=user,
-            sasl_password=password,
-            ssl_cafile=env.get("ENGAGE_SSL_CAFILE"),
-            ssl_certfile=env.get("ENGAGE_SSL_CERTFILE"),
-            ssl_keyfile=env.get("ENGAGE_SSL_KEYFILE"),
-        )
-
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments shared by aiokafka's producer and consumer (`stream.kafka_client`
-        is the one place that maps the security settings)."""
-        from stream.kafka_client import client_kwargs
-
-        return client_kwargs(self)
 
 
 async def _start_with_retry(client: Any, timeout_s: float) -> None:
@@ -343,7 +277,7 @@ class NudgeListener:
     def __init__(self, options: KafkaOptions) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        self.topic = f"{options.namespace}.nudges"
+        self.topic = nudges_topic(options.namespace)
         self.queue: asyncio.Queue[Nudge] = asyncio.Queue()
         self.invalid = 0
         self._reader = AIOKafkaConsumer(group_id=None, **options.client_kwargs())

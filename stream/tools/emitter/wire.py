@@ -6,14 +6,11 @@ exact bytes a Kafka run would produce (a replay of the file is the same traffic)
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import msgspec
 
-from schemas.events import TOPIC_SUFFIX
-
-DEFAULT_NAMESPACE = "engage"
+from stream.topic_names import input_topic
 
 _encoder = msgspec.json.Encoder()
 
@@ -38,14 +35,6 @@ def message(at_ms: int, kind: str, customer_id: str, event: dict[str, Any]) -> M
     return Message(at_ms, kind, customer_id.encode("utf-8"), encode(event))
 
 
-def namespace(env: dict[str, str] | None = None) -> str:
-    """The topic namespace from ENGAGE_TOPIC_NAMESPACE (the worker's setting of that name)."""
-    env = dict(os.environ) if env is None else env
-    value = env.get("ENGAGE_TOPIC_NAMESPACE", DEFAULT_NAMESPACE)
-    if not value or not all(ch.isalnum() or ch in "._-" for ch in value):
-        raise ValueError("ENGAGE_TOPIC_NAMESPACE: only letters, digits, '.', '_' and '-'")
-    return value
-
-
 def topic(ns: str, kind: str) -> str:
-    return f"{ns}.{TOPIC_SUFFIX[kind]}"
+    """The input topic of event type `kind` (`stream.topic_names.input_topic`)."""
+    return input_topic(ns, kind)

@@ -7,7 +7,8 @@ background loop writes what is pending in pipelined batches (one atomic Lua scri
 customer). While Redis is down the dict keeps the latest state of every changed customer and
 the loop retries with capped backoff; when Redis is back it drains the dict. Each write is a
 pure function of (state, clock, rules), so replaying the same writes gives the same content,
-and `rebuild` can recreate everything from the changelog.
+and `engage project rebuild` (`stream.serving.rebuild`) can recreate everything from the
+changelog.
 
 Keys (SPEC §6):
 
@@ -24,9 +25,8 @@ import itertools
 import json
 import logging
 import math
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -156,9 +156,7 @@ def _others(keys: Mapping[str, str], current: str) -> list[str]:
     return [key for value, key in keys.items() if value != current]
 
 
-async def _queue_write(
-    pipe: Any, script: Any, customer_id: str, profile: Mapping[str, Any]
-) -> None:
+async def queue_write(pipe: Any, script: Any, customer_id: str, profile: Mapping[str, Any]) -> None:
     """Queue the script call that makes Redis hold exactly this profile for this customer.
 
     DEL + HSET drops fields the new profile no longer has; SREM from every other set of a kind
@@ -218,7 +216,7 @@ def _delete_commands(pipe: Any, customer_id: str) -> None:
         pipe.srem(key, customer_id)
 
 
-def _profile_rules(rules: Rules | ProfileRules | None) -> ProfileRules:
+def as_profile_rules(rules: Rules | ProfileRules | None) -> ProfileRules:
     """Accept the whole rules file (what the worker holds) or just its profile part."""
     if rules is None:
         return DEFAULT_RULES
@@ -267,7 +265,7 @@ class RedisProjector:
         socket_timeout_s: float = 2.0,
     ) -> None:
         self.redis_url = redis_url
-        self.rules = _profile_rules(rules)
+        self.rules = as_profile_rules(rules)
         self.batch_size = batch_size
         self.linger_s = linger_s  # lets a burst of updates to one customer coalesce
         self.max_backoff_s = max_backoff_s
@@ -364,7 +362,7 @@ class RedisProjector:
                     "redis projection: %d profiles not written at shutdown (%s); "
                     "`engage project rebuild` restores them",
                     self.pending,
-                    _describe(exc),
+                    redacted_error(exc),
                 )
             finally:
                 await self._close()
@@ -422,7 +420,7 @@ class RedisProjector:
                     log.exception("redis projection: cannot build the profile of one customer")
                     skipped = True
                     continue
-                await _queue_write(pipe, self._script, cid, profile)
+                await queue_write(pipe, self._script, cid, profile)
             started = time.perf_counter()
             results = await pipe.execute(raise_on_error=False)
             self.write_seconds.observe(time.perf_counter() - started)
@@ -438,7 +436,7 @@ class RedisProjector:
         if self._failures % 60 == 1:  # the first failure, then about once a minute
             log.warning(
                 "redis projection: write failed (%s); %d profiles pending, retrying",
-                _describe(exc),
+                redacted_error(exc),
                 self.pending,
             )
         await self._close()  # a fresh connection for the next attempt
@@ -458,231 +456,6 @@ class RedisProjector:
                 await client.aclose()
 
 
-def _describe(exc: BaseException) -> str:
+def redacted_error(exc: BaseException) -> str:
     """The error without the URL (which may carry a password)."""
     return f"{type(exc).__name__}: {exc}"[:200]
-
-
-def describe_failure(exc: BaseException, settings: Any) -> str:
-    """One line for a failed rebuild: Redis refusing us, or Kafka (via `stream.kafka_client`)."""
-    from urllib.parse import urlsplit
-
-    import redis
-
-    from stream.kafka_client import KafkaAccessError, describe_error
-
-    url = settings.redis_url.get_secret_value() if hasattr(settings, "redis_url") else ""
-    has_password = bool(urlsplit(url).password)
-    auth_error = isinstance(exc, redis.AuthenticationError) or (
-        isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc)
-    )
-    if auth_error and not has_password:
-        return (
-            "Redis needs a password: put it in ENGAGE_REDIS_URL "
-            "(redis://:password@host:port/db or redis://user:password@..., rediss:// for TLS)"
-        )
-    if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
-        return (
-            "Redis refused the credentials: check the user and password in ENGAGE_REDIS_URL "
-            "(redis://user:password@host:port/db or redis://:password@host:port/db)"
-        )
-    if isinstance(exc, redis.ConnectionError):
-        return f"cannot reach Redis ({type(exc).__name__}); check ENGAGE_REDIS_URL"
-    from aiokafka.errors import KafkaError
-
-    if isinstance(exc, KafkaError | KafkaAccessError):
-        return describe_error(exc, settings)
-    return _describe(exc)
-
-
-# --- rebuild ------------------------------------------------------------------------------------
-
-
-def kafka_security(settings: Any) -> dict[str, Any]:
-    """aiokafka client arguments for the configured SASL/SSL (kept for callers; one home:
-    `stream.kafka_client`)."""
-    from stream.kafka_client import security_kwargs
-
-    return security_kwargs(settings)
-
-
-def changelog_topic(settings: Any) -> str:
-    return f"{settings.app_id}-customers-changelog"
-
-
-async def changelog_partitions(settings: Any) -> AsyncIterator[dict[str, bytes]]:
-    """The `customers` changelog, one partition at a time: latest value per customer.
-
-    A customer's key lives in one partition, so a partition's dict is final when it is read,
-    and memory stays at one partition's customers rather than the whole table. Tombstones
-    (None values) drop the key. read_committed, and `position` rather than the last message's
-    offset, decide the end: an exactly-once changelog ends with transaction markers that are
-    never delivered as messages.
-    """
-    from aiokafka import TopicPartition
-
-    from stream.adapter.faust_private import refresh_metadata
-    from stream.kafka_client import check_access
-    from stream.kafka_client import consumer as kafka_consumer
-
-    topic = changelog_topic(settings)
-    await check_access(settings)
-    consumer = kafka_consumer(
-        settings,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        # A bounded read of history: never let the broker hold a fetch open waiting for new
-        # data (500 ms by default), which every move to the next partition would pay.
-        fetch_max_wait_ms=20,
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await refresh_metadata(consumer)
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"changelog topic {topic} not found (is ENGAGE_APP_ID right?)")
-        for p in sorted(partitions):
-            tp = TopicPartition(topic, p)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            latest: dict[str, bytes] = {}
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
-                for msg in batch.get(tp, []):
-                    cid = msg.key.decode("utf-8")
-                    if msg.value is None:
-                        latest.pop(cid, None)
-                    else:
-                        latest[cid] = msg.value
-            yield latest
-    finally:
-        await consumer.stop()
-
-
-async def _snapshot(client: Any) -> tuple[set[str], dict[str, set[str]]]:
-    """Profile ids and segment members in Redis now, before the changelog is read."""
-    profiles = {
-        key.decode("utf-8")[len(PROFILE_PREFIX) :]
-        async for key in client.scan_iter(match=f"{PROFILE_PREFIX}*", count=1000)
-    }
-    segments: dict[str, set[str]] = {}
-    async for raw_key in client.scan_iter(match=f"{SEGMENT_PREFIX}*", count=1000):
-        key = raw_key.decode("utf-8")
-        if key in SEGMENT_KEYS:
-            segments[key] = {m.decode("utf-8") async for m in client.sscan_iter(key, count=1000)}
-        else:
-            segments[key] = set()  # a stage or quadrant the rules no longer have: deleted whole
-    return profiles, segments
-
-
-async def _in_batches(client: Any, commands: Iterable[tuple[str, tuple[Any, ...]]], n: int) -> None:
-    it = iter(commands)
-    while chunk := list(itertools.islice(it, n)):
-        async with client.pipeline(transaction=False) as pipe:
-            for name, args in chunk:
-                getattr(pipe, name)(*args)
-            await pipe.execute()
-
-
-async def rebuild(
-    settings: Any,
-    redis_url: str,
-    clock_ms: int | None = None,
-    *,
-    rules: Rules | ProfileRules | None = None,
-    batch_size: int = 500,
-) -> int:
-    """Recreate the projection from the `customers` changelog; returns the profiles written.
-
-    Profiles are read at `clock_ms`. By default that is the wall clock in live mode; in replay
-    and follow modes time is event time, so each partition is read at its latest event (where
-    its partition clock was at least).
-
-    Redis keeps serving during the rebuild: every customer is overwritten in place (DEL + HSET
-    in one script), and only then are profiles and segment members the changelog no longer
-    has removed. What is removed is decided from a snapshot taken *before* the changelog is
-    read, so a customer a live worker creates meanwhile is never removed. Use one Redis
-    database per deployment: everything under `engage:profile:*` and `engage:segment:*` is
-    considered ours.
-    """
-    from stream.core.clock import wall_now
-    from stream.core.rules import load_rules
-    from stream.core.state import to_ms
-
-    profile_rules = _profile_rules(rules if rules is not None else load_rules(settings.rules_file))
-    live = getattr(settings, "mode", "live") == "live"
-    wall = to_ms(wall_now())
-    client = connect(redis_url, socket_timeout_s=30.0)
-    try:
-        before_profiles, before_segments = await _snapshot(client)
-        script = client.register_script(WRITE_SCRIPT)
-        present: set[str] = set()
-        async for states in changelog_partitions(settings):
-            items = list(states.items())
-            if clock_ms is not None:
-                clock = clock_ms
-            elif live:
-                clock = wall
-            else:
-                clock = max((decode(raw).last_seen for _, raw in items), default=0)
-            for i in range(0, len(items), batch_size):
-                async with client.pipeline(transaction=False) as pipe:
-                    for cid, raw in items[i : i + batch_size]:
-                        profile = read_profile(raw, clock, profile_rules)
-                        await _queue_write(pipe, script, cid, profile)
-                    await pipe.execute()
-            present.update(states)
-        stale: list[tuple[str, tuple[Any, ...]]] = [
-            ("delete", (profile_key(cid),)) for cid in sorted(before_profiles - present)
-        ]
-        for key, members in sorted(before_segments.items()):
-            if key not in SEGMENT_KEYS:
-                stale.append(("delete", (key,)))
-            else:
-                stale += [("srem", (key, m)) for m in sorted(members - present)]
-        await _in_batches(client, stale, batch_size)
-        return len(present)
-    finally:
-        await client.aclose()
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-    """`engage project rebuild [--clock-ms MS]`."""
-    from stream.cli import command_parser
-
-    parser = command_parser(
-        "project", "The Redis profile projection: a hash per customer and segment sets."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    rb = sub.add_parser(
-        "rebuild",
-        help="rewrite every profile and segment set from the customers table's changelog",
-    )
-    rb.add_argument(
-        "--clock-ms",
-        type=int,
-        default=None,
-        help="read the profiles at this instant (epoch ms; default: now in live mode, "
-        "each partition's latest event time in replay and follow modes)",
-    )
-    args = parser.parse_args(argv)
-
-    from stream.settings import load_settings
-
-    settings = load_settings()
-    started = time.monotonic()
-    try:
-        count = asyncio.run(rebuild(settings, settings.redis_url.get_secret_value(), args.clock_ms))
-    except Exception as exc:
-        print(f"engage project rebuild: {describe_failure(exc, settings)}", file=sys.stderr)
-        return 1
-    elapsed = time.monotonic() - started
-    print(f"rebuilt {count} profiles from {changelog_topic(settings)} in {elapsed:.2f} s")
-    return 0
