@@ -29,6 +29,7 @@ Guarantees it gives the shell, whatever the batch boundaries:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import Counter
@@ -145,6 +146,7 @@ class EngineConfig:
     erasures_topic: str | None = None  # erasure requests, co-partitioned with the inputs
     namespace: str = ""  # the topic namespace (CloudEvents source)
     partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
+    cached_states: int = 4096  # decoded customer states an engine keeps between batches
 
 
 #: A stored customer as a restart reads it: (key, encoded state, `Peek` of the state).
@@ -230,6 +232,8 @@ class PartitionEngine:
             }  # fmt: skip
         self.time = time
         self.index = DueIndex()
+        # Decoded states, kept across batches (a customer active in consecutive batches is not
+        # decoded again each time), at most `EngineConfig.cached_states`, oldest dropped first.
         self._cache: dict[bytes, CustomerState] = {}
         self._dirty: set[bytes] = set()
         self._touched: set[bytes] = set()  # projection refresh only (a segment change)
@@ -346,6 +350,7 @@ class PartitionEngine:
             self._tick()
         self._finish_replay()
         self._flush(before)
+        self._trim()
         result.clock = self.time.clock
         return result
 
@@ -357,15 +362,25 @@ class PartitionEngine:
         self._begin()
         self._clear_outboxes(acknowledged)
         self._write_acknowledged()
+        self._trim()
         return result
 
     def _begin(self) -> None:
-        """A new batch: nothing cached, changed, touched, erased or acknowledged yet."""
-        self._cache.clear()
+        """A new batch: nothing changed, touched, erased or acknowledged yet. Decoded states
+        stay cached from earlier batches (`_trim` bounds them): the engine is the only writer of
+        its partition's customers, so a cached state is the stored one, decoded."""
         self._dirty.clear()
         self._touched.clear()
         self._erased.clear()
         self._acked_keys.clear()
+
+    def _trim(self) -> None:
+        """Drop the oldest decoded states beyond the bound (whole batches' worth at once)."""
+        cache = self._cache
+        excess = len(cache) - self.config.cached_states
+        if excess > 0:
+            for key in list(itertools.islice(cache, excess + self.config.cached_states // 4)):
+                del cache[key]
 
     def _clear_outboxes(self, acknowledged: Mapping[bytes, Collection[str]]) -> None:
         """Drop acknowledged decisions from their customers' outboxes (in the batch's cache;
