@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.types import TP
@@ -51,19 +51,25 @@ class FaustTables:
 class FaustSource:
     """The app's consumer, as the protocol sees it."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, inputs: Iterable[str]) -> None:
         self.app = app
+        self.inputs = list(inputs)
 
     def committed(self, topic: str, partition: int) -> int | None:
         """The committed offset of a topic-partition, or None."""
         return committed_offsets(self.app.consumer).get(TP(topic, partition))
 
-    def highwater(self, topic: str, partition: int) -> int | None:
-        """The end offset as last fetched, or None (not assigned yet, or no fetch answered)."""
-        try:
-            return self.app.consumer.highwater(TP(topic, partition))  # type: ignore[no-any-return]
-        except Exception:
-            return None
+    def highwaters(self, partition: int) -> dict[str, int | None]:
+        """Per input topic, the end offset as last fetched, or None (not assigned yet, or no
+        fetch answered)."""
+        consumer = self.app.consumer
+        out: dict[str, int | None] = {}
+        for topic in self.inputs:
+            try:
+                out[topic] = consumer.highwater(TP(topic, partition))
+            except Exception:
+                out[topic] = None
+        return out
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         """Read a topic-partition again from `offset`."""

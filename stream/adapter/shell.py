@@ -70,7 +70,7 @@ class BatchShell:
         self.checkpoint = Checkpoint(
             config,
             tables=tables,
-            source=FaustSource(app),
+            source=FaustSource(app, config.inputs),
             sink=self.sink,
             projection=projection,
             hooks=Hooks(count=self._count, unreadable=self._unreadable, started=self._started),
@@ -174,8 +174,7 @@ class BatchShell:
         return {t: committed.get(TP(t, p)) for t in self.config.inputs}
 
     def _highwaters(self, p: int) -> dict[str, int | None]:
-        source = self.checkpoint.source
-        return {t: source.highwater(t, p) for t in self.config.inputs}
+        return self.checkpoint.source.highwaters(p)
 
     def consumer_lags(self) -> dict[tuple[str, int], int]:
         """Messages not processed yet per owned input topic-partition: the consumer's end

@@ -104,8 +104,9 @@ class Source(Protocol):
         """The committed offset (the next to read) of a topic-partition, or None."""
         ...
 
-    def highwater(self, topic: str, partition: int) -> int | None:
-        """The end offset of a topic-partition as last fetched, or None when unknown."""
+    def highwaters(self, partition: int) -> dict[str, int | None]:
+        """Per input topic, the end offset of the partition as last fetched (None: unknown,
+        which holds a clock that follows them); a topic left out is not waited for."""
         ...
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
@@ -343,11 +344,7 @@ class Checkpoint:
         uses_highwaters = self.config.clock.uses_highwaters
         results = []
         for p, part in slices.items():
-            highwaters = (
-                {t: source.highwater(t, p) for t in self.config.inputs}
-                if uses_highwaters
-                else None
-            )
+            highwaters = source.highwaters(p) if uses_highwaters else None
             results.append(
                 engines[p].process(
                     part, highwaters=highwaters, wall_ms=wall_ms, acknowledged=acks.take(p)

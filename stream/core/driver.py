@@ -154,9 +154,9 @@ class _Source:
         """Nothing is committed in memory: an engine starts from its clock record."""
         return None
 
-    def highwater(self, topic: str, partition: int) -> int | None:
-        """The end offset the caller gave `pipe` for this topic."""
-        return self.driver._highwaters.get(topic)
+    def highwaters(self, partition: int) -> dict[str, int | None]:
+        """The end offsets the caller gave `pipe` (none given: no topic is waited for)."""
+        return dict(self.driver._highwaters)
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         """Records are handed over by the caller: a hole is the caller's to fill."""

@@ -261,9 +261,9 @@ class _Source:
         """The group's committed offset."""
         return self.worker.broker.committed.get((topic, partition))
 
-    def highwater(self, topic: str, partition: int) -> int | None:
-        """The topic-partition's end."""
-        return self.worker.broker.end(topic, partition)
+    def highwaters(self, partition: int) -> dict[str, int | None]:
+        """Each input topic-partition's end."""
+        return {t: self.worker.broker.end(t, partition) for t in self.worker.config.inputs}
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         """Fetch again from `offset`."""
