@@ -29,7 +29,10 @@ size as the largest request), the consumer `stream.kafka_client.consumer`. Like 
 live mode, a task sends one clock tick per partition every `ENGAGE_TICK_INTERVAL_S`.
 
 When EVENTS input records have gone through step 7 it writes the seconds from the first
-batch's arrival to then to RESULT_FILE (and one line of counts to stdout) and stops.
+batch's arrival to then, and the CPU seconds of the same span, to RESULT_FILE, prints one line
+of counts and of the wall time each step took, and stops. With a seventh argument `overlap`
+steps 5-7 of a batch run while the next batch is fetched and processed (commits still in
+batch order, each after its batch's flush); `serial` (the default) waits for them.
 
 What it leaves out of the worker: the consumer group's rebalances (one process owns every
 partition; engines start at their first batch over an empty store), the table's recovery and
@@ -45,6 +48,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +75,15 @@ from stream.settings import Settings  # noqa: E402
 
 #: A decision's outbox entry: (partition, customer key, nudge_id).
 Ident = tuple[int, bytes, str]
+
+
+@dataclass
+class Settle:
+    """What a batch leaves for after its flush: decision sends to acknowledge, replay
+    statuses to say."""
+
+    pending: list[tuple[Ident, asyncio.Future[Any]]] = field(default_factory=list)
+    later: list[Output] = field(default_factory=list)
 
 
 class DictStore:
@@ -105,6 +118,9 @@ class RawEngage:
         # Acknowledged decisions' new states, written with the next batch's changelog writes.
         self.cleared: dict[int, dict[bytes, bytes]] = {}
         self.counts: Counter[tuple[str, ...]] = Counter()
+        #: Wall seconds per step (fetch, process, send, flush, acknowledge, commit): where the
+        #: loop's time goes, printed at the end.
+        self.seconds: Counter[str] = Counter()
 
     def _engine(self, p: int) -> PartitionEngine:
         engine = self.engines.get(p)
@@ -113,9 +129,14 @@ class RawEngage:
             engine = self.engines[p] = PartitionEngine(p, self.config, store)
         return engine
 
-    async def batch(self, records: Sequence[Record], highwaters: Any) -> None:
-        """Steps 2-6 of the module docstring for one fetch; `highwaters(topic, p)` reads the
-        consumer's end offset of a topic-partition (None when unknown)."""
+    async def apply(self, records: Sequence[Record], highwaters: Any) -> Settle:
+        """Steps 2-4 of the module docstring for one fetch; `highwaters(topic, p)` reads the
+        consumer's end offset of a topic-partition (None when unknown). Returns what `settle`
+        needs once the sends are flushed.
+
+        Everything up to the first send runs without yielding to the event loop, so an
+        acknowledgement handled meanwhile (`overlap`) sees the batch's states in the store and
+        lands in the next batch's writes."""
         slices: dict[int, list[Record]] = {}
         for record in records:
             part = slices.get(record.partition)
@@ -125,59 +146,75 @@ class RawEngage:
         now = wall_ms()
         inputs = self.config.inputs
         uses_highwaters = self.config.clock.uses_highwaters
+        cleared, self.cleared = self.cleared, {}  # outboxes cleared since the last batch
+        started = time.perf_counter()
         results: list[BatchResult] = []
         for p, part in slices.items():
             engine = self._engine(p)
             hw = {t: highwaters(t, p) for t in inputs} if uses_highwaters else None
-            results.append(engine.process(part, highwaters=hw, wall_ms=now))
-        pending: list[tuple[Ident, asyncio.Future[Any]]] = []
-        later: list[Output] = []
+            result = engine.process(part, highwaters=hw, wall_ms=now)
+            data = self.stores[p].data
+            for key in result.erased:
+                data.pop(key, None)
+            data.update(result.states)
+            results.append(result)
+        sending = time.perf_counter()
+        self.seconds["process"] += sending - started
+        settle = Settle()
         for result in results:
-            later.extend(await self._write(result, pending))
-        for p, cleared in self.cleared.items():  # partitions the batch did not touch
-            for key, raw in cleared.items():
-                await self.producer.send(self.customers_changelog, raw, key, p)
-        self.cleared = {}
+            await self._write(result, cleared.pop(result.partition, {}), settle)
+        send = self.producer.send
+        for p, states in cleared.items():  # partitions the batch did not touch
+            for key, raw in states.items():
+                await send(self.customers_changelog, raw, key, p)
+        self.seconds["send"] += time.perf_counter() - sending
+        return settle
+
+    async def settle(self, settle: Settle) -> None:
+        """Steps 5 and 6: flush, then clear the acknowledged decisions from their outboxes;
+        then the replay statuses, flushed too."""
+        started = time.perf_counter()
         await self.producer.flush()
-        self._acknowledge(pending)
-        for out in later:
+        flushed = time.perf_counter()
+        self._acknowledge(settle.pending)
+        self.seconds["flush"] += flushed - started
+        self.seconds["acknowledge"] += time.perf_counter() - flushed
+        for out in settle.later:
             await self.producer.send(
                 self.topics[out.name], out.value, out.key, int(out.key or b"0"), None, out.headers
             )
-        if later:
+        if settle.later:
             await self.producer.flush()
 
     async def _write(
-        self, result: BatchResult, pending: list[tuple[Ident, asyncio.Future[Any]]]
-    ) -> list[Output]:
-        """Steps 3 and 4 for one partition's result; returns its replay statuses."""
+        self, result: BatchResult, cleared: dict[bytes, bytes], settle: Settle
+    ) -> None:
+        """Steps 3 and 4 for one partition's result: its tombstones, its changed states and
+        the states whose outboxes were cleared since the last batch (unless the batch changed
+        that customer again: its state then already has the cleared outbox), its clock record,
+        its outputs (replay statuses kept for `settle`)."""
         p = result.partition
-        data = self.stores[p].data
         send = self.producer.send
         changelog = self.customers_changelog
         for key in result.erased:
-            data.pop(key, None)
+            cleared.pop(key, None)
             await send(changelog, None, key, p)
-        cleared = self.cleared.pop(p, {})
         for key, raw in result.states.items():
-            data[key] = raw
-            cleared.pop(key, None)  # the batch's state of this customer is newer
+            cleared.pop(key, None)
             await send(changelog, raw, key, p)
         for key, raw in cleared.items():
             await send(changelog, raw, key, p)
         if result.time is not None:
             await send(self.control_changelog, result.time, time_key(p), p)
-        later: list[Output] = []
         topics = self.topics
         for out in result.outputs:
             if out.name == REPLAY_STATUS:
-                later.append(out)
+                settle.later.append(out)
                 continue
             fut = await send(topics[out.name], out.value, out.key, None, None, out.headers)
             if out.name == DECISIONS and out.customer is not None and out.nudge_id is not None:
-                pending.append(((p, out.customer, out.nudge_id), fut))
+                settle.pending.append(((p, out.customer, out.nudge_id), fut))
         self.counts.update(result.counts)
-        return later
 
     def _acknowledge(self, pending: list[tuple[Ident, asyncio.Future[Any]]]) -> None:
         """Step 6: decisions whose send Kafka acknowledged leave their customers' outboxes
@@ -202,8 +239,10 @@ async def ticks(producer: Any, settings: Settings) -> None:
             await producer.send(settings.clock_topic, value, None, p)
 
 
-async def run(settings: Settings, n: int, result_file: Path) -> None:
-    """Consume, process, produce, flush and commit until n input records are committed."""
+async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -> None:
+    """Consume, process, produce, flush and commit until n input records are committed.
+    With `overlap` a batch's flush, acknowledgements and commit run while the next batch is
+    fetched and processed (commits still in batch order, each after its batch's flush)."""
     config = engine_config(settings.topic_namespace, settings.partitions)
     topics = [*config.inputs, settings.clock_topic, settings.erasures_topic]
     producer = kafka_producer(
@@ -233,9 +272,17 @@ async def run(settings: Settings, n: int, result_file: Path) -> None:
         except Exception:  # not assigned
             return None
 
-    seen, first = 0, 0.0
+    async def finish(settle: Settle, offsets: dict[Any, int]) -> None:
+        await core.settle(settle)
+        started = time.perf_counter()
+        await consumer.commit(offsets)
+        core.seconds["commit"] += time.perf_counter() - started
+
+    finishing: asyncio.Future[None] | None = None
+    seen, first, first_cpu, batches = 0, 0.0, 0.0, 0
     try:
         while seen < n:
+            fetching = time.perf_counter()
             fetched = await consumer.getmany(
                 timeout_ms=int(settings.batch_within_s * 1000),
                 max_records=settings.consumer_max_poll_records,
@@ -243,7 +290,10 @@ async def run(settings: Settings, n: int, result_file: Path) -> None:
             if not fetched:
                 continue
             if not first:
-                first = time.perf_counter()
+                first, first_cpu = time.perf_counter(), time.process_time()
+            else:
+                core.seconds["fetch"] += time.perf_counter() - fetching
+            batches += 1
             records: list[Record] = []
             offsets: dict[Any, int] = {}
             for tp, msgs in fetched.items():
@@ -255,14 +305,24 @@ async def run(settings: Settings, n: int, result_file: Path) -> None:
                     if m.topic in inputs:
                         seen += 1
                 offsets[tp] = msgs[-1].offset + 1
-            await core.batch(records, highwater)
-            await consumer.commit(offsets)
+            settle = await core.apply(records, highwater)
+            if overlap:
+                if finishing is not None:
+                    await finishing  # commits in batch order
+                finishing = asyncio.ensure_future(finish(settle, offsets))
+            else:
+                await finish(settle, offsets)
+        if finishing is not None:
+            await finishing
         elapsed = time.perf_counter() - first
+        cpu = time.process_time() - first_cpu
         counts = core.counts
-        print(f"{seen} events: {sum(v for k, v in counts.items() if k[0] == 'decision')} "
-              f"decisions, {sum(v for k, v in counts.items() if k[0] == 'dlq')} dead letters",
-              flush=True)  # fmt: skip
-        result_file.write_text(f"{elapsed:.6f}")
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in core.seconds.items())
+        print(f"{seen} events in {batches} batches, {elapsed:.2f} s ({cpu:.2f} s CPU): "
+              f"{sum(v for k, v in counts.items() if k[0] == 'decision')} decisions, "
+              f"{sum(v for k, v in counts.items() if k[0] == 'dlq')} dead letters; {steps}"
+              f"{' (flush and commit overlapped)' if overlap else ''}", flush=True)  # fmt: skip
+        result_file.write_text(f"{elapsed:.6f} {cpu:.6f}")
     finally:
         ticker.cancel()
         await consumer.stop()
@@ -272,6 +332,7 @@ async def run(settings: Settings, n: int, result_file: Path) -> None:
 def main() -> None:
     """Run the raw loop until EVENTS input records are committed."""
     bootstrap, app_id, namespace, events, partitions, result = sys.argv[1:7]
+    overlap = sys.argv[7:8] == ["overlap"]
     settings = Settings(
         broker=f"kafka://{bootstrap}", app_id=app_id, topic_namespace=namespace,
         partitions=int(partitions),
@@ -279,7 +340,7 @@ def main() -> None:
     from stream.adapter.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))  # this app's changelog topics
-    asyncio.run(run(settings, int(events), Path(result)))
+    asyncio.run(run(settings, int(events), Path(result), overlap=overlap))
 
 
 if __name__ == "__main__":
