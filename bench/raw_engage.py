@@ -47,7 +47,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,17 @@ class DictStore:
 class RawEngage:
     """The partition engines behind one aiokafka consumer and one aiokafka producer."""
 
-    def __init__(self, settings: Settings, config: EngineConfig, producer: Any) -> None:
-        """`producer` is a started aiokafka producer; topic names come from `settings`."""
+    def __init__(
+        self,
+        settings: Settings,
+        config: EngineConfig,
+        producer: Any,
+        *,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        """`producer` is a started aiokafka producer; topic names come from `settings`;
+        `clock` reads the wall clock in milliseconds (tests pass a fixed one)."""
+        self.clock = clock
         self.settings = settings
         self.config = config
         self.producer = producer
@@ -143,7 +152,7 @@ class RawEngage:
             if part is None:
                 part = slices[record.partition] = []
             part.append(record)
-        now = wall_ms()
+        now = self.clock()
         inputs = self.config.inputs
         uses_highwaters = self.config.clock.uses_highwaters
         cleared, self.cleared = self.cleared, {}  # outboxes cleared since the last batch
