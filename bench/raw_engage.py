@@ -12,15 +12,16 @@ shell there is. Every batch goes through these steps, in this order:
 2. per partition, `engine.process(records, highwaters=..., wall_ms=...)`, the highwater marks
    and the wall clock read once per partition per batch, as the worker does;
 3. produce the batch's writes to the changelog partition numbered like the input partition:
-   erased customers' tombstones, each changed customer's state (and any state whose outbox an
-   earlier acknowledgement cleared, see 6.) to `APP_ID-customers-changelog`, the partition's
-   clock record to `APP_ID-control-changelog`;
+   erased customers' tombstones, each changed customer's state (those whose outbox an earlier
+   acknowledgement shortened among them, see 6.) to `APP_ID-customers-changelog`, the
+   partition's clock record to `APP_ID-control-changelog`;
 4. produce every output (decisions, nudges, dead letters, erasure receipts) to its topic;
    replay statuses only after the flush of 5., as the worker does;
 5. await the producer's flush (every send of the batch acknowledged by Kafka);
-6. drop the batch's acknowledged decisions from their customers' outboxes
-   (`engine.acknowledge`): the new states are kept in memory and written with the next
-   batch's changelog writes (step 3), not by a write of their own;
+6. note the decisions whose every send Kafka acknowledged: the partition's next batch hands
+   them to its engine (`process(acknowledged=...)`, or `settle` for a partition without
+   records then), which drops them from their outboxes in that batch's state writes (step 3),
+   never in a write of their own;
 7. commit the consumed offsets.
 
 The producer is `stream.kafka_client.producer` with the worker's settings (acks=all,
@@ -60,7 +61,6 @@ from quix_engage import engine_config  # noqa: E402
 
 from stream.core.clock import wall_ms  # noqa: E402
 from stream.core.engine import (  # noqa: E402
-    DECISIONS,
     REPLAY_STATUS,
     BatchResult,
     EngineConfig,
@@ -124,8 +124,9 @@ class RawEngage:
             "replay_status": settings.replay_status_topic,
             "erasure_receipts": settings.erasure_receipts_topic,
         }
-        # Acknowledged decisions' new states, written with the next batch's changelog writes.
-        self.cleared: dict[int, dict[bytes, bytes]] = {}
+        # Per partition, customer -> nudge_ids whose sends Kafka acknowledged: they leave their
+        # outboxes in the partition's next batch (`process(acknowledged=...)` or `settle`).
+        self.acked: dict[int, dict[bytes, set[str]]] = {}
         self.counts: Counter[tuple[str, ...]] = Counter()
         #: Wall seconds per step (fetch, process, send, flush, acknowledge, commit): where the
         #: loop's time goes, printed at the end.
@@ -143,9 +144,11 @@ class RawEngage:
         consumer's end offset of a topic-partition (None when unknown). Returns what `settle`
         needs once the sends are flushed.
 
-        Everything up to the first send runs without yielding to the event loop, so an
-        acknowledgement handled meanwhile (`overlap`) sees the batch's states in the store and
-        lands in the next batch's writes."""
+        The decisions acknowledged since the last batch go into each partition's `process`
+        (or, for a partition without records in this fetch, its `settle`): they leave their
+        outboxes in this batch's state writes. Everything up to the first send runs without
+        yielding to the event loop, so an acknowledgement made meanwhile (`overlap`) waits
+        for the next batch."""
         slices: dict[int, list[Record]] = {}
         for record in records:
             part = slices.get(record.partition)
@@ -155,33 +158,33 @@ class RawEngage:
         now = self.clock()
         inputs = self.config.inputs
         uses_highwaters = self.config.clock.uses_highwaters
-        cleared, self.cleared = self.cleared, {}  # outboxes cleared since the last batch
+        acked, self.acked = self.acked, {}
         started = time.perf_counter()
         results: list[BatchResult] = []
         for p, part in slices.items():
             engine = self._engine(p)
             hw = {t: highwaters(t, p) for t in inputs} if uses_highwaters else None
-            result = engine.process(part, highwaters=hw, wall_ms=now)
-            data = self.stores[p].data
+            results.append(
+                engine.process(part, highwaters=hw, wall_ms=now, acknowledged=acked.pop(p, None))
+            )
+        for p, ids in acked.items():  # acknowledgements of partitions without records
+            results.append(self.engines[p].settle(ids))
+        for result in results:
+            data = self.stores[result.partition].data
             for key in result.erased:
                 data.pop(key, None)
             data.update(result.states)
-            results.append(result)
         sending = time.perf_counter()
         self.seconds["process"] += sending - started
         settle = Settle()
         for result in results:
-            await self._write(result, cleared.pop(result.partition, {}), settle)
-        send = self.producer.send
-        for p, states in cleared.items():  # partitions the batch did not touch
-            for key, raw in states.items():
-                await send(self.customers_changelog, raw, key, p)
+            await self._write(result, settle)
         self.seconds["send"] += time.perf_counter() - sending
         return settle
 
     async def settle(self, settle: Settle) -> None:
-        """Steps 5 and 6: flush, then clear the acknowledged decisions from their outboxes;
-        then the replay statuses, flushed too."""
+        """Steps 5 and 6: flush, then note the decisions whose every send Kafka acknowledged
+        (for the next batch); then the replay statuses, flushed too."""
         started = time.perf_counter()
         await self.producer.flush()
         flushed = time.perf_counter()
@@ -195,23 +198,16 @@ class RawEngage:
         if settle.later:
             await self.producer.flush()
 
-    async def _write(
-        self, result: BatchResult, cleared: dict[bytes, bytes], settle: Settle
-    ) -> None:
-        """Steps 3 and 4 for one partition's result: its tombstones, its changed states and
-        the states whose outboxes were cleared since the last batch (unless the batch changed
-        that customer again: its state then already has the cleared outbox), its clock record,
-        its outputs (replay statuses kept for `settle`)."""
+    async def _write(self, result: BatchResult, settle: Settle) -> None:
+        """Steps 3 and 4 for one partition's result: its tombstones, its changed states (the
+        acknowledged outboxes among them), its clock record, its outputs (replay statuses
+        kept for `settle`)."""
         p = result.partition
         send = self.producer.send
         changelog = self.customers_changelog
         for key in result.erased:
-            cleared.pop(key, None)
             await send(changelog, None, key, p)
         for key, raw in result.states.items():
-            cleared.pop(key, None)
-            await send(changelog, raw, key, p)
-        for key, raw in cleared.items():
             await send(changelog, raw, key, p)
         if result.time is not None:
             await send(self.control_changelog, result.time, time_key(p), p)
@@ -221,22 +217,20 @@ class RawEngage:
                 settle.later.append(out)
                 continue
             fut = await send(topics[out.name], out.value, out.key, None, None, out.headers)
-            if out.name == DECISIONS and out.customer is not None and out.nudge_id is not None:
+            if out.customer is not None and out.nudge_id is not None:  # a decision or nudge
                 settle.pending.append(((p, out.customer, out.nudge_id), fut))
         self.counts.update(result.counts)
 
     def _acknowledge(self, pending: list[tuple[Ident, asyncio.Future[Any]]]) -> None:
-        """Step 6: decisions whose send Kafka acknowledged leave their customers' outboxes
-        (in the store now, in the changelog with the next batch's writes)."""
-        acked: dict[tuple[int, bytes], list[str]] = {}
-        for (p, customer, nudge_id), fut in pending:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                acked.setdefault((p, customer), []).append(nudge_id)
-        for (p, customer), ids in acked.items():
-            raw = self.engines[p].acknowledge(customer, ids)
-            if raw is not None:
-                self.stores[p].data[customer] = raw
-                self.cleared.setdefault(p, {})[customer] = raw
+        """Step 6: a decision every send of which (decisions topic, and nudges topic when
+        delivered) Kafka acknowledged is noted for its partition's next batch."""
+        ok: dict[Ident, bool] = {}
+        for ident, fut in pending:
+            done = fut.done() and not fut.cancelled() and fut.exception() is None
+            ok[ident] = ok.get(ident, True) and done
+        for (p, customer, nudge_id), acknowledged in ok.items():
+            if acknowledged:
+                self.acked.setdefault(p, {}).setdefault(customer, set()).add(nudge_id)
 
 
 async def ticks(producer: Any, settings: Settings) -> None:

@@ -68,7 +68,7 @@ class RecordingProducer:
 
 def run_raw(producer: RecordingProducer, batches: list[list[Any]], wall: int) -> RawEngage:
     """Each batch through apply then settle (the serial loop), then one empty batch, which
-    writes the states whose outboxes the last settle cleared."""
+    writes the states whose decisions the last settle found acknowledged."""
     config = engine_config(NS, PARTITIONS)
 
     async def go() -> RawEngage:
@@ -85,9 +85,11 @@ def test_raw_row_decides_and_writes_what_the_driver_does() -> None:
     recs = records(3000, seed=1)
     batches = [recs[i : i + 500] for i in range(0, len(recs), 500)]
     wall = wall_ms() + 3_600_000  # after the traffic: both paths see one wall clock
-    driver = MemoryDriver(engine_config(NS, PARTITIONS))
+    config = engine_config(NS, PARTITIONS)
+    driver = MemoryDriver(config)
     for batch in batches:
-        driver.pipe(batch, wall_ms=wall)
+        driver.pipe(batch, highwaters={t: 0 for t in config.inputs}, wall_ms=wall)
+    driver.settle()  # the last batch's acknowledgements, like the raw row's empty batch
 
     producer = RecordingProducer()
     core = run_raw(producer, batches, wall)
@@ -119,12 +121,15 @@ def test_an_acknowledged_decision_leaves_the_outbox_with_the_next_batch_write() 
         decided = {c for (_p, c, _n), _f in settle.pending}
         assert decided, "the batch must decide something"
         writes = len(producer.sent)
-        await core.settle(settle)  # acknowledged: the outboxes are cleared in the store only
+        await core.settle(settle)  # acknowledged: nothing written for it yet
         assert not [s for s in producer.sent[writes:] if s[0] == CUSTOMERS]
-        assert all(decode(core.stores[p].data[c]).outbox == [] for (p, c, _n), _f in settle.pending)
-        await core.apply([], caught_up)  # the next batch writes them
-        cleared = {k for t, k, _v, _p in producer.sent[writes:] if t == CUSTOMERS}
-        return len(decided), len(cleared & decided)
+        assert all(decode(core.stores[p].data[c]).outbox for (p, c, _n), _f in settle.pending)
+        await core.apply([], caught_up)  # the next batch writes them, outboxes cleared
+        cleared = {
+            k: v for t, k, v, _p in producer.sent[writes:] if t == CUSTOMERS and v is not None
+        }
+        assert all(decode(raw).outbox == [] for raw in cleared.values())
+        return len(decided), len(set(cleared) & decided)
 
     decided, rewritten = asyncio.run(go())
     assert rewritten == decided
