@@ -6,7 +6,8 @@ MODE `noop` only counts events; `table` also writes one table key per event (the
 a small value), which is one changelog record each. Both use the worker's Kafka client settings
 (`stream.adapter.kafka.faust_options`), so the comparison with `engage worker` is like for like.
 When EVENTS have been seen the agent writes the seconds from the first to the last to
-RESULT_FILE; the benchmark then stops the process.
+RESULT_FILE, then the process's CPU seconds over the same span; the benchmark then stops the
+process.
 """
 
 from __future__ import annotations
@@ -50,15 +51,16 @@ def main() -> None:
 
     @app.agent(source, concurrency=1)
     async def bare(stream: faust.StreamT) -> None:
-        seen, first = 0, 0.0
+        seen, first, first_cpu = 0, 0.0, 0.0
         async for event in stream.events():
             if not first:
-                first = time.perf_counter()
+                first, first_cpu = time.perf_counter(), time.process_time()
             if table is not None:
                 table[event.key] = b"1"
             seen += 1
             if seen == n:
-                Path(result).write_text(f"{time.perf_counter() - first:.6f}")
+                elapsed, cpu = time.perf_counter() - first, time.process_time() - first_cpu
+                Path(result).write_text(f"{elapsed:.6f} {cpu:.6f}")
 
     from faust import Worker
 
