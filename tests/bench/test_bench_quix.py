@@ -69,7 +69,7 @@ def test_per_key_records_give_the_worker_batch_results(mode: str) -> None:
 
     driver = MemoryDriver(config)
     for i in range(0, len(recs), 500):
-        driver.pipe(recs[i : i + 500], highwaters={t: 0 for t in config.inputs}, wall_ms=wall)
+        driver.pipe(recs[i : i + 500], wall_ms=wall)
     driver.settle()  # the last batch's acknowledged decisions leave their outboxes
 
     per_key = PerKeyEngage(config, clock=lambda: wall)
