@@ -185,7 +185,17 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        shell.forget({tp.partition for tp in revoked})
+        """Faust has waited for the batch in progress and flushed the producer: the revoked
+        partitions' acknowledged decisions leave their outboxes, then their engines go."""
+        partitions = {tp.partition for tp in revoked}
+        await shell.release(partitions)
+        shell.forget(partitions)
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        """A clean stop: the consumer has stopped; acknowledged decisions leave their
+        outboxes before the producer's last flush, so a restart sends none of them again."""
+        await shell.release(list(shell.engines))
 
     add_pages(app, engage, rules)
     return engage

@@ -160,6 +160,16 @@ class BatchShell:
             log.error("%d unreadable customer states in the table (%s): they wake nobody",
                       count, reason)  # fmt: skip
 
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Partitions about to go (revoked, or the worker stopping): their acknowledged
+        decisions leave the outboxes in a last write (`Checkpoint.release`). Best effort: if
+        it fails, the next owner sends them again under the same nudge_ids."""
+        try:
+            await self.checkpoint.release(partitions)
+        except Exception as exc:
+            log.warning("clearing acknowledged decisions before a hand-over failed: %s",
+                        type(exc).__name__)  # fmt: skip
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Revoked partitions: whoever gets them rebuilds their engines from the tables."""
         self.metrics.rebalances.inc()

@@ -475,6 +475,23 @@ class Checkpoint:
             log.warning("ignoring an unreadable clock record of partition %s", p)
         return None
 
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Before partitions go (a rebalance, a clean stop): wait for Kafka's answers to every
+        send, clear the acknowledged decisions from their outboxes in one last write, and wait
+        until that write is in Kafka, so the next owner does not send them again. (A crash
+        skips this: the next owner re-sends them, under the same nudge_ids.)"""
+        await self.sink.barrier()
+        results = []
+        for p in sorted(set(partitions)):
+            engine, acknowledged = self.engines.get(p), self.acks.take(p)
+            if engine is not None and acknowledged:
+                results.append(engine.settle(acknowledged))
+        for result in results:
+            self._queue(result)
+            self.hooks.count(result)
+        if results:
+            await self.sink.barrier()
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Revoked partitions: whoever gets them rebuilds their engines from the tables."""
         gone = set(partitions)

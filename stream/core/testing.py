@@ -150,6 +150,7 @@ class SimWorker:
         """Give partitions up, as Faust does: commit what was processed, then forget them."""
         gone = set(partitions) & self.owned
         self.commit()
+        drive(self.checkpoint.release(gone))
         self.checkpoint.forget(gone)
         self.owned -= gone
         for key in [k for k in self.stores if k[1] in gone]:
@@ -157,6 +158,10 @@ class SimWorker:
         for key in [k for k in self.positions if k[1] in gone]:
             del self.positions[key]
             self.acked.pop(key, None)
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): everything processed is committed and released."""
+        self.revoke(set(self.owned))
 
     # --- running ------------------------------------------------------------------------------
 

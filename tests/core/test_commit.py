@@ -131,6 +131,27 @@ def test_acknowledged_decisions_leave_the_outbox_in_the_next_batch_write_not_the
     assert all(not decode(raw).outbox for t in tables.values() for raw in t.values())
 
 
+@pytest.mark.parametrize("polls", [3, 6, 9])
+def test_a_clean_stop_releases_acknowledged_decisions_and_a_restart_sends_none_again(
+    polls: int,
+) -> None:
+    broker = loaded(13)
+    first = SimWorker(broker, config("follow"), partitions=ALL, wall_ms=WALL, fetch=15)
+    for _ in range(polls):
+        first.poll()
+    first.stop()
+    sent = len(broker.records("decisions"))
+    assert sent, "decided before the stop"
+    tables = {p: broker.table(Table.CUSTOMERS, p) for p in ALL}
+    assert all(not decode(raw).outbox for t in tables.values() for raw in t.values())
+    second = SimWorker(broker, config("follow"), partitions=ALL, wall_ms=WALL, fetch=15)
+    assert len(broker.records("decisions")) == sent  # nothing re-sent at the start
+    second.run()
+    got = decisions(broker)
+    assert all(len(values) == 1 for values in got.values())
+    assert sum(len(v) for v in got.values()) == len(broker.records("decisions"))  # none twice
+
+
 def test_a_decision_whose_send_failed_stays_in_the_outbox() -> None:
     broker = loaded(11, events=30)
     worker = SimWorker(broker, config("follow"), partitions=ALL, wall_ms=WALL, fetch=20,

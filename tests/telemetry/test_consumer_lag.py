@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from faust.types import TP
 from prometheus_client import generate_latest
 
+from stream.adapter.ports import FaustSource
 from stream.adapter.shell import BatchShell
 from stream.core.clock import PartitionTime, Progress, consumer_lag
 from stream.telemetry.metrics import PipelineMetrics
@@ -34,12 +35,14 @@ def test_the_shell_reports_each_owned_topic_partition_and_the_gauge_follows() ->
     shell.config = SimpleNamespace(inputs={"ns.purchases": "purchases", "ns.clicks": "clicks"})
     engine0 = SimpleNamespace(time=PartitionTime(progress={"ns.purchases": Progress(40, 1)}))
     engine1 = SimpleNamespace(time=PartitionTime())
-    shell.engines = {0: engine0, 1: engine1}
     consumer = _Consumer(
         {TP("ns.purchases", 0): 100, TP("ns.clicks", 0): 7, TP("ns.purchases", 1): 50},
         {TP("ns.clicks", 0): 7, TP("ns.purchases", 1): 45},
     )
     shell.app = SimpleNamespace(consumer=consumer)
+    shell.checkpoint = SimpleNamespace(  # type: ignore[assignment]
+        engines={0: engine0, 1: engine1}, source=FaustSource(shell.app, shell.config.inputs)
+    )
     lags = shell.consumer_lags()
     # partition 1 clicks: no fetch answered yet, left out; a topic-partition read nothing yet:
     # its committed offset is the position
