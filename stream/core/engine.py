@@ -46,8 +46,9 @@ from stream.core.cloudevents import kafka_headers
 from stream.core.due import DueIndex
 from stream.core.erasure import customer_digest, encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
+from stream.core.logic import CustomerLogic
 from stream.core.partitioning import expected_partition
-from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
+from stream.core.rituals import RITUAL_LOGIC, Context, encode_decision
 from stream.core.rules import Rules
 from stream.core.state import (
     CustomerState,
@@ -147,6 +148,9 @@ class EngineConfig:
     namespace: str = ""  # the topic namespace (CloudEvents source)
     partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
     cached_states: int = 4096  # decoded customer states an engine keeps between batches
+    # What each customer's events and due instants mean: the rules' rituals unless a test,
+    # a benchmark or another product plugs in its own (`stream.core.logic`).
+    logic: CustomerLogic = RITUAL_LOGIC
 
 
 #: A stored customer as a restart reads it: (key, encoded state, `Peek` of the state).
@@ -214,6 +218,7 @@ class PartitionEngine:
         self.partition = partition
         self.config = config
         self.rules = config.rules
+        self.logic = config.logic
         self.policy = config.clock
         self.store = store
         self.projection = projection
@@ -466,7 +471,9 @@ class PartitionEngine:
         new = fold(state, event, self.rules.profile)
         if at < before:
             counts[("late",)] += 1
-        r, decisions, outcomes = on_event(new.r, new.customer_id, event, at, clock, self._ctx)
+        r, decisions, outcomes = self.logic.on_event(
+            new.r, new.customer_id, event, at, clock, self._ctx
+        )
         new.r = r
         new.partition = self.partition
         new.offsets = offsets
@@ -573,7 +580,7 @@ class PartitionEngine:
         state = self._state(key)
         if state is None:
             return
-        r, decisions, outcomes = advance(state.r, cid, clock, self._ctx)
+        r, decisions, outcomes = self.logic.on_due(state.r, cid, clock, self._ctx)
         if r is state.r:  # nothing of its own due (a segment change): re-register only
             self._register(state)
             if self.projection is not None:
@@ -624,7 +631,7 @@ class PartitionEngine:
     def _register(self, state: CustomerState) -> None:
         """Wake the customer at its next ritual item, or when its segments next change by
         themselves (so projected segment sets never go stale), whichever comes first."""
-        due = next_due(state.r)
+        due = self.logic.next_due(state.r)
         if self.projection is not None:
             change = self.projection.next_change(state, self.time.clock)
             if change is not None and (due is None or change < due):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -34,6 +34,7 @@ from schemas.events import (
     Survey,
 )
 from stream.core.consent import Choice, apply_consent, refusal
+from stream.core.logic import Outcome, Step
 from stream.core.ritual_defs import Compiled, OnEvent, Program, holds
 from stream.core.rules import Rules, load_rules
 
@@ -102,15 +103,6 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     consent: dict[str, Choice] = {}  # consent as of `at` (ritual time), scope -> choice
     # ritual -> its last delivered or held-out decision, for rituals with a once-per window
     windows: dict[str, int] = {}
-
-
-class Step(NamedTuple):
-    """What processing returns: the new state, the decisions taken, and the outcomes seen
-    (ritual, arm, outcome) for the lift KPIs of SPEC §5."""
-
-    state: RitualState
-    decisions: list[dict[str, Any]]
-    outcomes: list[tuple[str, str, str, str]]  # (ritual, arm, outcome, rules version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +368,7 @@ class _Run:
         self.customer_id = customer_id
         self.ctx = ctx
         self.out: list[dict[str, Any]] = []
-        self.outcomes: list[tuple[str, str, str, str]] = []
+        self.outcomes: list[Outcome] = []
         self.use(ctx.rules)
 
     def use(self, rules: Rules) -> None:
@@ -803,3 +795,30 @@ def on_event(
     s = _copy(r)
     s.pending.append(pending_of(event, at))
     return _advance_owned(s, customer_id, clock, ctx)
+
+
+class RitualLogic:
+    """The rules' rituals and guardrails as the engine's `CustomerLogic`: the generic
+    data-driven evaluator (`_Run`). Stateless: the rules in force come with each call's
+    `Context`, so one instance serves every partition and every rules version."""
+
+    __slots__ = ()
+
+    def on_event(
+        self, state: RitualState, customer_id: str, event: EventBase, at: int, clock: int,
+        ctx: Context,
+    ) -> Step:  # fmt: skip
+        """`on_event`: queue the event for ritual time, process what is due by `clock`."""
+        return on_event(state, customer_id, event, at, clock, ctx)
+
+    def on_due(self, state: RitualState, customer_id: str, clock: int, ctx: Context) -> Step:
+        """`advance`: every timer and queued event due by `clock`, in ritual order."""
+        return advance(state, customer_id, clock, ctx)
+
+    def next_due(self, state: RitualState) -> int | None:
+        """`next_due`: the earliest timer or queued event."""
+        return next_due(state)
+
+
+#: The logic every worker runs unless its configuration names another.
+RITUAL_LOGIC = RitualLogic()
