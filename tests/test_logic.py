@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-from typing import Any
 
 import msgspec
 from hypothesis import given, settings
@@ -18,12 +17,14 @@ from hypothesis import strategies as st
 
 from schemas.events import EventBase
 from stream.core.clock import clock_for
+from stream.core.decision import Decision, decode_decision
 from stream.core.driver import MemoryDriver
 from stream.core.engine import EngineConfig, Record
 from stream.core.logic import CustomerLogic, Step
 from stream.core.rituals import RITUAL_LOGIC, Context, RitualLogic, RitualState, Timer, _iso
 from stream.core.rules import Rules
 from stream.core.state import decode, to_ms
+from stream.core.vocabulary import Status
 from tests.factory import T0, event, raw
 
 H = 3_600_000
@@ -33,24 +34,24 @@ START = to_ms(T0)
 WALL = START + 86_400_000  # later than every event: none is "from the future"
 
 
-def echo_record(customer_id: str, timer: Timer) -> dict[str, Any]:
-    """The decision `Echo` takes for a timer (the fields the engine and its sends read)."""
-    return {
-        "nudge_id": hashlib.sha256(f"echo|{customer_id}|{timer.anchor}".encode()).hexdigest(),
-        "ritual": "echo",
-        "rules_version": RULES.version,
-        "customer_id": customer_id,
-        "anchor": timer.anchor,
-        "due_at": _iso(timer.due_at),
-        "decided_at": _iso(timer.due),
-        "status": "delivered",
-        "reason": "eligible",
-        "audience": "customer",
-        "category": "care",
-        "promotional": False,
-        "tz": "UTC",
-        "explanation": {"source_event_id": timer.source},
-    }
+def echo_record(customer_id: str, timer: Timer) -> Decision:
+    """The decision `Echo` takes for a timer."""
+    return Decision(
+        nudge_id=hashlib.sha256(f"echo|{customer_id}|{timer.anchor}".encode()).hexdigest(),
+        ritual="echo",
+        rules_version=RULES.version,
+        customer_id=customer_id,
+        anchor=timer.anchor,
+        due_at=_iso(timer.due_at),
+        decided_at=_iso(timer.due),
+        status=Status.DELIVERED,
+        reason="eligible",
+        audience="customer",
+        category="care",
+        promotional=False,
+        tz="UTC",
+        explanation={"source_event_id": timer.source},
+    )
 
 
 class Echo:
@@ -105,8 +106,8 @@ def decided(driver: MemoryDriver) -> dict[str, tuple[str, str]]:
     """source event id -> (customer, decided_at) of every echo decision sent."""
     out = {}
     for value in driver.decisions().values():
-        d = msgspec.json.decode(value)
-        out[d["explanation"]["source_event_id"]] = (d["customer_id"], d["decided_at"])
+        d = decode_decision(value)
+        out[d.explanation["source_event_id"]] = (d.customer_id, d.decided_at)
     return out
 
 

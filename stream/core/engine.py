@@ -36,19 +36,20 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
 from schemas.events import EventBase
 from stream.core.clock import Clock, PartitionTime, Progress, Replay
 from stream.core.cloudevents import kafka_headers
+from stream.core.decision import Decision, decode_decision, encode_decision
 from stream.core.due import DueIndex
 from stream.core.erasure import customer_digest, encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
-from stream.core.logic import CustomerLogic
+from stream.core.logic import CustomerLogic, Outcome
 from stream.core.partitioning import expected_partition
-from stream.core.rituals import RITUAL_LOGIC, Context, encode_decision
+from stream.core.rituals import RITUAL_LOGIC, Context
 from stream.core.rules import Rules
 from stream.core.state import (
     CustomerState,
@@ -63,7 +64,7 @@ from stream.core.state import (
     peek,
     to_ms,
 )
-from stream.core.vocabulary import OutputName
+from stream.core.vocabulary import OutputName, Status
 
 log = logging.getLogger("engage")
 
@@ -110,7 +111,7 @@ class BatchResult:
     time: bytes | None = None  # the partition's clock record (control table), when changed
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
     kpis: list[tuple[EventBase, bool]] = field(default_factory=list)  # (event, new FCR)
-    decided: list[dict[str, Any]] = field(default_factory=list)  # decision records taken
+    decided: list[Decision] = field(default_factory=list)  # decision records taken
     lags_s: list[float] = field(default_factory=list)  # wall clock - occurred_at, per event
     clock: int = 0
 
@@ -695,9 +696,11 @@ class PartitionEngine:
         self,
         key: bytes,
         state: CustomerState,
-        decisions: list[dict[str, Any]],
-        outcomes: list[tuple[str, str, str, str]],
+        decisions: list[Decision],
+        outcomes: list[Outcome],
     ) -> None:
+        """The logic's decisions join the customer's outbox and the batch's sends; its
+        decisions and outcomes are counted."""
         counts = self._result.counts
         for ritual, arm, outcome, version in outcomes:
             counts[("outcome", ritual, arm, outcome, version)] += 1
@@ -706,24 +709,24 @@ class PartitionEngine:
         outbox = list(state.outbox)
         for record in decisions:
             sent = Sent(
-                record["nudge_id"],
-                record["status"] == "delivered",
+                record.nudge_id,
+                record.status == Status.DELIVERED,
                 msgspec.Raw(encode_decision(record)),
             )
             outbox.append(sent)
             self._result.outputs.extend(self._sends(key, sent, record))
             self._result.decided.append(record)
-            counts[("decision", record["ritual"], record["status"], record["rules_version"])] += 1
+            counts[("decision", record.ritual, record.status, record.rules_version)] += 1
             if self._rereading:
                 counts[("resent",)] += 1
         state.outbox = outbox
 
-    def _sends(self, key: bytes, sent: Sent, record: dict[str, Any] | None = None) -> list[Output]:
+    def _sends(self, key: bytes, sent: Sent, record: Decision | None = None) -> list[Output]:
         """A decision's sends, with its CloudEvents headers: to the decisions topic, and to
-        the nudges topic when delivered."""
+        the nudges topic when delivered (`record` is decoded from the outbox when not given)."""
         value = bytes(sent.record)
         if record is None:
-            record = json.loads(value)
+            record = decode_decision(value)
         ns = self.config.namespace
         out = [
             Output(

@@ -19,10 +19,11 @@ own constraints spelled out in `CustomerLogic`'s docstring.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from schemas.events import EventBase
+    from stream.core.decision import Decision
     from stream.core.rituals import Context, RitualState
 
 #: An outcome seen for the lift KPIs: (ritual, arm, outcome, rules version of the decision).
@@ -34,7 +35,7 @@ class Step(NamedTuple):
     they were taken) and the outcomes seen."""
 
     state: RitualState
-    decisions: list[dict[str, Any]]
+    decisions: list[Decision]
     outcomes: list[Outcome]
 
 

@@ -11,7 +11,6 @@ lateness guardrail); nothing here reads a clock.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from schemas.events import (
     Survey,
 )
 from stream.core.consent import Choice, apply_consent, refusal
+from stream.core.decision import Decision
 from stream.core.logic import Outcome, Step
 from stream.core.ritual_defs import Compiled, OnEvent, Program, holds
 from stream.core.rules import Rules, load_rules
@@ -248,55 +248,30 @@ def decision_record(
     anchor: str,
     due_at: int,
     decided_at: int,
-    status: str,
+    status: Status,
     reason: str,
     tz: str | None,
     explanation: dict[str, Any],
     rules: Rules,
-) -> dict[str, Any]:
-    """One decision record; `template` is present only when the ritual names one."""
-    record = {
-        "nudge_id": nudge_id(ritual.name, customer_id, anchor),
-        "ritual": ritual.name,
-        "rules_version": rules.version,
-        "customer_id": customer_id,
-        "anchor": anchor,
-        "due_at": _iso(due_at),
-        "decided_at": _iso(decided_at),
-        "status": status,
-        "reason": reason,
-        "audience": ritual.audience,
-        "category": ritual.category,
-        "promotional": ritual.category == "marketing",
-        "tz": tz or "UTC",
-        "explanation": explanation,
-    }
-    if ritual.d.template is not None:
-        record["template"] = ritual.d.template
-    return record
-
-
-_PLAIN = (str, int, bool, type(None))
-_SORTED = msgspec.json.Encoder(order="sorted")
-
-
-def encode_decision(record: dict[str, Any]) -> bytes:
-    """Canonical bytes: the same decision is the same bytes on any machine.
-
-    The bytes are those of `json.dumps(record, sort_keys=True, separators=(",", ":"))`.
-    msgspec writes them several times faster where the two agree by construction: values
-    (and the values of a nested dict such as the explanation) that are strings, integers,
-    booleans and nulls, and output that is printable ASCII with no escape at all. Anything
-    else (a float, a deeper nesting, a non-ASCII or escaped character) takes `json.dumps`.
-    """
-    if all(
-        type(v) in _PLAIN or (type(v) is dict and all(type(f) in _PLAIN for f in v.values()))
-        for v in record.values()
-    ):
-        out = _SORTED.encode(record)
-        if out.isascii() and b"\\" not in out and b"\x7f" not in out:
-            return out
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+) -> Decision:
+    """One decision record; `template` is set only when the ritual names one."""
+    return Decision(
+        nudge_id=nudge_id(ritual.name, customer_id, anchor),
+        ritual=ritual.name,
+        rules_version=rules.version,
+        customer_id=customer_id,
+        anchor=anchor,
+        due_at=_iso(due_at),
+        decided_at=_iso(decided_at),
+        status=status,
+        reason=reason,
+        audience=ritual.audience,
+        category=ritual.category,
+        promotional=ritual.category == "marketing",
+        tz=tz or "UTC",
+        explanation=explanation,
+        template=ritual.d.template,
+    )
 
 
 # --- guardrails ----------------------------------------------------------------------------------
@@ -517,7 +492,7 @@ class _Run:
         self.r = r
         self.customer_id = customer_id
         self.ctx = ctx
-        self.out: list[dict[str, Any]] = []
+        self.out: list[Decision] = []
         self.outcomes: list[Outcome] = []
         self.use(ctx.rules)
 
