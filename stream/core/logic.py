@@ -11,9 +11,10 @@ customer's events and due instants *mean* is the logic's: the engine only ever c
 The data-driven ritual evaluator (`stream.core.rituals.RitualLogic`, the rituals and guardrails
 of the rules file) is the logic every worker runs; a test, a benchmark or another product can
 plug in its own through `EngineConfig.logic`, and the engine's guarantees (idempotent folding,
-no decision lost, ordered time, a failing record dead-lettered) hold for it unchanged.
+no decision lost, a failing record dead-lettered, the same result whatever the batching) hold
+for it unchanged.
 
-The shape follows Bytewax's `StatefulLogic` (`on_item`, `on_notify`, `notify_at`), with engine's
+The shape follows Bytewax's `StatefulLogic` (`on_item`, `on_notify`, `notify_at`), with engage's
 own constraints spelled out in `CustomerLogic`'s docstring.
 """
 
