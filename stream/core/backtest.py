@@ -38,6 +38,7 @@ from stream.core.lift import lift
 from stream.core.partitioning import expected_partition, murmur2
 from stream.core.rules import Rules
 from stream.core.state import to_ms
+from stream.core.vocabulary import Status
 
 #: The fields whose difference makes a decision "changed" (same nudge_id on both sides).
 COMPARED = ("status", "reason", "decided_at", "explanation")
@@ -257,7 +258,7 @@ def _deferred(record: Mapping[str, Any]) -> bool:
 
 
 def _capped(record: Mapping[str, Any]) -> bool:
-    return record["status"] == "suppressed" and record["reason"] == "frequency_cap"
+    return record["status"] == Status.SUPPRESSED and record["reason"] == "frequency_cap"
 
 
 def _status_order(status: str) -> tuple[int, str]:
@@ -366,7 +367,7 @@ def compare(
     daily: dict[str, Counter[str]] = {}
     for side, records in (("old", o), ("new", n)):
         for rec in records.values():
-            if rec["status"] == "delivered":
+            if rec["status"] == Status.DELIVERED:
                 daily.setdefault(_day(rec), Counter())[side] += 1
     daily_delivered = [
         {"day": day, "old": daily[day]["old"], "new": daily[day]["new"]} for day in sorted(daily)
@@ -391,7 +392,7 @@ def compare(
 
     affected = {(item["old"] or item["new"])["customer_id"] for item in diff}
     delivered = {
-        side: sum(1 for rec in records.values() if rec["status"] == "delivered")
+        side: sum(1 for rec in records.values() if rec["status"] == Status.DELIVERED)
         for side, records in (("old", o), ("new", n))
     }
     summary = {

@@ -11,9 +11,9 @@ copied into logs and routing tables more freely than values. `ce_subject` is the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from schemas.ids import schema_id
+from stream.core.decision import Decision
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -23,12 +23,12 @@ CONTENT_TYPE = "application/json"
 DATASCHEMA = {kind: schema_id(kind) for kind in ("nudge", "decision")}
 
 
-def event_type(record: Mapping[str, Any], *, topic_kind: str) -> str:
+def event_type(record: Decision, *, topic_kind: str) -> str:
     """`io.engage.nudge.delivered` on the nudges topic, `io.engage.decision.<status>` on the
     decisions topic (the audit trail, every status)."""
     if topic_kind == "nudge":
         return "io.engage.nudge.delivered"
-    return f"io.engage.decision.{record['status']}"
+    return f"io.engage.decision.{record.status}"
 
 
 def source(namespace: str) -> str:
@@ -36,23 +36,21 @@ def source(namespace: str) -> str:
     return f"urn:engage:{namespace}"
 
 
-def attributes(record: Mapping[str, Any], *, namespace: str, topic_kind: str) -> dict[str, str]:
+def attributes(record: Decision, *, namespace: str, topic_kind: str) -> dict[str, str]:
     """The CloudEvents context attributes of one decision record (no `ce_` prefix)."""
     return {
         "specversion": SPEC_VERSION,
-        "id": str(record["nudge_id"]),
+        "id": record.nudge_id,
         "type": event_type(record, topic_kind=topic_kind),
         "source": source(namespace),
-        "time": str(record["decided_at"]),
-        "subject": str(record["ritual"]),
+        "time": record.decided_at,
+        "subject": record.ritual,
         "dataschema": DATASCHEMA[topic_kind],
-        "audience": str(record["audience"]),  # extension: route service_team nudges apart
+        "audience": record.audience,  # extension: route service_team nudges apart
     }
 
 
-def kafka_headers(
-    record: Mapping[str, Any], *, namespace: str, topic_kind: str
-) -> list[tuple[str, bytes]]:
+def kafka_headers(record: Decision, *, namespace: str, topic_kind: str) -> list[tuple[str, bytes]]:
     """Kafka binary-mode headers: `ce_<attribute>` plus `content-type`, all UTF-8."""
     attrs = attributes(record, namespace=namespace, topic_kind=topic_kind)
     headers = [(f"ce_{name}", value.encode()) for name, value in attrs.items()]

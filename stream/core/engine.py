@@ -36,18 +36,20 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
 from schemas.events import EventBase
 from stream.core.clock import Clock, PartitionTime, Progress, Replay
 from stream.core.cloudevents import kafka_headers
+from stream.core.decision import Decision, decode_decision, encode_decision
 from stream.core.due import DueIndex
 from stream.core.erasure import customer_digest, encode_receipt, parse_request, plan, receipt
 from stream.core.ingest import Limits, Rejection, accept
+from stream.core.logic import CustomerLogic, Outcome
 from stream.core.partitioning import expected_partition
-from stream.core.rituals import Context, advance, encode_decision, next_due, on_event
+from stream.core.rituals import RITUAL_LOGIC, Context
 from stream.core.rules import Rules
 from stream.core.state import (
     CustomerState,
@@ -62,7 +64,7 @@ from stream.core.state import (
     peek,
     to_ms,
 )
-from stream.core.vocabulary import OutputName
+from stream.core.vocabulary import OutputName, Status
 
 log = logging.getLogger("engage")
 
@@ -109,7 +111,7 @@ class BatchResult:
     time: bytes | None = None  # the partition's clock record (control table), when changed
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
     kpis: list[tuple[EventBase, bool]] = field(default_factory=list)  # (event, new FCR)
-    decided: list[dict[str, Any]] = field(default_factory=list)  # decision records taken
+    decided: list[Decision] = field(default_factory=list)  # decision records taken
     lags_s: list[float] = field(default_factory=list)  # wall clock - occurred_at, per event
     clock: int = 0
 
@@ -147,6 +149,9 @@ class EngineConfig:
     namespace: str = ""  # the topic namespace (CloudEvents source)
     partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
     cached_states: int = 4096  # decoded customer states an engine keeps between batches
+    # What each customer's events and due instants mean: the rules' rituals unless a test,
+    # a benchmark or another product plugs in its own (`stream.core.logic`).
+    logic: CustomerLogic = RITUAL_LOGIC
 
 
 #: A stored customer as a restart reads it: (key, encoded state, `Peek` of the state).
@@ -214,6 +219,7 @@ class PartitionEngine:
         self.partition = partition
         self.config = config
         self.rules = config.rules
+        self.logic = config.logic
         self.policy = config.clock
         self.store = store
         self.projection = projection
@@ -406,12 +412,49 @@ class PartitionEngine:
     # --- records ------------------------------------------------------------------------------
 
     def _on_input(self, record: Record) -> None:
-        result, counts = self._result, self._result.counts
+        """One input record, stage by stage: its position in its topic, the guards against
+        folding it twice (a redelivery, a customer erased since), validation, then the fold,
+        the logic's decisions and the store. A record that stops at a guard or at validation
+        still moves the clock, and whatever fell due runs, like after any other record."""
+        short, fresh = self._position(record)
+        key = record.key
+        state = self._state(key) if key is not None else None
+        if self._folded_before(record, short, state):
+            self._tick()
+            return
+        event = self._accept(record)
+        if event is None:
+            self._tick()
+            return
+        assert key is not None  # accept checks the key equals customer_id
+        at = to_ms(event.occurred_at)
+        before = self.time.clock
+        clock = self._clock_at(at, fresh)
+        if state is None:
+            state = new_state(event.customer_id)
+        offsets = {**state.offsets, short: record.offset}
+        kind: str = event.type  # type: ignore[attr-defined]
+        if is_duplicate(state, event.event_id):
+            counts = self._result.counts
+            counts[("duplicate", kind)] += 1
+            counts[("processed", record.topic, kind, "duplicate")] += 1
+            self._put(key, msgspec.structs.replace(state, offsets=offsets))
+        else:
+            new = self._fold(state, event, late=at < before)
+            self._decide(key, new, event, at=at, clock=clock)
+            new.partition, new.offsets = self.partition, offsets
+            self._store(key, state, new, event, counted=("processed", record.topic, kind, "folded"))
+        self._run_due(clock)
+
+    def _position(self, record: Record) -> tuple[str, Progress | None]:
+        """Stage 1, position: the topic's short name, and its progress when the record is
+        past everything this partition read before (None for a re-read, whose decisions are
+        then re-sends)."""
         topic = record.topic
         short = self.config.inputs.get(topic)
         if short is None:
             raise ValueError(f"not an input topic: {topic}")
-        counts[("consumed", topic)] += 1
+        self._result.counts[("consumed", topic)] += 1
         progress = self.time.progress.get(topic)
         if progress is None:
             progress = self.time.progress[topic] = Progress()
@@ -419,20 +462,26 @@ class PartitionEngine:
         if fresh:
             progress.next_offset = record.offset + 1
         self._rereading = not fresh
-        key = record.key
-        state = self._state(key) if key is not None else None
-        if state is not None and state.offsets.get(short, -1) >= record.offset:
-            counts[("redelivered", topic)] += 1  # folded before a restart: nothing to do
-            self._tick()
-            return
-        if state is None and self.time.erased and key is not None:
-            erased = self.time.erased.get(customer_digest(key))
-            if erased is not None and erased.get(short, -1) >= record.offset:
-                counts[("redelivered", topic)] += 1  # folded, then erased: stays erased
-                self._tick()
-                return
+        return short, progress if fresh else None
+
+    def _folded_before(self, record: Record, short: str, state: CustomerState | None) -> bool:
+        """Stage 2, guards: the customer's state already holds this record (folded before a
+        restart), or the customer was erased after folding it (it stays erased)."""
+        if state is not None:
+            folded = state.offsets.get(short, -1) >= record.offset
+        elif self.time.erased and record.key is not None:
+            erased = self.time.erased.get(customer_digest(record.key))
+            folded = erased is not None and erased.get(short, -1) >= record.offset
+        else:
+            folded = False
+        if folded:
+            self._result.counts[("redelivered", record.topic)] += 1
+        return folded
+
+    def _accept(self, record: Record) -> EventBase | None:
+        """Stage 3, validation: the event, or None when the record went to the dead letters."""
         outcome = accept(
-            key,
+            record.key,
             record.value,
             self._wall,
             self.config.limits,
@@ -441,40 +490,52 @@ class PartitionEngine:
         )
         if isinstance(outcome, Rejection):
             self._dead_letter(record, outcome)
-            self._tick()
-            return
-        event = outcome
-        assert key is not None  # accept checks the key equals customer_id
-        at = to_ms(event.occurred_at)
-        kind: str = event.type  # type: ignore[attr-defined]
-        if fresh:
-            progress.last_time = at
-        before = self.time.clock
+            return None
+        return outcome
+
+    def _clock_at(self, at: int, fresh: Progress | None) -> int:
+        """Stage 4, time: a fresh record's event time moves its topic's progress, then the
+        partition clock; returns the clock the event is decided at."""
+        if fresh is not None:
+            fresh.last_time = at
         clock = self._advance()
         if self._wall_ms is not None:
-            result.lags_s.append(max((self._wall_ms - at) / 1000, 0.0))
-        if state is None:
-            state = new_state(event.customer_id)
-        offsets = dict(state.offsets)
-        offsets[short] = record.offset
-        if is_duplicate(state, event.event_id):
-            counts[("duplicate", kind)] += 1
-            counts[("processed", topic, kind, "duplicate")] += 1
-            self._put(key, msgspec.structs.replace(state, offsets=offsets))
-            self._run_due(clock)
-            return
+            self._result.lags_s.append(max((self._wall_ms - at) / 1000, 0.0))
+        return clock
+
+    def _fold(self, state: CustomerState, event: EventBase, *, late: bool) -> CustomerState:
+        """Stage 5, fold: the event into the customer's profile (a new state)."""
         new = fold(state, event, self.rules.profile)
-        if at < before:
-            counts[("late",)] += 1
-        r, decisions, outcomes = on_event(new.r, new.customer_id, event, at, clock, self._ctx)
+        if late:
+            self._result.counts[("late",)] += 1
+        return new
+
+    def _decide(
+        self, key: bytes, new: CustomerState, event: EventBase, *, at: int, clock: int
+    ) -> None:
+        """Stage 6, decide: the customer logic takes the event; its decisions join the outbox
+        and the sends."""
+        r, decisions, outcomes = self.logic.on_event(
+            new.r, new.customer_id, event, at, clock, self._ctx
+        )
         new.r = r
-        new.partition = self.partition
-        new.offsets = offsets
         self._decided(key, new, decisions, outcomes)
-        result.kpis.append((event, new.first_contact_resolutions > state.first_contact_resolutions))
-        counts[("processed", topic, kind, "folded")] += 1
+
+    def _store(
+        self,
+        key: bytes,
+        old: CustomerState,
+        new: CustomerState,
+        event: EventBase,
+        *,
+        counted: tuple[str, ...],
+    ) -> None:
+        """Stage 7, store: the new state is the batch's to write; the event's KPIs (with
+        whether it made a new first-contact resolution) and its `processed` count."""
+        fcr = new.first_contact_resolutions > old.first_contact_resolutions
+        self._result.kpis.append((event, fcr))
+        self._result.counts[counted] += 1
         self._put(key, new)
-        self._run_due(clock)
 
     def _on_control(self, record: Record) -> None:
         """A tick (live mode, or a replay's completion re-check) or a replay declaration."""
@@ -573,7 +634,7 @@ class PartitionEngine:
         state = self._state(key)
         if state is None:
             return
-        r, decisions, outcomes = advance(state.r, cid, clock, self._ctx)
+        r, decisions, outcomes = self.logic.on_due(state.r, cid, clock, self._ctx)
         if r is state.r:  # nothing of its own due (a segment change): re-register only
             self._register(state)
             if self.projection is not None:
@@ -624,7 +685,7 @@ class PartitionEngine:
     def _register(self, state: CustomerState) -> None:
         """Wake the customer at its next ritual item, or when its segments next change by
         themselves (so projected segment sets never go stale), whichever comes first."""
-        due = next_due(state.r)
+        due = self.logic.next_due(state.r)
         if self.projection is not None:
             change = self.projection.next_change(state, self.time.clock)
             if change is not None and (due is None or change < due):
@@ -635,9 +696,11 @@ class PartitionEngine:
         self,
         key: bytes,
         state: CustomerState,
-        decisions: list[dict[str, Any]],
-        outcomes: list[tuple[str, str, str, str]],
+        decisions: list[Decision],
+        outcomes: list[Outcome],
     ) -> None:
+        """The logic's decisions join the customer's outbox and the batch's sends; its
+        decisions and outcomes are counted."""
         counts = self._result.counts
         for ritual, arm, outcome, version in outcomes:
             counts[("outcome", ritual, arm, outcome, version)] += 1
@@ -646,24 +709,24 @@ class PartitionEngine:
         outbox = list(state.outbox)
         for record in decisions:
             sent = Sent(
-                record["nudge_id"],
-                record["status"] == "delivered",
+                record.nudge_id,
+                record.status == Status.DELIVERED,
                 msgspec.Raw(encode_decision(record)),
             )
             outbox.append(sent)
             self._result.outputs.extend(self._sends(key, sent, record))
             self._result.decided.append(record)
-            counts[("decision", record["ritual"], record["status"], record["rules_version"])] += 1
+            counts[("decision", record.ritual, record.status, record.rules_version)] += 1
             if self._rereading:
                 counts[("resent",)] += 1
         state.outbox = outbox
 
-    def _sends(self, key: bytes, sent: Sent, record: dict[str, Any] | None = None) -> list[Output]:
+    def _sends(self, key: bytes, sent: Sent, record: Decision | None = None) -> list[Output]:
         """A decision's sends, with its CloudEvents headers: to the decisions topic, and to
-        the nudges topic when delivered."""
+        the nudges topic when delivered (`record` is decoded from the outbox when not given)."""
         value = bytes(sent.record)
         if record is None:
-            record = json.loads(value)
+            record = decode_decision(value)
         ns = self.config.namespace
         out = [
             Output(

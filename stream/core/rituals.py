@@ -11,8 +11,8 @@ lateness guardrail); nothing here reads a clock.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -34,8 +34,11 @@ from schemas.events import (
     Survey,
 )
 from stream.core.consent import Choice, apply_consent, refusal
+from stream.core.decision import Decision
+from stream.core.logic import Outcome, Step
 from stream.core.ritual_defs import Compiled, OnEvent, Program, holds
 from stream.core.rules import Rules, load_rules
+from stream.core.vocabulary import TAKEN, Status
 
 TYPE_RANK = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: The packaged rituals, in tie-breaking order (a rules file may add its own after them).
@@ -102,15 +105,6 @@ class RitualState(msgspec.Struct, omit_defaults=True):
     consent: dict[str, Choice] = {}  # consent as of `at` (ritual time), scope -> choice
     # ritual -> its last delivered or held-out decision, for rituals with a once-per window
     windows: dict[str, int] = {}
-
-
-class Step(NamedTuple):
-    """What processing returns: the new state, the decisions taken, and the outcomes seen
-    (ritual, arm, outcome) for the lift KPIs of SPEC §5."""
-
-    state: RitualState
-    decisions: list[dict[str, Any]]
-    outcomes: list[tuple[str, str, str, str]]  # (ritual, arm, outcome, rules version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,55 +248,178 @@ def decision_record(
     anchor: str,
     due_at: int,
     decided_at: int,
-    status: str,
+    status: Status,
     reason: str,
     tz: str | None,
     explanation: dict[str, Any],
     rules: Rules,
-) -> dict[str, Any]:
-    """One decision record; `template` is present only when the ritual names one."""
-    record = {
-        "nudge_id": nudge_id(ritual.name, customer_id, anchor),
-        "ritual": ritual.name,
-        "rules_version": rules.version,
-        "customer_id": customer_id,
-        "anchor": anchor,
-        "due_at": _iso(due_at),
-        "decided_at": _iso(decided_at),
-        "status": status,
-        "reason": reason,
-        "audience": ritual.audience,
-        "category": ritual.category,
-        "promotional": ritual.category == "marketing",
-        "tz": tz or "UTC",
-        "explanation": explanation,
-    }
-    if ritual.d.template is not None:
-        record["template"] = ritual.d.template
-    return record
+) -> Decision:
+    """One decision record; `template` is set only when the ritual names one."""
+    return Decision(
+        nudge_id=nudge_id(ritual.name, customer_id, anchor),
+        ritual=ritual.name,
+        rules_version=rules.version,
+        customer_id=customer_id,
+        anchor=anchor,
+        due_at=_iso(due_at),
+        decided_at=_iso(decided_at),
+        status=status,
+        reason=reason,
+        audience=ritual.audience,
+        category=ritual.category,
+        promotional=ritual.category == "marketing",
+        tz=tz or "UTC",
+        explanation=explanation,
+        template=ritual.d.template,
+    )
 
 
-_PLAIN = (str, int, bool, type(None))
-_SORTED = msgspec.json.Encoder(order="sorted")
+# --- guardrails ----------------------------------------------------------------------------------
 
 
-def encode_decision(record: dict[str, Any]) -> bytes:
-    """Canonical bytes: the same decision is the same bytes on any machine.
+class Verdict(NamedTuple):
+    """A guardrail's answer that settles a decision: its status, its reason, and the facts
+    that join the explanation."""
 
-    The bytes are those of `json.dumps(record, sort_keys=True, separators=(",", ":"))`.
-    msgspec writes them several times faster where the two agree by construction: values
-    (and the values of a nested dict such as the explanation) that are strings, integers,
-    booleans and nulls, and output that is printable ASCII with no escape at all. Anything
-    else (a float, a deeper nesting, a non-ASCII or escaped character) takes `json.dumps`.
-    """
-    if all(
-        type(v) in _PLAIN or (type(v) is dict and all(type(f) in _PLAIN for f in v.values()))
-        for v in record.values()
+    status: Status
+    reason: str
+    facts: Mapping[str, Any]  # read, never changed: the decision copies them
+
+
+class Defer(NamedTuple):
+    """A guardrail's answer that puts a decision off: taken again at `until`, its explanation
+    carrying `facts`."""
+
+    until: int
+    facts: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """What the guardrails see of a decision falling due: the ritual, the instant it is taken
+    as of, a cancellation found before, and the customer (state, id) with the rules and wall
+    clock in force."""
+
+    ritual: Compiled
+    at: int
+    cancelled: str | None
+    r: RitualState
+    customer_id: str
+    rules: Rules
+    wall_ms: int | None
+
+    @property
+    def customer_facing(self) -> bool:
+        """Sent to the customer (consent and the customer guardrails apply), not to a team."""
+        return self.ritual.audience == "customer"
+
+
+#: A guardrail: None to let the decision through to the next, else a verdict or a deferral.
+Guardrail = Callable[[Due], Verdict | Defer | None]
+
+
+def cancelled(due: Due) -> Verdict | None:
+    """A cancel rule or `cancel_if` condition matched before the decision fell due."""
+    return Verdict(Status.CANCELLED, due.cancelled, {}) if due.cancelled else None
+
+
+def once_per_window(due: Due) -> Verdict | None:
+    """The ritual's `once_per` window since its last delivered or held-out decision."""
+    once_per = due.ritual.d.once_per
+    if once_per is None:
+        return None
+    previous = due.r.windows.get(due.ritual.name, 0)
+    if previous and due.at - previous < once_per:
+        return Verdict(Status.SUPPRESSED, "once_per_window", {"previous_invite_at": _iso(previous)})
+    return None
+
+
+def consent(due: Due) -> Verdict | None:
+    """The customer's consent as of the decision instant (customer-facing rituals only)."""
+    if not due.customer_facing:
+        return None
+    default = due.rules.consent.marketing_default
+    refused = refusal(
+        due.r.consent, marketing=due.ritual.marketing_consent, marketing_default=default
+    )
+    if refused is None:
+        return None
+    facts: dict[str, Any] = {"consent_scope": refused.scope}
+    if refused.event_id is not None:
+        facts["consent_event_id"] = refused.event_id
+    else:
+        facts["consent_default"] = default
+    return Verdict(Status.SUPPRESSED, "no_consent", facts)
+
+
+def holdout(due: Due) -> Verdict | None:
+    """The customer's fixed bucket for the ritual falls in its holdout share."""
+    bucket = holdout_bucket(due.customer_id, due.ritual.name)
+    if bucket < due.ritual.d.holdout_percent:
+        return Verdict(Status.HELD_OUT, "holdout", {"holdout_bucket": bucket})
+    return None
+
+
+def quiet_hours(due: Due) -> Defer | None:
+    """Local quiet hours put a customer-facing decision off to their end."""
+    if not due.customer_facing:
+        return None
+    wake = quiet_until(due.at, due.r.tz, due.rules)
+    return Defer(wake, {"deferred_from": _iso(due.at)}) if wake is not None else None
+
+
+def frequency_cap(due: Due) -> Verdict | None:
+    """Too many customer-facing deliveries (or marketing ones) within the cap's window."""
+    if not due.customer_facing:
+        return None
+    cap, at = due.rules.guardrails.frequency_cap, due.at
+    recent = [m for t, m in due.r.deliveries if at - cap.window < t <= at]
+    if len(recent) >= cap.max_delivered or (
+        due.ritual.marketing and sum(recent) >= cap.max_marketing
     ):
-        out = _SORTED.encode(record)
-        if out.isascii() and b"\\" not in out and b"\x7f" not in out:
-            return out
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        facts = {"delivered_in_window": len(recent), "marketing_in_window": sum(recent)}
+        return Verdict(Status.SUPPRESSED, "frequency_cap", facts)
+    return None
+
+
+def lateness(due: Due) -> Verdict | None:
+    """A timed customer-facing decision taken too long after its instant (live mode only)."""
+    wall = due.wall_ms
+    if (
+        due.customer_facing
+        and due.ritual.timed
+        and wall is not None
+        and wall - due.at > due.rules.guardrails.lateness
+    ):
+        return Verdict(Status.EXPIRED, "lateness", {})
+    return None
+
+
+#: The order a decision goes through them; the first that does not pass settles (or defers) it.
+#: The ritual's own rules first (cancellation, once-per window), then consent before any
+#: guardrail, then the holdout, which settles a held-out decision before the guardrails that
+#: only deliveries meet (quiet hours, the frequency cap, lateness).
+GUARDRAILS: tuple[Guardrail, ...] = (
+    cancelled,
+    once_per_window,
+    consent,
+    holdout,
+    quiet_hours,
+    frequency_cap,
+    lateness,
+)
+
+
+def verdict(due: Due, guardrails: tuple[Guardrail, ...] = GUARDRAILS) -> Verdict | Defer:
+    """The first guardrail's answer that is not a pass; `delivered`, `eligible` if none."""
+    for guardrail in guardrails:
+        answer = guardrail(due)
+        if answer is not None:
+            return answer
+    return _ELIGIBLE
+
+
+_ELIGIBLE = Verdict(Status.DELIVERED, "eligible", {})
 
 
 class _Fields:
@@ -375,8 +492,8 @@ class _Run:
         self.r = r
         self.customer_id = customer_id
         self.ctx = ctx
-        self.out: list[dict[str, Any]] = []
-        self.outcomes: list[tuple[str, str, str, str]] = []
+        self.out: list[Decision] = []
+        self.outcomes: list[Outcome] = []
         self.use(ctx.rules)
 
     def use(self, rules: Rules) -> None:
@@ -384,7 +501,7 @@ class _Run:
         self.rules = rules
         self.program = self.ctx.program if rules is self.ctx.rules else rules.program
 
-    # guardrails, in order ----------------------------------------------------------------------
+    # decisions ---------------------------------------------------------------------------------
 
     def decide(
         self,
@@ -396,64 +513,30 @@ class _Run:
         source: str,
         cancelled: str | None = None,
     ) -> None:
+        """A ritual falls due at `at`: the guardrails (`GUARDRAILS`, in order) settle or defer
+        it; a settled decision is recorded, with what it changes in the customer's state."""
         r, rules = self.r, self.rules
         name = ritual.name
         facts = dict(facts)
-        status, reason = "delivered", "eligible"
-        customer_facing = ritual.audience == "customer"
+        due = Due(ritual, at, cancelled, r, self.customer_id, rules, self.ctx.wall_ms)
+        answer = verdict(due)
+        facts.update(answer.facts)
+        if isinstance(answer, Defer):
+            self._arm(Timer(answer.until, name, anchor, due_at, source, facts))
+            return
+        status, reason = answer.status, answer.reason
+        customer_facing = due.customer_facing
         once_per = ritual.d.once_per
-        previous = r.windows.get(name, 0) if once_per is not None else 0
-        default = rules.consent.marketing_default
-        refused = (
-            refusal(r.consent, marketing=ritual.marketing_consent, marketing_default=default)
-            if customer_facing
-            else None
-        )
-        if cancelled:
-            status, reason = "cancelled", cancelled
-        elif previous and once_per is not None and at - previous < once_per:
-            status, reason = "suppressed", "once_per_window"
-            facts["previous_invite_at"] = _iso(previous)
-        elif refused is not None:  # consent, before any guardrail
-            status, reason = "suppressed", "no_consent"
-            facts["consent_scope"] = refused.scope
-            if refused.event_id is not None:
-                facts["consent_event_id"] = refused.event_id
-            else:
-                facts["consent_default"] = default
-        elif (bucket := holdout_bucket(self.customer_id, name)) < ritual.d.holdout_percent:
-            status, reason = "held_out", "holdout"
-            facts["holdout_bucket"] = bucket
-        elif customer_facing:
-            wake = quiet_until(at, r.tz, rules)
-            if wake is not None:
-                facts["deferred_from"] = _iso(at)
-                self._arm(Timer(wake, name, anchor, due_at, source, facts))
-                return
-            cap = rules.guardrails.frequency_cap
-            recent = [m for t, m in r.deliveries if at - cap.window < t <= at]
-            if len(recent) >= cap.max_delivered or (
-                ritual.marketing and sum(recent) >= cap.max_marketing
-            ):
-                status, reason = "suppressed", "frequency_cap"
-                facts["delivered_in_window"] = len(recent)
-                facts["marketing_in_window"] = sum(recent)
-            elif (
-                ritual.timed
-                and self.ctx.wall_ms is not None
-                and self.ctx.wall_ms - at > rules.guardrails.lateness
-            ):
-                status, reason = "expired", "lateness"
-        if status == "delivered" and customer_facing:
+        if status == Status.DELIVERED and customer_facing:
             window = rules.guardrails.frequency_cap.window
             r.deliveries = [(t, m) for t, m in r.deliveries if at - t < window]
             r.deliveries.append((at, ritual.marketing))
-        if once_per is not None and status in {"delivered", "held_out"}:
+        if once_per is not None and status in TAKEN:
             r.windows = {**r.windows, name: at}
         facts["source_event_id"] = source
         self._record(name, at, status)
-        if status in {"delivered", "held_out"}:
-            arm = "treated" if status == "delivered" else "held_out"
+        if status in TAKEN:
+            arm = "treated" if status == Status.DELIVERED else "held_out"
             r.watch = [*r.watch, (at, name, arm, 0)]
             nid = nudge_id(name, self.customer_id, anchor)[:_NUDGE_DIGEST]
             r.clickable = [*r.clickable, (at, name, arm, nid)][-_MAX_CLICKABLE:]
@@ -473,11 +556,11 @@ class _Run:
             )
         )
 
-    def _record(self, ritual: str, at: int, status: str) -> None:
+    def _record(self, ritual: str, at: int, status: Status) -> None:
         """The profile's per-ritual last decision and its recent deliveries."""
         r = self.r
         r.last = {**r.last, ritual: (at, status)}
-        if status == "delivered":
+        if status == Status.DELIVERED:
             r.delivered = [(t, name) for t, name in r.delivered if at - t < DELIVERED_WINDOW_MS] + [
                 (at, ritual)
             ]
@@ -803,3 +886,30 @@ def on_event(
     s = _copy(r)
     s.pending.append(pending_of(event, at))
     return _advance_owned(s, customer_id, clock, ctx)
+
+
+class RitualLogic:
+    """The rules' rituals and guardrails as the engine's `CustomerLogic`: the generic
+    data-driven evaluator (`_Run`). Stateless: the rules in force come with each call's
+    `Context`, so one instance serves every partition and every rules version."""
+
+    __slots__ = ()
+
+    def on_event(
+        self, state: RitualState, customer_id: str, event: EventBase, at: int, clock: int,
+        ctx: Context,
+    ) -> Step:  # fmt: skip
+        """`on_event`: queue the event for ritual time, process what is due by `clock`."""
+        return on_event(state, customer_id, event, at, clock, ctx)
+
+    def on_due(self, state: RitualState, customer_id: str, clock: int, ctx: Context) -> Step:
+        """`advance`: every timer and queued event due by `clock`, in ritual order."""
+        return advance(state, customer_id, clock, ctx)
+
+    def next_due(self, state: RitualState) -> int | None:
+        """`next_due`: the earliest timer or queued event."""
+        return next_due(state)
+
+
+#: The logic every worker runs unless its configuration names another.
+RITUAL_LOGIC = RitualLogic()

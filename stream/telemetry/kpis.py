@@ -44,6 +44,7 @@ from schemas.events import (
     Survey,
 )
 from schemas.iso4217 import CURRENCIES
+from stream.core.decision import Decision
 from stream.core.ingest import REASONS
 from stream.core.lift import lift as lift_of
 from stream.core.profile import (
@@ -319,11 +320,11 @@ class Kpis:
     def _suppression(self, reason: str) -> Counter:
         return self.suppressions.labels(reason)
 
-    def count_decisions(self, decisions: Iterable[dict[str, object]]) -> None:
+    def count_decisions(self, decisions: Iterable[Decision]) -> None:
         """Suppressions by reason, for a batch of decision records."""
         for record in decisions:
-            if record["status"] == Status.SUPPRESSED:
-                self._suppression(str(record["reason"])).inc()
+            if record.status == Status.SUPPRESSED:
+                self._suppression(record.reason).inc()
 
     @cache  # noqa: B019 - closed label sets
     def _nps(self, category: str) -> Counter:

@@ -143,6 +143,6 @@ def test_a_0_1_0_referral_invite_window_survives_the_upgrade() -> None:
     )
     at = invited + 30 * 86_400_000
     step = on_event(state.r, cid, nps, at, at, Context(load_rules()))
-    [d] = [d for d in step.decisions if d["ritual"] == "referral_invite"]
-    assert (d["status"], d["reason"]) == ("suppressed", "once_per_window")
-    assert d["explanation"]["previous_invite_at"] == "2026-03-02T12:00:00.000Z"
+    [d] = [d for d in step.decisions if d.ritual == "referral_invite"]
+    assert (d.status, d.reason) == ("suppressed", "once_per_window")
+    assert d.explanation["previous_invite_at"] == "2026-03-02T12:00:00.000Z"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.events import EVENT_ADAPTER
+from schemas.nudges import Decision as DecisionSchema
+from stream.core.decision import Decision
 from stream.core.profile import clv_estimate
 from stream.core.rules import DEFAULT_RULES
 from stream.core.state import MS_PER_DAY, fold, new_state, to_ms
@@ -170,12 +173,14 @@ def test_consent_opt_outs_by_scope_and_source_and_suppressions_by_reason() -> No
     k.count(parse(event("consent", scope="marketing", status="opted_out")))
     k.count(parse(event("consent", scope="all", status="opted_out", source=None)))
     k.count(parse(event("consent", scope="all", status="opted_in", source="preference_center")))
+    example = DecisionSchema.model_json_schema()["examples"][0]
     k.count_decisions(
-        [
-            {"status": "suppressed", "reason": "no_consent"},
-            {"status": "suppressed", "reason": "frequency_cap"},
-            {"status": "delivered", "reason": "eligible"},
-        ]
+        msgspec.convert({**example, "status": status, "reason": reason}, Decision)
+        for status, reason in (
+            ("suppressed", "no_consent"),
+            ("suppressed", "frequency_cap"),
+            ("delivered", "eligible"),
+        )
     )
     s = summary(registry)
     assert s["consent_opt_outs"]["marketing"]["unsubscribe_link"] == 2.0

@@ -32,11 +32,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.nudges import Nudge
 from stream.core.cloudevents import kafka_headers
+from stream.core.decision import Decision
 from stream.core.webhook import (
     AUDIENCES,
     backoff_s,
@@ -205,7 +207,7 @@ async def _produce(bootstrap: str, ns: str, records: list[dict[str, Any]]) -> No
     await producer.start()
     try:
         for r in records:
-            headers = kafka_headers(r, namespace=ns, topic_kind="nudge")
+            headers = kafka_headers(msgspec.convert(r, Decision), namespace=ns, topic_kind="nudge")
             await producer.send_and_wait(
                 nudges_topic(ns), json.dumps(r).encode(), key=r["customer_id"].encode(),
                 headers=headers,
