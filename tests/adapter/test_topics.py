@@ -48,9 +48,12 @@ def _configs(settings: Settings, topics: list[str]) -> dict[str, dict[str, str]]
 
 def _within(days: float, settings: Settings, topics: list[str]) -> dict[str, dict[str, str]] | None:
     """The topics' configs once each is compacted with the three bounding configs adding up to
-    at most `days` (a config change reaches the broker answering a describe a moment after it
-    is accepted), else None."""
-    configs = _configs(settings, topics)
+    at most `days` (a config change, or a topic just created, reaches the broker answering a
+    describe a moment after it is accepted), else None."""
+    try:
+        configs = _configs(settings, topics)
+    except AssertionError:  # a topic the answering broker does not know yet
+        return None
     for topic in topics:
         got = configs[topic]
         values = [int(got[k]) for k in BOUND_KEYS]

@@ -146,7 +146,12 @@ async def test_kafka_topic_produce_consume(stack: dict[str, str]) -> None:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-        [described] = await admin.describe_topics([topic])
+        deadline = time.monotonic() + 15  # metadata of a new topic reaches every listener soon
+        while True:
+            [described] = await admin.describe_topics([topic])
+            if described["error_code"] == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert described["error_code"] == 0
         assert len(described["partitions"]) == 3
 
