@@ -32,8 +32,11 @@ each compared with a clean run like a and b, with the longest pause of the worke
                                     [--guarantee at_least_once|exactly_once|both]
 
 `--guarantee` is the workers' ENGAGE_PROCESSING_GUARANTEE; `both` runs every chosen experiment
-once per guarantee (`make chaos` does), each faulted run compared with the same clean run (one
-at_least_once worker, no fault). e runs no worker: it runs once whatever the guarantee.
+once per guarantee, each faulted run compared with the same clean run (one at_least_once
+worker, no fault). e runs no worker: it runs once whatever the guarantee. This tree's workers
+refuse exactly_once (it lost events in b; docs/reliability.md has the figures): it runs only
+with `--worker-root` pointing at an export of a commit before its removal, which is how those
+figures can be measured again.
 
 Prints each experiment's figures and a PASS/FAIL verdict with the numbers, then a summary
 table (one row per experiment and guarantee); exits 1 when an experiment fails. Worker logs
@@ -1630,7 +1633,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated experiments")
     parser.add_argument(
         "--guarantee", default="at_least_once", choices=[*GUARANTEES, "both"],
-        help="the workers' ENGAGE_PROCESSING_GUARANTEE; both: every experiment under each",
+        help="the workers' ENGAGE_PROCESSING_GUARANTEE; both: every experiment under each "
+        "(exactly_once: only workers of a --worker-root from before its removal accept it)",
     )  # fmt: skip
     parser.add_argument("--events", type=int, default=10_000, help="persona events per run")
     parser.add_argument("--customers", type=int, default=300)
