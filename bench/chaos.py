@@ -29,9 +29,18 @@ each compared with a clean run like a and b, with the longest pause of the worke
 (the time to resume). PASS means nothing lost and no decision under a new id.
 
     .venv/bin/python bench/chaos.py [--only a,b,...] [--events N] [--hostile N] [--brokers 3]
+                                    [--guarantee at_least_once|exactly_once|both]
+
+`--guarantee` is the workers' ENGAGE_PROCESSING_GUARANTEE; `both` runs every chosen experiment
+once per guarantee, each faulted run compared with the same clean run (one at_least_once
+worker, no fault). e runs no worker: it runs once whatever the guarantee. This tree's workers
+refuse exactly_once (it lost events in b; docs/reliability.md has the figures): it runs only
+with `--worker-root` pointing at an export of a commit before its removal, which is how those
+figures can be measured again.
 
 Prints each experiment's figures and a PASS/FAIL verdict with the numbers, then a summary
-table; exits 1 when an experiment fails. Worker logs stay in the printed directory.
+table (one row per experiment and guarantee); exits 1 when an experiment fails. Worker logs
+stay in the printed directory.
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -83,6 +93,12 @@ INPUT_SUFFIXES = sorted(set(TOPIC_SUFFIX.values()))
 #: partition clock (decisions are compared on their own), the rest is bookkeeping.
 IGNORED_FIELDS = {"r", "partition", "recent_ids"}
 IGNORED_PATTERN = re.compile(r"offset|outbox|pending_sends", re.IGNORECASE)
+GUARANTEES = ("at_least_once", "exactly_once")
+#: The clean reference run's guarantee, whatever the faulted runs use: a faulted exactly_once
+#: run must reproduce what an undisturbed at_least_once worker decides.
+REFERENCE_GUARANTEE = "at_least_once"
+#: Experiments that run no `engage worker` (the guarantee does not apply to them).
+WITHOUT_WORKER = {"e"}
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -94,6 +110,7 @@ class Outcome:
 
     name: str
     title: str
+    guarantee: str = "-"  # the workers' processing guarantee ("-": the experiment runs none)
     passed: bool = False
     figures: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -109,7 +126,7 @@ class Outcome:
 
     def print(self) -> None:
         verdict = "PASS" if self.passed else "FAIL"
-        print(f"\n[{self.name}] {self.title}: {verdict}")
+        print(f"\n[{self.name}, {self.guarantee}] {self.title}: {verdict}")
         for key, value in self.figures.items():
             print(f"    {key:<38} {_fmt(value)}")
         for failure in self.failures:
@@ -172,13 +189,20 @@ class Lab:
     timeout: float = 600.0
     worker_root: Path = ROOT
     worker_env: dict[str, str] = field(default_factory=dict)  # e.g. {"ENGAGE_DRAIN": "lean"}
+    guarantee: str = "at_least_once"  # the faulted workers' ENGAGE_PROCESSING_GUARANTEE
     cluster: Cluster | None = None  # --brokers N > 1: the private cluster g, h and i fault
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="engage-chaos-")))
-    _lines: list[bytes] | None = None
-    _clean: dict[str, Any] | None = None
+    # The traffic and the clean run, computed once and shared by the copies of this lab made
+    # for another guarantee (`dataclasses.replace` copies the reference to the same dict).
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The workers' extra environment: `worker_env` and the processing guarantee."""
+        return {**self.worker_env, "ENGAGE_PROCESSING_GUARANTEE": self.guarantee}
 
     def worker(self, app_id: str, namespace: str, **env: str) -> ChaosWorker:
-        """A worker of this lab (not started); Redis off, quiet logs."""
+        """A worker of this lab (not started); Redis off, quiet logs, the lab's guarantee."""
         return ChaosWorker(
             bootstrap=self.bootstrap,
             app_id=app_id,
@@ -189,7 +213,7 @@ class Lab:
                 "ENGAGE_MODE": self.mode,
                 "ENGAGE_REDIS_ENABLED": "false",
                 "ENGAGE_LOG_LEVEL": "warning",
-                **self.worker_env,
+                **self.env,
                 **env,
             },
             root=self.worker_root,
@@ -197,9 +221,12 @@ class Lab:
 
     def lines(self) -> list[bytes]:
         """The lab's persona traffic (cached): the first `events` lines of a seeded emit run."""
-        if self._lines is None:
-            self._lines = persona_lines(self.events, self.customers, self.seed, self.workdir)
-        return self._lines
+        if "lines" not in self.cache:
+            self.cache["lines"] = persona_lines(
+                self.events, self.customers, self.seed, self.workdir
+            )
+        lines: list[bytes] = self.cache["lines"]
+        return lines
 
 
 # --- traffic and Kafka -------------------------------------------------------------------------
@@ -500,13 +527,15 @@ def judge_run(out: Outcome, clean: dict[str, Any], lab: Lab, app_id: str, namesp
 
 
 def clean_run(lab: Lab) -> dict[str, Any]:
-    """One worker, no fault: the profiles and decisions every faulted run must reproduce."""
-    if lab._clean is not None:
-        return lab._clean
+    """One worker, no fault, with the reference guarantee (at_least_once, whatever the lab's):
+    the profiles and decisions every faulted run, of either guarantee, must reproduce."""
+    if "clean" in lab.cache:
+        clean: dict[str, Any] = lab.cache["clean"]
+        return clean
     namespace = app_id = unique("chaos-clean")
     ensure_topics(lab, namespace)
     produce(lab.bootstrap, routed(namespace, lab.lines()))
-    worker = lab.worker(app_id, namespace)
+    worker = lab.worker(app_id, namespace, ENGAGE_PROCESSING_GUARANTEE=REFERENCE_GUARANTEE)
     t0 = time.monotonic()
     worker.start(timeout=300)
     ready = time.monotonic() - t0
@@ -516,19 +545,20 @@ def clean_run(lab: Lab) -> dict[str, Any]:
             raise RuntimeError(f"the clean run did not finish; see {worker.log_path}")
     finally:
         worker.stop()
-    lab._clean = {
+    clean = lab.cache["clean"] = {
         "states": table_state(lab.bootstrap, customers_changelog(app_id)),
         "decisions": decisions(lab, namespace),
         "nudges": decisions(lab, namespace, "nudges"),
         "ready_s": ready,
         "seconds": took,
     }
-    dec = compare_decisions(lab._clean["decisions"], lab._clean["decisions"])
+    dec = compare_decisions(clean["decisions"], clean["decisions"])
     print(
-        f"clean run: {len(lab.lines()):,} events, {len(lab._clean['states'])} customers, "
-        f"{dec['clean decisions']} decisions, ready in {ready:.1f} s, settled in {took:.1f} s"
+        f"clean run ({REFERENCE_GUARANTEE}): {len(lab.lines()):,} events, "
+        f"{len(clean['states'])} customers, {dec['clean decisions']} decisions, "
+        f"ready in {ready:.1f} s, settled in {took:.1f} s"
     )
-    return lab._clean
+    return clean
 
 
 # --- a: kill -9 five times ----------------------------------------------------------------------
@@ -791,7 +821,28 @@ def _join(lab: Lab, *, under_load: bool, watch: float) -> tuple[float | None, fl
 
 
 def experiment_d(lab: Lab, replay_timeout: float = 300.0) -> Outcome:
-    """`engage replay`, worker killed after the declarations and restarted, vs uninterrupted."""
+    """`engage replay`, worker killed after the declarations and restarted, vs uninterrupted.
+    The replay's workers inherit this process's environment: the lab's is set meanwhile."""
+    with _environ(lab.env):
+        return _replay_killed(lab, replay_timeout)
+
+
+@contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the duration, then as they were."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _replay_killed(lab: Lab, replay_timeout: float) -> Outcome:
     import stream.tools.replay as replay_tool
     from stream.settings import Settings
     from stream.tools.replay import ReplayRun, canonical_lines, run_replay
@@ -1561,18 +1612,30 @@ EXPERIMENTS: dict[str, Callable[[Lab], Outcome]] = {
 
 
 def summary(outcomes: list[Outcome]) -> str:
-    """The closing table: one row per experiment."""
-    rows = [f"{'':2}{'experiment':<62} verdict"]
+    """The closing table: one row per experiment and guarantee."""
+    rows = [f"{'':2}{'experiment':<62} {'guarantee':<14} verdict"]
     for o in outcomes:
-        rows.append(f"{o.name:<2}{o.title[:60]:<62} {'PASS' if o.passed else 'FAIL'}")
+        verdict = "PASS" if o.passed else "FAIL"
+        rows.append(f"{o.name:<2}{o.title[:60]:<62} {o.guarantee:<14} {verdict}")
         for failure in o.failures:
             rows.append(f"{'':4}- {failure[:150]}")
     return "\n".join(rows)
 
 
+def runs(chosen: list[str], guarantees: list[str]) -> list[tuple[str, str]]:
+    """(experiment, guarantee) in the order they run: each experiment under every guarantee
+    in turn; one that runs no worker once ("-")."""
+    return [(name, g) for name in chosen for g in (["-"] if name in WITHOUT_WORKER else guarantees)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated experiments")
+    parser.add_argument(
+        "--guarantee", default="at_least_once", choices=[*GUARANTEES, "both"],
+        help="the workers' ENGAGE_PROCESSING_GUARANTEE; both: every experiment under each "
+        "(exactly_once: only workers of a --worker-root from before its removal accept it)",
+    )  # fmt: skip
     parser.add_argument("--events", type=int, default=10_000, help="persona events per run")
     parser.add_argument("--customers", type=int, default=300)
     parser.add_argument("--partitions", type=int, default=8)
@@ -1632,20 +1695,24 @@ def main(argv: list[str] | None = None) -> int:
         worker_env={"ENGAGE_DRAIN": args.drain},
         cluster=cluster,
     )
+    guarantees = list(GUARANTEES) if args.guarantee == "both" else [args.guarantee]
     print(f"chaos: {', '.join(chosen)} on {bootstrap}, {lab.partitions} partitions, "
           f"{lab.events:,} persona events, mode {lab.mode}, drain {args.drain}, "
-          f"workers from {lab.worker_root}; "
+          f"guarantee {' and '.join(guarantees)}, workers from {lab.worker_root}; "
           f"logs in {lab.workdir}")  # fmt: skip
     random.seed(args.seed)
     outcomes = []
-    for name in chosen:
+    for name, guarantee in runs(chosen, guarantees):
         started = time.monotonic()
+        # The copy shares the traffic and the clean run (lab.cache) with the others.
+        here = lab if guarantee == "-" else replace(lab, guarantee=guarantee)
         try:
-            outcome = EXPERIMENTS[name](lab)
+            outcome = EXPERIMENTS[name](here)
         except Exception as exc:  # one broken experiment must not hide the others' figures
             outcome = Outcome(name, "experiment did not complete")
             outcome.failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
             outcome.finish()
+        outcome.guarantee = guarantee
         outcome.figures["experiment wall s"] = time.monotonic() - started
         outcome.print()
         outcomes.append(outcome)

@@ -9,7 +9,7 @@ namespace, then measures, each from its first event to its N-th:
 4. Quix Streams running the engage core per key (`bench/quix_engage.py`, in its own virtualenv
    `.venv-bench`: Quix Streams is a bench-only dependency whose pins conflict with the
    product's),
-5. `engage worker`, at_least_once and exactly_once,
+5. `engage worker` (at_least_once, the only processing guarantee),
 6. the same engines over a raw aiokafka consume, produce, flush and commit loop without Faust
    (`bench/raw_engage.py`): the ceiling of the worker's design in Python (`--raw-overlap`
    adds the same loop with each batch's flush and commit overlapped with the next batch),
@@ -298,7 +298,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated rows to skip: "
-                        "aiokafka,noop,table,quix,at_least_once,exactly_once,raw,"
+                        "aiokafka,noop,table,quix,at_least_once,raw,"
                         "reference,latency")  # fmt: skip
     parser.add_argument("--reference", default=PYTHON_RITUALS_COMMIT,
                         help="the commit of the reference worker row (default: the last with "
@@ -355,13 +355,12 @@ def main() -> int:
                 rows.append(("Quix Streams, engage core per key", n / secs))
             else:
                 print(f"skipping the Quix Streams row: no {BENCH_PYTHON} (`make bench` makes it)")
-        for guarantee in ("at_least_once", "exactly_once"):
-            if guarantee not in skip:
-                secs, cpu_s, app_ids[guarantee] = run_engage(
-                    bootstrap, namespace, n, guarantee, tmp
-                )
-                rows.append((f"engage worker {guarantee}", n / secs))
-                cpu[f"engage worker {guarantee}"] = cpu_s
+        if "at_least_once" not in skip:
+            secs, cpu_s, app_ids["at_least_once"] = run_engage(
+                bootstrap, namespace, n, "at_least_once", tmp
+            )
+            rows.append(("engage worker at_least_once", n / secs))
+            cpu["engage worker at_least_once"] = cpu_s
         raw_rows = [("raw", RAW_ROW, False)]
         if args.raw_overlap:
             raw_rows.append(("raw-overlap", RAW_OVERLAP_ROW, True))
@@ -397,13 +396,11 @@ def main() -> int:
             to_raw = f"{rate / raw:.2f}" if raw else "n/a"
             per = f"{cpu[label] / n * 1e6:.0f}" if label in cpu else "n/a"
             print(f"| {label} | {rate:,.0f} | {to_bare} | {to_raw} | {per} |")
-        for guarantee in ("at_least_once", "exactly_once"):
-            worker = dict(rows).get(f"engage worker {guarantee}")
-            if worker and bare and raw:
-                print(f"\nengage worker {guarantee}: {worker / bare:.2f} x the bare no-op agent "
-                      f"(goal >= {GOAL_TO_BARE}), {worker / raw:.2f} of the raw engines row "
-                      f"(goal >= {GOAL_TO_RAW}), same data, same run")  # fmt: skip
         ours = dict(rows).get("engage worker at_least_once")
+        if ours and bare and raw:
+            print(f"\nengage worker at_least_once: {ours / bare:.2f} x the bare no-op agent "
+                  f"(goal >= {GOAL_TO_BARE}), {ours / raw:.2f} of the raw engines row "
+                  f"(goal >= {GOAL_TO_RAW}), same data, same run")  # fmt: skip
         before = dict(rows).get(f"engage worker at_least_once at {args.reference}")
         if ours and before:
             print(f"\ndata-driven rituals: {ours / before:.2f} of the worker at "

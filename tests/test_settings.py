@@ -152,3 +152,25 @@ def test_no_settings_object_prints_a_secret(monkeypatch: pytest.MonkeyPatch) -> 
         for text in (repr(obj), str(obj)):
             leaked = [s for s in secrets if s in text]
             assert not leaked, (type(obj).__name__, leaked)
+
+
+def test_exactly_once_is_refused_with_its_reason() -> None:
+    """exactly_once lost events in the kill -9 experiments (docs/reliability.md): a worker
+    configured with it stops at once with one line naming the setting and what to use."""
+    with pytest.raises(ValueError, match="exactly_once is not supported"):
+        Settings(processing_guarantee="exactly_once")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "worker"],
+        env={"ENGAGE_PROCESSING_GUARANTEE": "exactly_once", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("engage: invalid configuration: ENGAGE_PROCESSING_GUARANTEE:")
+    assert "exactly_once is not supported" in lines[0]
+    assert "use at_least_once" in lines[0]
+    assert Settings(processing_guarantee="at_least_once").processing_guarantee == "at_least_once"

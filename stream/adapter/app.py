@@ -130,11 +130,8 @@ class Engage:
 def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     """Build the Faust app for these settings (no I/O until the worker starts)."""
     rules = rules or load_rules(settings.rules_file)
-    if settings.processing_guarantee == "at_least_once":
-        # Commits never crawl nor pass an unprocessed offset (`stream.core.commit.next_commit`).
-        # Transactions (exactly_once) put markers in the changelog and output topics, which are
-        # real gaps: there Faust's own bookkeeping stays.
-        install_commit_rule()
+    # Commits never crawl nor pass an unprocessed offset (`stream.core.commit.next_commit`).
+    install_commit_rule()
     app = LeanApp(
         settings.app_id,
         store=settings.store,
@@ -166,8 +163,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         metrics=metrics,
         kpis=kpis,
         projection=projection,
-        # exactly_once sends through Faust's transactional producers, at-least-once directly
-        sender=Sender(app) if settings.processing_guarantee == "at_least_once" else None,
+        sender=Sender(app),
     )
     if projection is not None:
         projection.projector.on_written = shell.projected

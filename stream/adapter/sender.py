@@ -17,7 +17,6 @@ the next owner). Sends queued from outside a batch (an acknowledged decision cle
 outbox) are sent by a task started for them, behind anything queued before them: one queue,
 one order, so a customer's changelog records reach Kafka in the order they were written.
 
-Used with `at_least_once`; `exactly_once` keeps Faust's path (its transactional producers).
 Imports: faust's producer through the app, asyncio (an adapter module).
 """
 

@@ -38,13 +38,7 @@ def add_timers(
     kpis: Kpis,
     rules: Rules,
 ) -> None:
-    """Register the producer-buffer task, the mode's clock timer and the segment gauges."""
-
-    @app.task
-    async def bigger_producer_buffer() -> None:
-        """Faust's producer buffer blocks the stream above 100 queued sends by default; a
-        batch queues one write per changed customer at once."""
-        app.producer.buffer.max_messages = settings.producer_buffer_messages
+    """Register the mode's clock timer and the segment gauges."""
 
     if settings.mode == "live":
 
