@@ -62,10 +62,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("commit protocol: Checkpoint.commit", ("Checkpoint.commit ",)),
     ("  split: offset continuity", ("Positions.split ",)),
     ("  queue: writes and outputs into the sink", ("Checkpoint._queue ",)),
-    (
-        "  flush: per-record sends to the producer",
-        ("AtLeastOnceSink.flush ", "TransactionalSink.flush "),
-    ),
+    ("  flush: per-record sends to the producer", ("AtLeastOnceSink.flush ",)),
     ("  count: metrics and KPIs", ("BatchShell._count ",)),
     ("acknowledgement callbacks", ("Acknowledgements._answered ",)),
     ("direct drain: a fetch to the shell", ("DirectConsumer.fetch_once ",)),

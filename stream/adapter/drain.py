@@ -277,8 +277,8 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
 
 class DurableProducer(ProducerSettingsHook, Producer):
     """Faust's aiokafka producer, always idempotent with acks=all (`DURABLE_PRODUCER`): Faust
-    asks for idempotence only inside transactions (exactly_once), but an at-least-once worker's
-    changelog and decision writes are retried too, after a lost acknowledgement or a leader
+    asks for idempotence only inside Kafka transactions, but the worker's changelog and
+    decision writes are retried too, after a lost acknowledgement or a leader
     moving to another broker, and must not land twice."""
 
     extra_producer_settings = DURABLE_PRODUCER

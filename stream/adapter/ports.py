@@ -1,22 +1,21 @@
-"""The commit protocol's ports on Faust: tables, consumer, and one sink per processing guarantee.
+"""The commit protocol's ports on Faust: the tables, the consumer, and the at-least-once sink.
 
 `stream.core.commit.Checkpoint` orders a batch's steps; these classes carry them out with
 Faust's objects:
 
 * `FaustTables`: reads of the two `PartitionedTable`s (`customers`, `control`).
 * `FaustSource`: the consumer's committed offsets, highwater marks and seeks.
-* `AtLeastOnceSink` (`ENGAGE_PROCESSING_GUARANTEE=at_least_once`): each write is stored in the
-  table and its changelog record, like every output, queued on the `Sender`, which hands them to
-  the producer in queue order (`flush`); Faust flushes the producer before each offset commit.
-* `TransactionalSink` (`exactly_once`): writes and outputs go through Faust's `send_soon`, so
-  they join the transaction Faust commits with the input offsets.
+* `AtLeastOnceSink` (the one processing guarantee, `at_least_once`): each write is stored in
+  the table and its changelog record, like every output, queued on the `Sender`, which hands
+  them to the producer in queue order (`flush`); Faust flushes the producer before each offset
+  commit. (Kafka transactions, `exactly_once`, were removed: they lost events in the kill -9
+  experiments, see docs/reliability.md; a transactional guarantee would be another sink.)
 
 Imports: faust types and the adapter's table and sender (an adapter module).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -129,37 +128,4 @@ class AtLeastOnceSink:
     async def barrier(self) -> None:
         """Every send so far is acknowledged by Kafka."""
         await self.sender.send()
-        await self.app.producer.flush()
-
-
-class TransactionalSink:
-    """Writes and sends through Faust's `send_soon`: inside the transaction of the batch."""
-
-    def __init__(self, *, app: Any, tables: FaustTables, topics: Mapping[str, Any]) -> None:
-        self.app = app
-        self.tables = tables.tables
-        self.topics = topics
-
-    def write(self, table: Table, key: bytes, value: bytes | None, partition: int) -> None:
-        """A table write (a delete for None), its changelog record through Faust."""
-        t = self.tables[table]
-        if value is None:
-            t.remove(key, partition)
-        else:
-            t.put(key, value, partition)
-
-    def send(self, out: Output, done: Done | None) -> None:
-        """An output through Faust's producer buffer."""
-        self.topics[out.name].send_soon(key=out.key, value=out.value, headers=out.headers,
-                                        callback=_answered(done) if done else None)  # fmt: skip
-
-    async def flush(self) -> None:
-        """Faust's buffer drains by itself; yield so it can."""
-        await asyncio.sleep(0)
-
-    def flush_later(self) -> None:
-        """Nothing to do: `send_soon` already queued it."""
-
-    async def barrier(self) -> None:
-        """Every send so far is acknowledged by Kafka."""
         await self.app.producer.flush()

@@ -26,7 +26,7 @@ from typing import Any
 from faust.types import TP
 
 from stream.adapter.faust_private import committed_offsets
-from stream.adapter.ports import AtLeastOnceSink, FaustSource, FaustTables, TransactionalSink
+from stream.adapter.ports import AtLeastOnceSink, FaustSource, FaustTables
 from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable
 from stream.core.clock import consumer_lag, wall_ms
@@ -51,22 +51,17 @@ class BatchShell:
         topics: dict[str, Any],
         metrics: PipelineMetrics,
         kpis: Kpis,
+        sender: Sender,
         projection: Projection | None = None,
-        sender: Sender | None = None,
     ) -> None:
-        """`sender` given: at-least-once (`AtLeastOnceSink`); None: Faust's transactional
-        `send_soon` path (`TransactionalSink`, exactly_once)."""
+        """Writes and outputs go through `sender` (`AtLeastOnceSink`)."""
         self.app = app
         self.config = config
         self.metrics = metrics
         self.kpis = kpis
         tables = FaustTables(customers=customers, control=control)
-        self.sink: AtLeastOnceSink | TransactionalSink
-        if sender is not None:
-            names = {name: str(t.get_topic_name()) for name, t in topics.items()}
-            self.sink = AtLeastOnceSink(app=app, sender=sender, tables=tables, topic_names=names)
-        else:
-            self.sink = TransactionalSink(app=app, tables=tables, topics=topics)
+        names = {name: str(t.get_topic_name()) for name, t in topics.items()}
+        self.sink = AtLeastOnceSink(app=app, sender=sender, tables=tables, topic_names=names)
         self.checkpoint = Checkpoint(
             config,
             tables=tables,

@@ -2,10 +2,10 @@
 
 Faust finds the changelog partition of a table write (and, with `rocksdb://`, the database of
 a read or write) through `current_event()`, which is set only in the task iterating a stream, one
-message at a time. The batch engine writes each changed customer once per batch, and an
-acknowledged decision clears its outbox from a send callback, where no current event is set.
-So every access here names its partition, the input partition the customer lives on, and
-`_on_partition` presents Faust with a stand-in event on it (made the current event by
+message at a time. The commit protocol writes each changed customer once per batch from the
+direct drain's fetch loop, and reads the table when it starts a partition: no current event
+is set there. So every access here names its partition, the input partition the customer
+lives on, and `_on_partition` presents Faust with a stand-in event on it (made the current event by
 `stream.adapter.faust_private.set_current_event`). `use_partitioner=True` would instead
 re-hash the key with the producer's partitioner, which is wrong for producers whose
 partitioner differs from the Java client's.
@@ -70,11 +70,6 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
             raise TypeError("PartitionedTable: write with put(key, value, partition)")
         return int(event.message.partition)
 
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        """Write `key` to the store and to changelog partition `partition` (send_soon)."""
-        with self._on_partition(partition):
-            self[key] = value
-
     def store(self, key: bytes, value: bytes | None, partition: int) -> None:
         """Write `key` (None: delete it) to the local store only: the caller sends the
         changelog record itself (`stream.adapter.sender`), then calls `persisted` with it."""
@@ -114,12 +109,6 @@ class PartitionedTable(faust.Table):  # type: ignore[misc]
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         """The stored (key, value) pairs of `partitions`, `chunk` at a time (`scan_store`)."""
         return scan_store(self.data, partitions, chunk=chunk)
-
-    def remove(self, key: bytes, partition: int) -> None:
-        """Delete `key` (a tombstone on changelog partition `partition`)."""
-        with self._on_partition(partition):
-            if key in self.data:
-                del self[key]
 
 
 def scan_store(

@@ -27,8 +27,9 @@ records of one fetch and goes through these steps, named for the crash tests (`H
 The guarantees are those of the steps' order: no offset is committed before the state writes
 and sends of its record are in the producer; a decision leaves its outbox only after Kafka
 acknowledged all of its sends; a replay status is said only after every decision before it.
-The processing guarantee (at-least-once, or Kafka transactions) is the `Sink` implementation:
-the protocol is the same. `tests/core/test_commit.py` crashes it between every two steps.
+Where writes and sends go is the `Sink` (the worker's at-least-once sink, the in-process
+driver's dicts, the broker-less test worker's lists): the protocol is the same.
+`tests/core/test_commit.py` crashes it after every step (`stream.core.testing`).
 
 This module does no I/O of its own: the tables, the source and the sink are ports (the Faust
 adapter's, or the in-process driver's dicts and lists); `drive` runs a commit whose ports never
@@ -119,7 +120,7 @@ Done = Callable[[bool], None]
 
 
 class Sink(Protocol):
-    """Where a batch's writes and sends go; one implementation per processing guarantee."""
+    """Where a batch's writes and sends go (a processing guarantee is a sink)."""
 
     def write(self, table: Table, key: bytes, value: bytes | None, partition: int) -> None:
         """Store `key` (None: delete it) and queue its changelog record on `partition`."""

@@ -137,17 +137,22 @@ def test_a_commit_never_passes_an_offset_not_yet_processed() -> None:
 
 
 class _Table:
+    """A `PartitionedTable` as the at-least-once sink uses it (one dict for all partitions)."""
+
+    changelog_name = "changelog"
+    persists_offsets = False
+
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
 
     def read(self, key: bytes, partition: int) -> bytes | None:
         return self.data.get(key)
 
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.data[key] = value
-
-    def remove(self, key: bytes, partition: int) -> None:
-        self.data.pop(key, None)
+    def store(self, key: bytes, value: bytes | None, partition: int) -> None:
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
 
     def scan(self, partitions: list[int], *, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
         items = list(self.data.items())
@@ -155,12 +160,50 @@ class _Table:
             yield items[i : i + chunk]
 
 
+OUTPUTS = ("decisions", "nudges", "dlq", "replay_status", "erasure_receipts")
+
+
 class _Topic:
-    def send_soon(self, **kwargs: object) -> None:
+    def __init__(self, name: str = "topic") -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+class _Producer:
+    """Faust's producer driver as the `Sender` calls it: every send recorded per topic and
+    acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, list[dict[str, Any]]] = {}
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+        timestamp: float | None, headers: Any,
+    ) -> Any:  # fmt: skip
+        import asyncio
+
+        self.sent.setdefault(topic, []).append({"key": key, "value": value})
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(topic_partition=(topic, partition), offset=0))
+        return fut
+
+    async def flush(self) -> None:
         pass
 
-    async def send(self, **kwargs: object) -> None:
-        pass
+
+def _shell(app: Any, *, config: Any, customers: Any, control: Any, metrics: Any) -> Any:
+    """A `BatchShell` over fakes of the Faust objects, sending through a real `Sender`."""
+    from stream.adapter.sender import Sender
+    from stream.adapter.shell import BatchShell
+    from stream.telemetry.kpis import Kpis
+
+    return BatchShell(
+        app=app, config=config, customers=customers, control=control,
+        topics={n: _Topic(n) for n in OUTPUTS}, metrics=metrics, kpis=Kpis(metrics.registry),
+        sender=Sender(app),
+    )  # fmt: skip
 
 
 class _Consumer:
@@ -183,9 +226,7 @@ def test_records_after_offsets_the_consumer_skipped_are_not_folded_before_them()
 
     from faust.types import TP
 
-    from stream.adapter.shell import BatchShell
     from stream.core.state import decode
-    from stream.telemetry.kpis import Kpis
     from stream.telemetry.metrics import PipelineMetrics
     from tests.core.test_engine import config
     from tests.factory import event, raw
@@ -193,15 +234,10 @@ def test_records_after_offsets_the_consumer_skipped_are_not_folded_before_them()
     topic = "t.clicks"
     tp = TP(topic, 1)
     consumer = _Consumer({tp: 0})
-    app = SimpleNamespace(consumer=consumer, producer=SimpleNamespace(flush=None))
-    metrics = PipelineMetrics()
+    app = SimpleNamespace(consumer=consumer, producer=_Producer())
     customers = _Table()
-    shell = BatchShell(
-        app=app, config=config("follow"), customers=customers, control=_Table(),  # type: ignore[arg-type]
-        topics={n: _Topic() for n in ("decisions", "nudges", "dlq", "replay_status",
-                                      "erasure_receipts")},
-        metrics=metrics, kpis=Kpis(metrics.registry),
-    )  # fmt: skip
+    shell = _shell(app, config=config("follow"), customers=customers, control=_Table(),
+                   metrics=PipelineMetrics())  # fmt: skip
 
     def message(offset: int) -> SimpleNamespace:
         value = raw(event("click", "cara", days=offset, event_id=f"e-{offset}"))
@@ -219,42 +255,21 @@ def test_records_after_offsets_the_consumer_skipped_are_not_folded_before_them()
     assert consumer.seeks == [(tp, 0)]
 
 
-class _Recording(_Topic):
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    def send_soon(self, **kwargs: object) -> None:
-        self.sent.append(kwargs)
-
-    async def send(self, **kwargs: object) -> None:
-        self.sent.append(kwargs)
-
-
 def _started_shell(revoke_after_first_chunk: int | None = None) -> tuple[Any, Any, Any]:
     """A shell over a table a crashed worker left (timers due later, decisions whose sends
     were never acknowledged), started on both partitions by `prepare`, 3 customers a chunk."""
     import asyncio
 
-    from stream.adapter.shell import BatchShell
-    from stream.telemetry.kpis import Kpis
     from stream.telemetry.metrics import PipelineMetrics
     from tests.core.test_engine import config, stored_unacknowledged
 
     driver = stored_unacknowledged(3)
     customers, control = _Table(), _Table()
     customers.data, control.data = dict(driver.customers), dict(driver.control)
-    topics = {n: _Recording() for n in ("decisions", "nudges", "dlq", "replay_status",
-                                        "erasure_receipts")}  # fmt: skip
-
-    async def flush() -> None:
-        pass
-
-    app = SimpleNamespace(consumer=_Consumer({}), producer=SimpleNamespace(flush=flush))
-    metrics = PipelineMetrics()
-    shell = BatchShell(
-        app=app, config=config(), customers=customers, control=control,  # type: ignore[arg-type]
-        topics=topics, metrics=metrics, kpis=Kpis(metrics.registry),
-    )  # fmt: skip
+    producer = _Producer()
+    app = SimpleNamespace(consumer=_Consumer({}), producer=producer)
+    shell = _shell(app, config=config(), customers=customers, control=control,
+                   metrics=PipelineMetrics())  # fmt: skip
     shell.scan_chunk = 3
     if revoke_after_first_chunk is not None:
         scan = customers.scan
@@ -267,7 +282,7 @@ def _started_shell(revoke_after_first_chunk: int | None = None) -> tuple[Any, An
 
         customers.scan = scan_revoking  # type: ignore[method-assign]
     asyncio.run(shell.prepare({0, 1}))
-    return shell, topics, driver
+    return shell, producer.sent, driver
 
 
 def test_prepare_starts_the_assigned_partitions_and_resends_each_outbox_once() -> None:
@@ -282,12 +297,12 @@ def test_prepare_starts_the_assigned_partitions_and_resends_each_outbox_once() -
     assert shell.started({0, 1}) and not shell.started({0, 1, 2})
     outboxes = sorted(s.nudge_id for v in driver.customers.values() for s in decode(v).outbox)
     assert outboxes
-    resent = sorted(json.loads(m["value"])["nudge_id"] for m in topics["decisions"].sent)
+    resent = sorted(json.loads(m["value"])["nudge_id"] for m in topics["decisions"])
     assert resent == outboxes
     assert shell.metrics.resent._value.get() == len(outboxes)
-    before = {name: len(t.sent) for name, t in topics.items()}
+    before = {name: len(sent) for name, sent in topics.items()}
     asyncio.run(shell.prepare({0, 1}))
-    assert {name: len(t.sent) for name, t in topics.items()} == before
+    assert {name: len(sent) for name, sent in topics.items()} == before
 
 
 def test_a_partition_revoked_while_its_table_is_read_is_not_started() -> None:

@@ -23,6 +23,7 @@ import msgspec
 from schemas.events import CLICK_ACTIONS, CONSENT_SCOPES, EVENT_TYPES, TOPIC_SUFFIX
 from schemas.iso4217 import CURRENCIES
 from schemas.nudges import STATUSES
+from stream.adapter.sender import Sender
 from stream.adapter.shell import BatchShell
 from stream.core.clock import clock_for
 from stream.core.engine import EngineConfig, Record
@@ -46,7 +47,7 @@ from stream.telemetry.kpis import (
 from stream.telemetry.metrics import PipelineMetrics
 from stream.tools.emitter.simulation import SimConfig, Simulation
 from stream.tools.hostile import CATEGORIES, generate
-from tests.adapter.test_shell import _Table, _Topic
+from tests.adapter.test_shell import OUTPUTS, _Producer, _Table, _Topic
 
 NS = "mb"
 PARTITIONS = 4
@@ -231,18 +232,16 @@ def test_every_label_set_stays_within_its_documented_bound() -> None:
         namespace=NS,
         partitions=PARTITIONS,
     )
-    topics = {
-        n: _Topic() for n in ("decisions", "nudges", "dlq", "replay_status", "erasure_receipts")
-    }
-    app = SimpleNamespace(consumer=SimpleNamespace(_committed_offset={}), producer=None)
+    app = SimpleNamespace(consumer=SimpleNamespace(_committed_offset={}), producer=_Producer())
     shell = BatchShell(
         app=app,
         config=config,
         customers=customers,
         control=control,  # type: ignore[arg-type]
-        topics=topics,
+        topics={n: _Topic(n) for n in OUTPUTS},
         metrics=metrics,
         kpis=kpis,
+        sender=Sender(app),
     )
     log = _Log(rng)
 
