@@ -218,8 +218,8 @@ class BatchShell:
     def _count(self, result: BatchResult) -> None:
         m = self.metrics
         m.add_counts(result.counts)
-        for event, fcr in result.kpis:
-            self.kpis.count(event, fcr)
+        if result.kpis:
+            self.kpis.count_all(result.kpis)
         if result.decided:
             self.kpis.count_decisions(result.decided)
         observe = m.lag_seconds.observe

@@ -340,43 +340,53 @@ class Kpis:
 
     def count(self, event: EventBase, first_contact_resolution: bool = False) -> None:
         """The event KPIs of one folded event."""
-        if isinstance(event, Click):  # the most frequent: plain integers, read at scrape time
-            extra = self.extra
-            key = (event.action, "false" if event.nudge_id is None else "true")
-            extra.clicks[key] += 1
-            if event.dwell_ms is not None:
-                extra.dwell_count += 1
-                extra.dwell_sum += event.dwell_ms / 1000
-        elif isinstance(event, Survey):
-            if event.survey == "nps":
-                s = event.score
-                self._nps("promoter" if s >= 9 else "passive" if s >= 7 else "detractor").inc()
-            elif event.survey == "csat":
-                self.csat.inc()
-                if event.score >= 4:
-                    self.csat_satisfied.inc()
-            else:
-                self.ces.observe(event.score)
-        elif isinstance(event, Purchase):
-            self.orders.inc()
-            self._revenue(event.currency).inc(float(event.amount))
-            self.extra.currencies.add(event.currency)  # its CLV series appear with its revenue
-        elif isinstance(event, Review):
-            self._review(event.rating).inc()
-        elif isinstance(event, SupportContact) and event.complaint:
-            if event.status == "opened":
-                self.complaints_opened.inc()
-            elif event.status == "resolved":
-                self.complaints_resolved.inc()
-                if first_contact_resolution:
-                    self.fcr.inc()
-        elif isinstance(event, Consent):
-            self._consent(event.status, event.scope, event.source or NO_SOURCE).inc()
-        elif isinstance(event, Loyalty):
-            if event.action == "referral_sent":
-                self.referrals_sent.inc()
-            elif event.action == "referral_converted":
-                self.referrals_converted.inc()
+        self.count_all([(event, first_contact_resolution)])
+
+    def count_all(self, folded: Iterable[tuple[EventBase, bool]]) -> None:
+        """The event KPIs of a batch's folded events ((event, first contact resolution)
+        pairs): each series is incremented once per batch, by the batch's total."""
+        incs: Tally[Any] = Tally()  # a metric child -> what to add to it
+        extra = self.extra
+        for event, first_contact_resolution in folded:
+            if isinstance(event, Click):  # the most frequent: plain integers, read at scrape
+                key = (event.action, "false" if event.nudge_id is None else "true")
+                extra.clicks[key] += 1
+                if event.dwell_ms is not None:
+                    extra.dwell_count += 1
+                    extra.dwell_sum += event.dwell_ms / 1000
+            elif isinstance(event, Survey):
+                if event.survey == "nps":
+                    s = event.score
+                    band = "promoter" if s >= 9 else "passive" if s >= 7 else "detractor"
+                    incs[self._nps(band)] += 1
+                elif event.survey == "csat":
+                    incs[self.csat] += 1
+                    if event.score >= 4:
+                        incs[self.csat_satisfied] += 1
+                else:
+                    self.ces.observe(event.score)
+            elif isinstance(event, Purchase):
+                incs[self.orders] += 1
+                incs[self._revenue(event.currency)] += float(event.amount)
+                extra.currencies.add(event.currency)  # its CLV series appear with its revenue
+            elif isinstance(event, Review):
+                incs[self._review(event.rating)] += 1
+            elif isinstance(event, SupportContact) and event.complaint:
+                if event.status == "opened":
+                    incs[self.complaints_opened] += 1
+                elif event.status == "resolved":
+                    incs[self.complaints_resolved] += 1
+                    if first_contact_resolution:
+                        incs[self.fcr] += 1
+            elif isinstance(event, Consent):
+                incs[self._consent(event.status, event.scope, event.source or NO_SOURCE)] += 1
+            elif isinstance(event, Loyalty):
+                if event.action == "referral_sent":
+                    incs[self.referrals_sent] += 1
+                elif event.action == "referral_converted":
+                    incs[self.referrals_converted] += 1
+        for child, amount in incs.items():
+            child.inc(amount)
 
     def publish(self, snap: Snapshot) -> None:
         self.customers.set(snap.customers)
