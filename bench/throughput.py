@@ -13,9 +13,10 @@ namespace, then measures, each from its first event to its N-th:
 6. the same engines over a raw aiokafka consume, produce, flush and commit loop without Faust
    (`bench/raw_engage.py`): the ceiling of the worker's design in Python (`--raw-overlap`
    adds the same loop with each batch's flush and commit overlapped with the next batch),
-7. `engage worker` at_least_once from the last commit whose rituals were Python code
-   (`--reference`, a git worktree of that commit, made for the run and removed after), so the
-   cost of the data-driven rituals is a ratio measured side by side,
+7. `engage worker` at_least_once from the last commit before the commit protocol
+   (`--reference`, a git worktree of that commit, made for the run and removed after; another
+   commit, such as df094f4, the last with rituals written in Python, for another comparison),
+   so what a change did to the worker is a ratio measured side by side,
 
 and prints events/s, the ratios to the bare no-op agent and to the raw engines row, and the CPU
 time per event, then the worker's ratios next to their goals (>= 2.0 x the bare no-op agent,
@@ -66,7 +67,7 @@ RAW_OVERLAP_ROW = "engage engines, raw aiokafka loop, flush overlapped"
 #: The goals of the worker's throughput and latency (same run, same data).
 GOAL_TO_BARE, GOAL_TO_RAW, GOAL_P99_MS = 2.0, 0.8, 100
 #: The last commit with the seven rituals written in Python (before rituals became data).
-PYTHON_RITUALS_COMMIT = "df094f4"
+REFERENCE_COMMIT = "5014209"  # the last commit before the commit protocol (stream/core/commit.py)
 #: The interpreter of the bench-only virtualenv with Quix Streams (`make bench` builds it).
 BENCH_PYTHON = Path(os.environ.get("ENGAGE_BENCH_PYTHON") or ROOT / ".venv-bench/bin/python")
 
@@ -300,9 +301,9 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated rows to skip: "
                         "aiokafka,noop,table,quix,at_least_once,raw,"
                         "reference,latency")  # fmt: skip
-    parser.add_argument("--reference", default=PYTHON_RITUALS_COMMIT,
-                        help="the commit of the reference worker row (default: the last with "
-                        "rituals written in Python)")  # fmt: skip
+    parser.add_argument("--reference", default=REFERENCE_COMMIT,
+                        help="the commit of the reference worker row (default: the last "
+                        "before the commit protocol)")  # fmt: skip
     parser.add_argument("--raw-overlap", action="store_true",
                         help="also run the raw engines loop with each batch's flush and commit "
                         "overlapped with the next batch")  # fmt: skip
@@ -403,8 +404,8 @@ def main() -> int:
                   f"(goal >= {GOAL_TO_RAW}), same data, same run")  # fmt: skip
         before = dict(rows).get(f"engage worker at_least_once at {args.reference}")
         if ours and before:
-            print(f"\ndata-driven rituals: {ours / before:.2f} of the worker at "
-                  f"{args.reference} (rituals in Python), same data, same run")  # fmt: skip
+            print(f"\nengage worker at_least_once: {ours / before:.2f} of the worker at "
+                  f"{args.reference} (--reference), same data, same run")  # fmt: skip
 
         if "at_least_once" in app_ids:
             states = table_state(bootstrap, customers_changelog(app_ids["at_least_once"]))
