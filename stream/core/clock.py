@@ -33,6 +33,10 @@ class Progress:
     last_time: int | None = None  # occurred_at of the last accepted event read, epoch ms
 
 
+#: A topic-partition nothing was read from (shared, read only: never stored).
+_UNREAD = Progress()
+
+
 @dataclass(slots=True)
 class Replay:
     """A replay's declaration for one partition: where each of its inputs ends."""
@@ -59,7 +63,7 @@ def partition_clock(
     holding: list[int | None] = []
     if replay is not None:
         for topic, end in replay.ends.items():
-            seen = progress.get(topic, Progress())
+            seen = progress.get(topic, _UNREAD)
             if end > 0 and (seen.next_offset or 0) < end:
                 holding.append(seen.last_time)
         if not holding:
@@ -68,7 +72,7 @@ def partition_clock(
             return max(previous, done)
     else:
         for topic, highwater in highwaters.items():
-            seen = progress.get(topic, Progress())
+            seen = progress.get(topic, _UNREAD)
             if highwater is None or (seen.next_offset or 0) < highwater:
                 holding.append(seen.last_time)
         if not holding:

@@ -73,9 +73,10 @@ DECISIONS, NUDGES, DLQ = OutputName.DECISIONS, OutputName.NUDGES, OutputName.DLQ
 REPLAY_STATUS, ERASURE_RECEIPTS = OutputName.REPLAY_STATUS, OutputName.ERASURE_RECEIPTS
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka record as the engine sees it (the shell converts its client's type)."""
+class Record(msgspec.Struct, frozen=True):
+    """One Kafka record as the engine sees it (the shell converts its client's type). A
+    msgspec struct: the direct drain makes one per record, five times faster than a frozen
+    dataclass."""
 
     topic: str
     partition: int

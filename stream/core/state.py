@@ -265,8 +265,20 @@ def new_state(customer_id: str) -> CustomerState:
     return CustomerState(customer_id=customer_id)
 
 
+_DIGESTS: dict[str, bytes] = {}  # recent event ids' digests (the duplicate check, then the fold)
+
+
 def event_digest(event_id: str) -> bytes:
-    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=_ID_DIGEST).digest()
+    """The digest an event id is remembered by in `recent_ids` (computed once per event: the
+    duplicate check and the fold both ask)."""
+    digest = _DIGESTS.get(event_id)
+    if digest is None:
+        if len(_DIGESTS) >= 4096:
+            _DIGESTS.clear()
+        digest = _DIGESTS[event_id] = hashlib.blake2b(
+            event_id.encode("utf-8"), digest_size=_ID_DIGEST
+        ).digest()
+    return digest
 
 
 def is_duplicate(state: CustomerState, event_id: str) -> bool:
