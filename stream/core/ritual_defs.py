@@ -401,6 +401,7 @@ class Program:
     cancels: dict[str, tuple[tuple[Compiled, Cancel, tuple], ...]] = field(default_factory=dict)
     inactivity: tuple[Compiled, ...] = ()
     anniversaries: tuple[Compiled, ...] = ()
+    inactivity_names: frozenset[str] = frozenset()  # names of the `inactivity` rituals
 
     @staticmethod
     def of(defs: Mapping[str, RitualDef]) -> Program:
@@ -444,4 +445,5 @@ class Program:
             cancels={k: tuple(v) for k, v in cancels.items()},
             inactivity=tuple(c for c in compiled if c.inactivity is not None),
             anniversaries=tuple(c for c in compiled if c.anniversary is not None),
+            inactivity_names=frozenset(c.name for c in compiled if c.inactivity is not None),
         )

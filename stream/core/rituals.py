@@ -122,13 +122,13 @@ class Context:
 def _copy(r: RitualState) -> RitualState:
     """A copy processing may mutate, leaving `r` intact if it raises half-way.
 
-    Lists are copied and so are the timers (cancellation marks them in place); everything else
-    is immutable or only ever replaced, never mutated. Far cheaper than a codec round trip.
+    Lists are copied; everything else, timers included, is immutable or only ever replaced,
+    never mutated (a cancellation replaces the timer in the copied list: `_cancelled`). Far
+    cheaper than a codec round trip.
     """
-    replace = msgspec.structs.replace
-    return replace(
+    return msgspec.structs.replace(
         r,
-        timers=[replace(t) for t in r.timers],
+        timers=list(r.timers),
         pending=list(r.pending),
         deliveries=list(r.deliveries),
         watch=list(r.watch),
@@ -137,6 +137,14 @@ def _copy(r: RitualState) -> RitualState:
 
 
 # --- ids and buckets ---------------------------------------------------------------------------
+
+
+def _cancelled(timer: Timer, event_id: str, reason: str) -> Timer:
+    """The timer cancelled by an event, as a new timer (timers are shared with the state the
+    step started from, which stays intact)."""
+    return msgspec.structs.replace(
+        timer, cancelled_by=event_id, facts={**timer.facts, "cancel_reason": reason}
+    )
 
 
 def nudge_id(ritual: str, customer_id: str, anchor: str) -> str:
@@ -696,40 +704,47 @@ class _Run:
         self, ritual: Compiled, match: list[str], reason: str, ev: Pending, fields: _Fields
     ) -> None:
         """Cancel the ritual's waiting decisions this event concerns (by `match`)."""
-        for timer in self.r.timers:
+        timers = self.r.timers
+        for i, timer in enumerate(timers):
             if timer.ritual != ritual.name or timer.cancelled_by:
                 continue
             if all((value := fields[m]) is None or timer.facts.get(m) == value for m in match):
-                timer.cancelled_by = ev.event_id
-                timer.facts = {**timer.facts, "cancel_reason": reason}
+                timers[i] = _cancelled(timer, ev.event_id, reason)
 
     def _inactivity(self, ev: Pending, program: Program) -> None:
         """Every activity moves the inactivity timers; one that fell due but waits out quiet
         hours is moot once the customer is back."""
         r = self.r
-        for ritual in program.inactivity:
-            for timer in r.timers:
-                if timer.ritual == ritual.name and timer.due_at <= ev.at and not timer.cancelled_by:
-                    timer.cancelled_by = ev.event_id
-                    timer.facts = {**timer.facts, "cancel_reason": "activity_resumed"}
-        if ev.at < r.last_active:
+        inactivity = program.inactivity
+        if not inactivity:
+            if ev.at >= r.last_active:
+                r.last_active = ev.at
             return
-        r.last_active = ev.at
-        if not program.inactivity:
+        names = program.inactivity_names
+        at = ev.at
+        timers = r.timers
+        # One pass per timer: a due one of these rituals waiting out quiet hours is moot
+        # (activity_resumed), in the order of `program.inactivity` (at most one matches).
+        for i, timer in enumerate(timers):
+            if timer.ritual in names and timer.due_at <= at and not timer.cancelled_by:
+                timers[i] = _cancelled(timer, ev.event_id, "activity_resumed")
+        if at < r.last_active:
             return
-        names = {ritual.name for ritual in program.inactivity}
-        r.timers = [t for t in r.timers if t.ritual not in names or t.due_at <= ev.at]
-        for ritual in program.inactivity:
+        r.last_active = at
+        r.timers = timers = [t for t in timers if t.ritual not in names or t.due_at <= at]
+        fields = None
+        for ritual in inactivity:
             trigger = ritual.inactivity
             assert trigger is not None
             if not ritual.d.enabled:
                 continue
-            due = ev.at + trigger.inactivity
-            fields = {"event_id": ev.event_id, "type": ev.kind, "at": _iso(ev.at),
-                      "inactivity_s": trigger.inactivity // 1000}  # fmt: skip
+            due = at + trigger.inactivity
+            if fields is None:
+                fields = {"event_id": ev.event_id, "type": ev.kind, "at": _iso(at)}
+            fields["inactivity_s"] = trigger.inactivity // 1000
             facts = ritual.facts[id(trigger)](fields)
             anchor = str(ritual.anchor(fields))
-            self._arm(Timer(due, ritual.name, anchor, due, ev.event_id, facts))
+            timers.append(Timer(due, ritual.name, anchor, due, ev.event_id, facts))
 
     def _arm_anniversary(self, ritual: Compiled, year: int, source: str) -> None:
         r = self.r
@@ -846,17 +861,27 @@ def _advance_owned(s: RitualState, customer_id: str, clock: int, ctx: Context) -
     dated = ctx.rules.effective_from is not None  # several versions: each item picks its own
     # Events due by the clock, in ritual order, sorted once (a replay can queue thousands for
     # one customer); processing never queues events, so only timers are looked at each turn.
-    events = sorted((p for p in s.pending if p.at <= clock), key=_pending_order)
+    pending = s.pending
+    if len(pending) == 1:  # the common case: the event just queued, nothing else
+        events = pending if pending[0].at <= clock else []
+    else:
+        events = sorted((p for p in pending if p.at <= clock), key=_pending_order)
     if events:
-        s.pending = [p for p in s.pending if p.at > clock]
+        s.pending = [p for p in pending if p.at > clock]
     i = 0
     while True:
         timers = [t for t in s.timers if t.due <= clock]
         first_event = events[i] if i < len(events) else None
-        if not timers and first_event is None:
-            break
-        program = run.program
-        first_timer = min(timers, key=lambda t: _timer_order(t, program)) if timers else None
+        if not timers:
+            if first_event is None:
+                break
+            first_timer = None
+        else:
+            program = run.program
+            first_timer = (
+                timers[0] if len(timers) == 1
+                else min(timers, key=lambda t: _timer_order(t, program))
+            )  # fmt: skip
         if first_timer is not None and (
             first_event is None or _timer_order(first_timer, program) < _pending_order(first_event)
         ):
