@@ -298,17 +298,10 @@ def fold(
 ) -> CustomerState:
     """Fold one accepted, non-duplicate event into the state; returns the new state.
 
-    The input state is not modified, so a failure half-way cannot leave a torn table value.
+    The input state is not modified, so a failure half-way cannot leave a torn table value:
+    each container is copied by the step that changes it (most events change few of them).
     """
-    s = msgspec.structs.replace(
-        state,
-        counts=dict(state.counts),
-        clicks=dict(state.clicks),
-        active_days=list(state.active_days),
-        money=dict(state.money),
-        tickets=[msgspec.structs.replace(t) for t in state.tickets],
-        signals=list(state.signals),
-    )
+    s = msgspec.structs.replace(state, counts=dict(state.counts))
     t = to_ms(event.occurred_at)
     kind: str = event.type  # type: ignore[attr-defined]
     _remember_id(s, event.event_id, rules.dedup_window)
@@ -360,10 +353,10 @@ def _activity(s: CustomerState, t: int, rules: ProfileRules) -> None:
     s.last_seen = max(s.last_seen, t)
     day = t // MS_PER_DAY
     horizon = s.last_seen // MS_PER_DAY - rules.active_window_days
-    if day > horizon and day not in s.active_days:
-        s.active_days.append(day)
-        s.active_days.sort()
-    s.active_days = [d for d in s.active_days if d > horizon]
+    days = s.active_days
+    if day > horizon and day not in days:
+        days = sorted([*days, day])
+    s.active_days = [d for d in days if d > horizon]
 
 
 def _engagement(s: CustomerState, t: int, weight: float, half_life_days: float) -> None:
@@ -383,15 +376,14 @@ def _polarity(score: int, *, good: int, neutral: int) -> int:
 
 
 def _signal(s: CustomerState, t: int, value: int, rules: ProfileRules) -> None:
-    s.signals.append((t, value))
-    s.signals.sort()
-    newest = s.signals[-1][0]
+    signals = sorted([*s.signals, (t, value)])
+    newest = signals[-1][0]
     horizon = newest - rules.sentiment_window_days * MS_PER_DAY
-    s.signals = [sig for sig in s.signals if sig[0] > horizon][-rules.max_signals :]
+    s.signals = [sig for sig in signals if sig[0] > horizon][-rules.max_signals :]
 
 
 def _click(s: CustomerState, event: Click) -> None:
-    s.clicks[event.action] = s.clicks.get(event.action, 0) + 1
+    s.clicks = {**s.clicks, event.action: s.clicks.get(event.action, 0) + 1}
     if event.nudge_id is not None:
         s.prompted_interactions += 1
     else:
@@ -400,6 +392,7 @@ def _click(s: CustomerState, event: Click) -> None:
 
 def _purchase(s: CustomerState, event: Purchase, t: int) -> None:
     s.orders += 1
+    s.money = dict(s.money)
     held = s.money.get(event.currency)
     if held is None:
         s.money[event.currency] = Money(1, str(event.amount))
@@ -440,6 +433,7 @@ def _support(s: CustomerState, event: SupportContact, t: int, rules: ProfileRule
     """
     if event.complaint and event.status == "opened":
         _signal(s, t, -1, rules)
+    s.tickets = [msgspec.structs.replace(tk) for tk in s.tickets]
     ticket = next((tk for tk in s.tickets if tk.id == event.ticket_id), None)
     if ticket is None:
         ticket = Ticket(event.ticket_id, event.status, t, 1, event.complaint, False)
