@@ -95,11 +95,19 @@ _DECIMAL = re.compile(DECIMAL_PATTERN).fullmatch
 
 
 def _check_id(value: str) -> str:
-    if _HAS_FORBIDDEN(value):
+    """The id rule (`ID_PATTERN`). Every id is checked, several per event: an ASCII one, the
+    common case, is checked with two string methods instead of two regular expressions (in
+    ASCII the forbidden characters are exactly the non-printable ones, and the one space is
+    U+0020)."""
+    if value.isascii():
+        forbidden, blank = not value.isprintable(), not value.strip(" ")
+    else:
+        forbidden, blank = _HAS_FORBIDDEN(value) is not None, _BLANK(value) is not None
+    if forbidden:
         raise PydanticCustomError(
             "id_characters", "must not contain control, format or line-break characters"
         )
-    if _BLANK(value):
+    if blank:
         raise PydanticCustomError("id_blank", "must not be blank (only spaces)")
     return value
 
