@@ -151,6 +151,7 @@ def nudge_id(ritual: str, customer_id: str, anchor: str) -> str:
     return hashlib.sha256(f"{ritual}|{customer_id}|{anchor}".encode()).hexdigest()
 
 
+@lru_cache(maxsize=4096)
 def holdout_bucket(customer_id: str, ritual: str) -> int:
     """First 8 bytes of SHA-256 of `customer_id|ritual`, big-endian, mod 100 (SPEC §4)."""
     digest = hashlib.sha256(f"{customer_id}|{ritual}".encode()).digest()
@@ -225,15 +226,19 @@ def _day_prefix(day: int) -> str:
     return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
 
 
+_HH_MM = tuple(f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60))  # by minute of day
+_SS = tuple(f"{s:02d}." for s in range(60))
+_MMM = tuple(f"{ms:03d}Z" for ms in range(1000))
+
+
 def _iso(ms: int) -> str:
     """RFC 3339 UTC with milliseconds (`2026-03-02T12:00:00.000Z`), built without datetime's
     isoformat: it runs for every event (the inactivity timer's facts), so the date part is
-    cached per day and the time of day is plain arithmetic."""
+    cached per day and the time of day is three lookups in small tables of its parts."""
     day, rest = divmod(ms, 86_400_000)
     seconds, milli = divmod(rest, 1000)
-    hour, seconds = divmod(seconds, 3600)
     minute, seconds = divmod(seconds, 60)
-    return f"{_day_prefix(day)}{hour:02d}:{minute:02d}:{seconds:02d}.{milli:03d}Z"
+    return _day_prefix(day) + _HH_MM[minute] + _SS[seconds] + _MMM[milli]
 
 
 def wait_due(at: int, *, for_ms: int | None, until: int | None, tz: str | None) -> int:
