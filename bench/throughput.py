@@ -423,9 +423,11 @@ def report_latency(samples: list[Sample], rate: float, where: str, path: str | N
         f"{pct(produced, 0.5) * 1000:.0f} ms, p99 {pct(produced, 0.99) * 1000:.0f} ms"
     )
     if warm:
-        print(f"warm-up ({WARM_UP_S:.0f} s of the same traffic from the worker's start, "
-              f"{len(warm)} first purchases, not counted above): p50 {pct(warm, 0.5) * 1000:.0f}"
-              f" ms, p99 {pct(warm, 0.99) * 1000:.0f} ms, max {warm[-1] * 1000:.0f} ms")  # fmt: skip
+        print(
+            f"warm-up ({WARM_UP_S:.0f} s of the same traffic from the worker's start, "
+            f"{len(warm)} first purchases, not counted above): p50 {pct(warm, 0.5) * 1000:.0f} "
+            f"ms, p99 {pct(warm, 0.99) * 1000:.0f} ms, max {warm[-1] * 1000:.0f} ms"
+        )
     if lat:
         slow = pct(lat, 0.99)
         worst = [s for s in samples if s.latency_s >= slow]

@@ -106,9 +106,7 @@ def section(s: dict[str, Any]) -> str:
          r["changed_from"], r["changed_to"])
         for r in s["by_ritual_status"]
     ]  # fmt: skip
-    moves = [
-        (t["ritual"], t["old_status"], t["new_status"], t["count"]) for t in s["transitions"]
-    ]
+    moves = [(t["ritual"], t["old_status"], t["new_status"], t["count"]) for t in s["transitions"]]
     before = {(r["ritual"], r["outcome"]): r for r in s["lift"]["old"]}
     after = {(r["ritual"], r["outcome"]): r for r in s["lift"]["new"]}
     lift_rows = []
@@ -124,7 +122,7 @@ def section(s: dict[str, Any]) -> str:
             )
         )
     return (
-        f"<section data-section=\"backtest\"><h2>Backtest: {_e(old['version'])} → "
+        f'<section data-section="backtest"><h2>Backtest: {_e(old["version"])} → '
         f"{_e(new['version'])}</h2>"
         f'<p class="note">{_e(old["rules_file"])} → {_e(new["rules_file"])}, replayed over '
         f"{_e(fmt(hist['events']))} events ({_e(where)}; {_e(hist['partitions'])} partitions; "

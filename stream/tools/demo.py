@@ -138,8 +138,7 @@ class View:
         lift = k.get("ritual_lift", {})
         for ritual in RITUALS:
             counts = [
-                s.get("engage_ritual_decisions_total", ritual=ritual, status=st)
-                for st in Status
+                s.get("engage_ritual_decisions_total", ritual=ritual, status=st) for st in Status
             ]
             rituals.add_row(
                 ritual, *(f"{c:.0f}" for c in counts),

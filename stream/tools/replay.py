@@ -344,10 +344,7 @@ def summary_table(decisions: list[dict[str, Any]]) -> Table:
     names = dict.fromkeys(RITUALS)
     names.update(dict.fromkeys(sorted({d["ritual"] for d in decisions})))
     for ritual in names:
-        row = [
-            str(counts.get((ritual, st), 0))
-            for st in Status
-        ]
+        row = [str(counts.get((ritual, st), 0)) for st in Status]
         table.add_row(ritual, *row)
     return table
 
