@@ -261,6 +261,7 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_poll_records=settings.consumer_max_poll_records,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,  # the worker's
     )
     await producer.start()
     await consumer.start()

@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     consumer_max_poll_records: int = Field(
         default=2000, ge=1, description="Most records one consumer fetch returns."
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Longest the broker holds a fetch request that finds no new record "
+        "(Faust's own is 1,500 ms: a backlog's catch-up stalled on it).",
+    )
     drain: Literal["direct", "lean", "faust"] = Field(
         default="direct",
         description="How fetched messages reach the engines: `direct` hands each fetch of the "

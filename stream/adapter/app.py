@@ -149,6 +149,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         **faust_options(settings),
     )
     app.drain = settings.drain  # before anything creates the transport
+    app.fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # and its consumer
     topology = declare(app, settings)
     metrics = PipelineMetrics(rules=rules)
     metrics.registry.register(FaustSensor(app))

@@ -179,6 +179,10 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
                 log.info("rebalance waits for the batch in progress")
         await super().wait_empty()
 
+    def fetch_max_wait_ms(self) -> int | None:
+        """The app's `fetch_max_wait_ms` (`ENGAGE_CONSUMER_FETCH_MAX_WAIT_MS`)."""
+        return getattr(self.app, "fetch_max_wait_ms", None)  # None for an app not LeanApp
+
     def fetches_directly(self) -> bool:
         """The fetcher loop is `fetch_once` once the app has set the sink and its topics."""
         return self.direct_sink is not None and bool(self.direct_topics)
@@ -308,6 +312,7 @@ class LeanApp(TransportHook, faust.App):
     produces with `DurableProducer`."""
 
     drain = "direct"
+    fetch_max_wait_ms: int | None = None  # the consumer's; None: Faust's 1,500 ms
 
     def new_transport(self) -> TransportT | None:
         """One of the transports above for a Kafka broker; None (Faust's choice) otherwise."""

@@ -246,6 +246,33 @@ class FetchLoopHook:
         """One fetch and its hand-over (the subclass's)."""
         raise NotImplementedError
 
+    def fetch_max_wait_ms(self) -> int | None:
+        """How long the broker may hold a fetch request that finds no new record (None:
+        Faust's fixed 1,500 ms)."""
+        return None
+
+    def _new_consumer_thread(self) -> Any:
+        """Faust's consumer thread, whose aiokafka consumer waits `fetch_max_wait_ms()` at
+        most for a fetch (Faust builds it with `fetch_max_wait_ms=1500`, no setting).
+
+        aiokafka fetches only the partitions with no record buffered, one request at a time
+        per broker: a request made while the busy partitions still had records buffered
+        covers only drained ones and, with no new record, is held the whole wait, while the
+        busy partitions, consumed meanwhile, wait for it to return. Catching up a backlog
+        (a restart, a replay) stalled up to that long, many times."""
+        thread = super()._new_consumer_thread()  # type: ignore[misc]
+        wait = self.fetch_max_wait_ms()
+        if wait is not None:
+            create = thread._create_consumer
+
+            def create_waiting_less(loop: Any) -> Any:
+                client = create(loop)
+                client._fetch_max_wait_ms = wait  # read when the client starts its fetcher
+                return client
+
+            thread._create_consumer = create_waiting_less
+        return thread
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (Kafka tests)
         """Faust's fetcher loop (`Consumer._drain_messages`) calling `fetch_once`."""
         me: Any = self

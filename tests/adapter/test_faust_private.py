@@ -62,6 +62,10 @@ EXPECTED = {
     "_dbs": "faust.stores.rocksdb:Store",
     # the producer
     "_settings_extra": "faust.transport.drivers.aiokafka:Producer",
+    # the consumer thread and its aiokafka consumer's fetch wait
+    "_new_consumer_thread": CONSUMER,
+    "_create_consumer": "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
+    "_fetch_max_wait_ms": "aiokafka.consumer.consumer:AIOKafkaConsumer",
     # aiokafka
     "_client": "aiokafka.consumer.consumer:AIOKafkaConsumer",
 }
@@ -301,3 +305,26 @@ def test_a_text_search_for_a_listed_name_finds_only_the_module() -> None:
         if word.search(line)
     }
     assert found == {}
+
+
+@pytest.mark.parametrize("wait_ms", [100, 1500])
+def test_the_consumer_fetch_waits_as_configured(wait_ms: int) -> None:
+    """Faust builds its aiokafka consumer with a fixed 1,500 ms fetch wait; the worker's
+    waits `ENGAGE_CONSUMER_FETCH_MAX_WAIT_MS` (checked on the client Faust's thread builds,
+    before it connects)."""
+    import asyncio
+
+    from stream.adapter.app import create_app
+    from stream.settings import Settings
+
+    settings = Settings(
+        broker="kafka://127.0.0.1:1", redis_enabled=False, consumer_fetch_max_wait_ms=wait_ms
+    )
+    app = create_app(settings).app
+
+    async def build() -> None:
+        client = app.consumer._thread._create_consumer(asyncio.get_running_loop())
+        assert client._fetch_max_wait_ms == wait_ms
+        assert client._max_poll_records == settings.consumer_max_poll_records
+
+    asyncio.run(build())
