@@ -168,6 +168,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
         self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
+        self.committing: asyncio.Future[None] | None = None  # the commit running as a task
 
     async def wait_empty(self) -> None:
         """Faust's wait for the messages being processed, plus the direct batch in progress
@@ -254,7 +255,31 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
             self.direct_idle.set()
         ack(self, done, tps)  # what Faust's commit reads
         if commit_due(self):
+            self.commit_in_background()
+
+    def commit_in_background(self) -> None:
+        """Faust's commit (a producer flush, then the offsets acknowledged so far) as a task,
+        while the next fetch is processed. Inline, it held the fetch loop for the whole round
+        trip (the producer's last requests acknowledged, then the offset commit): about a tenth
+        of the worker's time at full load, and every event fetched meanwhile waited for it.
+
+        It stays safe: the offsets are chosen before the flush, so every write and send of the
+        records they cover is in the producer when it flushes; sends queued by later batches
+        join the producer meanwhile and are covered by the next commit. Faust lets one commit
+        run at a time (a rebalance's or the interval's waits for this one); a commit due while
+        one is running is skipped (the next one covers its offsets). An error crashes the
+        consumer, as it would have inline."""
+        if self.committing is not None and not self.committing.done():
+            return
+        self.committing = asyncio.ensure_future(self._commit_or_crash())
+
+    async def _commit_or_crash(self) -> None:
+        try:
             await self.commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.crash(exc)
 
     def _restore(self, tp: TP, recs: Sequence[Any]) -> None:
         """A fetch of a table changelog (recovery, standbys) to its table in one batch
