@@ -62,6 +62,7 @@ from stream.adapter.faust_private import (
     buffered_partitions,
     changelog_tables,
     commit_due,
+    last_polled,
     next_records,
     read_offsets,
     stopping,
@@ -168,6 +169,9 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
         self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
+        #: (topic, partition) -> when the records last handed over were fetched (epoch ms):
+        #: highwaters older than this are not ends (`FaustSource.highwaters`).
+        self.fetched_at: dict[tuple[str, int], int] = {}
         self.committing: asyncio.Future[None] | None = None  # the commit running as a task
 
     async def wait_empty(self) -> None:
@@ -232,6 +236,10 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
                 continue
             if tp.topic in direct:
                 tps[tp.topic, tp.partition] = tp
+                # buffered records keep their partition out of fetches: its last answer is
+                # the one that brought them
+                if (polled := last_polled(self, tp)) is not None:
+                    self.fetched_at[tp.topic, tp.partition] = polled
                 r_offset = read_offset.get(tp)
                 for rec in recs:
                     if r_offset is None or rec.offset >= r_offset:

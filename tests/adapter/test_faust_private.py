@@ -68,6 +68,9 @@ EXPECTED = {
     "_fetch_max_wait_ms": "aiokafka.consumer.consumer:AIOKafkaConsumer",
     # aiokafka
     "_client": "aiokafka.consumer.consumer:AIOKafkaConsumer",
+    # the aiokafka consumer behind Faust's thread (its last poll per topic-partition)
+    "_thread": "faust.transport.consumer:ThreadDelegateConsumer",
+    "_ensure_consumer": "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
 }
 
 #: Private attributes of other libraries used outside `faust_private` (not Faust, mode nor
