@@ -577,7 +577,9 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
     produce(lab.bootstrap, records[: total // 10])
     rate = max(50.0, (total - total // 10) / (kills * 12.0))
     feeder = threading.Thread(
-        target=_paced_produce, args=(lab.bootstrap, records[total // 10 :], rate), daemon=True
+        target=_paced_produce,
+        args=(lab.bootstrap, records[total // 10 :], rate, lab.partitions),
+        daemon=True,
     )
     worker = lab.worker(app_id, namespace)
     per_life = max(total // (kills + 2), 1)
@@ -636,12 +638,54 @@ def experiment_a(lab: Lab, kills: int = 5) -> Outcome:
 # --- b: a kill in a group, a third worker joins ---------------------------------------------
 
 
-def _paced_produce(bootstrap: str, records: list[Any], rate: float) -> None:
-    """Produce `records` at about `rate` per second, in slices of half a second."""
+async def _produce_in_order(
+    bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]], partitions: int
+) -> None:
+    """Send keyed messages so that each partition number's messages are written in their
+    order across topics: a message goes only once its partition's earlier messages on other
+    topics are acknowledged (the partitions' lanes run side by side).
+
+    A producer keeps no order across topic-partitions: a batch made later (a survey) can be
+    written after a batch made earlier that kept filling (clicks of later event times). A
+    worker reading in between rightly lets its clock pass the survey, not yet written (SPEC
+    §2), and decides otherwise than the clean run, whose input was all written first: an
+    experiment comparing with it must write in order."""
+    from stream.core.partitioning import expected_partition
+
+    lanes: dict[int, list[tuple[str, bytes | None, bytes | None]]] = defaultdict(list)
+    for message in messages:
+        key = message[1]
+        assert key is not None, "ordered messages are keyed"
+        lanes[expected_partition(key, partitions)].append(message)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+        max_request_size=2 * 1024 * 1024, linger_ms=2,
+    )  # fmt: skip
+
+    async def lane(partition: int, items: list[tuple[str, bytes | None, bytes | None]]) -> None:
+        topic, sent = None, []
+        for t, k, v in items:
+            if sent and t != topic:
+                await asyncio.gather(*sent)
+                sent = []
+            topic = t
+            sent.append(await producer.send(t, value=v, key=k, partition=partition))
+        await asyncio.gather(*sent)
+
+    await producer.start()
+    try:
+        await asyncio.gather(*(lane(p, items) for p, items in lanes.items()))
+    finally:
+        await producer.stop()
+
+
+def _paced_produce(bootstrap: str, records: list[Any], rate: float, partitions: int) -> None:
+    """Produce `records` at about `rate` per second, in slices of half a second, each
+    partition's records written in order across topics (`_produce_in_order`)."""
     step = max(1, int(rate / 2))
     started = time.monotonic()
     for i in range(0, len(records), step):
-        produce(bootstrap, records[i : i + step])
+        asyncio.run(_produce_in_order(bootstrap, records[i : i + step], partitions))
         ahead = started + (i + step) / rate - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)  # pacing the load, not waiting for a condition
@@ -659,7 +703,9 @@ def experiment_b(lab: Lab) -> Outcome:
     # backlog on the killed worker's partitions however fast the workers are.
     produce(lab.bootstrap, records[: total // 5])
     feeder = threading.Thread(
-        target=_paced_produce, args=(lab.bootstrap, records[total // 5 :], 2000.0), daemon=True
+        target=_paced_produce,
+        args=(lab.bootstrap, records[total // 5 :], 2000.0, lab.partitions),
+        daemon=True,
     )
     workers = [lab.worker(app_id, namespace), lab.worker(app_id, namespace)]
     try:
