@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from typing import Any
 
 import faust
@@ -62,6 +62,7 @@ from stream.adapter.faust_private import (
     buffered_partitions,
     changelog_tables,
     commit_due,
+    committed_offsets,
     last_polled,
     next_records,
     read_offsets,
@@ -172,6 +173,10 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         #: (topic, partition) -> when the records last handed over were fetched (epoch ms):
         #: highwaters older than this are not ends (`FaustSource.highwaters`).
         self.fetched_at: dict[tuple[str, int], int] = {}
+        #: The first offset of each direct topic-partition handed over in this generation
+        #: without a committed offset: where it resumes (`faust_private.resume_offset`).
+        self.start_offsets: dict[Any, int] = {}
+        self._starts_generation: int | None = None
         self.committing: asyncio.Future[None] | None = None  # the commit running as a task
 
     async def wait_empty(self) -> None:
@@ -251,7 +256,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
             await self._through_callback(tp, recs)
         if not batch:
             return
-        if not self.flow_active or self.app.consumer_generation_id != generation:
+        if not await self._learn_starts(tps.values(), generation):
             return
         assert self.direct_sink is not None
         for rec in batch:  # before the sink: a seek back inside it must win
@@ -288,6 +293,26 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
             raise
         except Exception as exc:
             await self.crash(exc)
+
+    async def _learn_starts(self, tps: Iterable[Any], generation: int) -> bool:
+        """The first offsets of these topic-partitions that have no committed offset, asked
+        of the broker once per generation (`start_offsets`), so a batch's continuity and the
+        commit rule have an anchor; False when a rebalance began meanwhile (drop the batch).
+
+        A partition with nothing committed resumes at its first offset, and the consumer may
+        hand over later records first: it kept its position over a fetch that a rebalance
+        dropped. Anchored, those records are held back and read again from the first offset
+        (`stream.core.commit.Positions`), and no commit passes an offset not processed."""
+        if self._starts_generation != generation:
+            self.start_offsets.clear()
+            self._starts_generation = generation
+        committed = committed_offsets(self)
+        missing = [
+            tp for tp in tps if committed.get(tp) is None and tp not in self.start_offsets
+        ]
+        if missing:
+            self.start_offsets.update(await self.earliest_offsets(*missing))
+        return self.flow_active and self.app.consumer_generation_id == generation
 
     def _restore(self, tp: TP, recs: Sequence[Any]) -> None:
         """A fetch of a table changelog (recovery, standbys) to its table in one batch

@@ -50,6 +50,21 @@ def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
     return getattr(consumer, "_committed_offset", {})  # type: ignore[no-any-return]
 
 
+def resume_offset(consumer: Any, tp: Any) -> int | None:
+    """Where `tp` resumes: its committed offset or, nothing committed yet, its first offset
+    (`start_offsets`, learnt by the direct drain: with `auto_offset_reset=earliest` a group
+    without a commit starts there). None while neither is known.
+
+    Without the first offset, a partition never committed had no anchor: records fetched
+    before a rebalance and dropped by it were skipped when the consumer kept its position,
+    the next records looked like the start, and the commit passed the dropped ones (events
+    lost, `make chaos` b)."""
+    committed = getattr(consumer, "_committed_offset", {}).get(tp)
+    if committed is None:
+        return getattr(consumer, "start_offsets", {}).get(tp)  # type: ignore[no-any-return]
+    return committed  # type: ignore[no-any-return]
+
+
 def read_offsets(consumer: Any) -> MutableMapping[Any, int | None]:
     """The last offset read per topic-partition: Faust's fetcher drops records at or below it
     (a record fetched twice), and a seek back sets it. Writable: the direct drain records what
@@ -124,7 +139,7 @@ def _gapless_new_offset(self: Any, tp: Any) -> int | None:
     acked = self._acked[tp]
     if not acked:
         return None
-    offset, keep = next_commit(acked, self._committed_offset.get(tp))
+    offset, keep = next_commit(acked, resume_offset(self, tp))
     if offset is not None:
         index = self._acked_index[tp]
         index.intersection_update(keep)

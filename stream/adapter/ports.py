@@ -22,7 +22,7 @@ from typing import Any
 
 from faust.types import TP
 
-from stream.adapter.faust_private import committed_offsets, last_polled
+from stream.adapter.faust_private import last_polled, resume_offset
 from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable
 from stream.core.clock import current_highwaters
@@ -56,8 +56,9 @@ class FaustSource:
         self.inputs = list(inputs)
 
     def committed(self, topic: str, partition: int) -> int | None:
-        """The committed offset of a topic-partition, or None."""
-        return committed_offsets(self.app.consumer).get(TP(topic, partition))
+        """Where a topic-partition resumes: its committed offset or, nothing committed yet,
+        its first offset (`faust_private.resume_offset`); None while neither is known."""
+        return resume_offset(self.app.consumer, TP(topic, partition))
 
     def highwaters(self, partition: int) -> dict[str, int | None]:
         """Per input topic, the end offset as last fetched, or None: not assigned yet, no

@@ -66,6 +66,10 @@ def _direct(fetched: dict[TopicPartition, list[ConsumerRecord]],
     async def callback(message: Any) -> None:
         through_faust.append(message)
 
+    async def earliest_offsets(*tps: TopicPartition) -> dict[TopicPartition, int]:
+        return {tp: 0 for tp in tps}  # every partition starts at 0
+
+    c.earliest_offsets = earliest_offsets
     c.direct_topics = frozenset({"in.clicks", "in.clock"})
     c.direct_sink = sink
     c._wait_next_records = wait_next_records

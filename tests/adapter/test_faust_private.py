@@ -331,3 +331,75 @@ def test_the_consumer_fetch_waits_as_configured(wait_ms: int) -> None:
         assert client._max_poll_records == settings.consumer_max_poll_records
 
     asyncio.run(build())
+
+
+class _Consumer:
+    """The attributes of a Faust consumer the commit rule reads (no broker)."""
+
+    def __init__(self, *, committed: int | None, start: int | None, acked: list[int]) -> None:
+        from collections import defaultdict
+
+        self.tp = ("clicks", 6)
+        self._committed_offset: dict = defaultdict(lambda: None)
+        if committed is not None:
+            self._committed_offset[self.tp] = committed
+        self.start_offsets = {} if start is None else {self.tp: start}
+        self._acked = {self.tp: list(acked)}
+        self._acked_index = {self.tp: set(acked)}
+
+
+def test_nothing_committed_the_first_offset_anchors_the_commit() -> None:
+    """A rebalance dropped offsets 0-338 of a partition never committed, and the consumer went
+    on from 339: with the partition's first offset as the anchor, 339-603 acknowledged commit
+    nothing (0-338 are read again first); without it, 604 was committed past them."""
+    from stream.adapter.faust_private import _gapless_new_offset, resume_offset
+
+    dropped = _Consumer(committed=None, start=0, acked=list(range(339, 604)))
+    assert resume_offset(dropped, dropped.tp) == 0
+    assert _gapless_new_offset(dropped, dropped.tp) is None
+    assert dropped._acked[dropped.tp] == list(range(339, 604))  # kept for later
+    unknown = _Consumer(committed=None, start=None, acked=list(range(339, 604)))
+    assert _gapless_new_offset(unknown, unknown.tp) == 604  # the old behaviour, no anchor
+    whole = _Consumer(committed=None, start=0, acked=list(range(604)))
+    assert _gapless_new_offset(whole, whole.tp) == 604
+    retained = _Consumer(committed=None, start=339, acked=list(range(339, 604)))
+    assert _gapless_new_offset(retained, retained.tp) == 604  # retention removed 0-338
+    committed = _Consumer(committed=339, start=0, acked=list(range(339, 604)))
+    assert resume_offset(committed, committed.tp) == 339
+    assert _gapless_new_offset(committed, committed.tp) == 604
+
+
+def test_the_drain_learns_first_offsets_once_per_generation() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream.adapter.drain import DirectConsumer
+
+    asked: list[tuple] = []
+
+    class Fake:
+        _learn_starts = DirectConsumer._learn_starts
+        flow_active = True
+
+        def __init__(self) -> None:
+            self.app = SimpleNamespace(consumer_generation_id=3)
+            self._committed_offset = {("purchases", 1): 40}
+            self.start_offsets: dict = {}
+            self._starts_generation = None
+
+        async def earliest_offsets(self, *tps: tuple) -> dict:
+            asked.append(tps)
+            return {tp: 7 for tp in tps}
+
+    fake = Fake()
+    tps = [("clicks", 1), ("purchases", 1)]
+    assert asyncio.run(fake._learn_starts(tps, 3)) is True
+    assert fake.start_offsets == {("clicks", 1): 7} and asked == [(("clicks", 1),)]
+    assert asyncio.run(fake._learn_starts(tps, 3)) is True
+    assert len(asked) == 1  # known for this generation
+    fake.app.consumer_generation_id = 4
+    assert asyncio.run(fake._learn_starts(tps, 4)) is True
+    assert len(asked) == 2  # asked again after a rebalance
+    fake.app.consumer_generation_id = 5  # a rebalance began while asking: drop the batch
+    fake._committed_offset = {}
+    assert asyncio.run(fake._learn_starts(tps, 4)) is False
