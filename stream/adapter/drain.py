@@ -63,7 +63,6 @@ from stream.adapter.faust_private import (
     changelog_tables,
     commit_due,
     committed_offsets,
-    last_polled,
     next_records,
     read_offsets,
     stopping,
@@ -170,13 +169,11 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
         self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
-        #: (topic, partition) -> when the records last handed over were fetched (epoch ms):
-        #: highwaters older than this are not ends (`FaustSource.highwaters`).
-        self.fetched_at: dict[tuple[str, int], int] = {}
         #: The first offset of each direct topic-partition handed over in this generation
         #: without a committed offset: where it resumes (`faust_private.resume_offset`).
         self.start_offsets: dict[Any, int] = {}
         self._starts_generation: int | None = None
+        self._anchored_generation: int | None = None  # the last generation `_anchor` did
         self.committing: asyncio.Future[None] | None = None  # the commit running as a task
 
     async def wait_empty(self) -> None:
@@ -201,6 +198,8 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         """One `getmany`: direct topics' records to the sink, the rest through the callback.
         Once a rebalance has ended (recovery done, seeks made), the partitions assigned are
         prepared first (`direct_prepare`), like a batch (a rebalance waits for it)."""
+        if self.flow_active and not self.app.rebalancing:
+            await self._anchor()
         if self.direct_prepare is not None and self.flow_active and not self.app.rebalancing:
             direct = self.direct_topics
             assigned = {tp.partition for tp in self.assignment() if tp.topic in direct}
@@ -241,10 +240,6 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
                 continue
             if tp.topic in direct:
                 tps[tp.topic, tp.partition] = tp
-                # buffered records keep their partition out of fetches: its last answer is
-                # the one that brought them
-                if (polled := last_polled(self, tp)) is not None:
-                    self.fetched_at[tp.topic, tp.partition] = polled
                 r_offset = read_offset.get(tp)
                 for rec in recs:
                     if r_offset is None or rec.offset >= r_offset:
@@ -294,6 +289,27 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         except Exception as exc:
             await self.crash(exc)
 
+    async def _anchor(self) -> None:
+        """Once per generation, after the rebalance: each assigned direct topic-partition
+        with nothing committed is read from its first offset (Faust seeks only those with a
+        committed offset). The consumer otherwise keeps its position over a fetch that the
+        rebalance dropped: later records reveal the hole (`_learn_starts`), but when the
+        dropped records were a partition's last, nothing came after them and they were never
+        processed (`make chaos` b: input left unprocessed). Records read again are skipped by
+        the customers' folded offsets."""
+        generation = self.app.consumer_generation_id
+        if self._anchored_generation == generation or not self.direct_topics:
+            return
+        direct, committed = self.direct_topics, committed_offsets(self)
+        tps = [tp for tp in self.assignment() if tp.topic in direct and committed.get(tp) is None]
+        if tps and not await self._learn_starts(tps, generation):
+            return  # another rebalance began: the next generation anchors
+        for tp in tps:
+            start = self.start_offsets.get(tp)
+            if start is not None:
+                await self.seek(tp, start)
+        self._anchored_generation = generation
+
     async def _learn_starts(self, tps: Iterable[Any], generation: int) -> bool:
         """The first offsets of these topic-partitions that have no committed offset, asked
         of the broker once per generation (`start_offsets`), so a batch's continuity and the
@@ -311,7 +327,11 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
             tp for tp in tps if committed.get(tp) is None and tp not in self.start_offsets
         ]
         if missing:
-            self.start_offsets.update(await self.earliest_offsets(*missing))
+            try:
+                self.start_offsets.update(await self.earliest_offsets(*missing))
+            except Exception as exc:  # the batch goes on without them, asked again next time
+                log.warning("first offsets of %d partitions unknown: %s", len(missing),
+                            type(exc).__name__)  # fmt: skip
         return self.flow_active and self.app.consumer_generation_id == generation
 
     def _restore(self, tp: TP, recs: Sequence[Any]) -> None:

@@ -84,17 +84,6 @@ async def next_records(consumer: Any, timeout: float) -> tuple[Mapping[Any, Any]
     return await consumer._wait_next_records(timeout)  # type: ignore[no-any-return]
 
 
-def last_polled(consumer: Any, tp: Any) -> int | None:
-    """When the consumer last had a fetch answer for `tp` (epoch ms): the instant its
-    `highwater` is as of (aiokafka's `last_poll_timestamp`, which Faust's consumer does not
-    pass on). None before the first answer."""
-    try:
-        client = consumer._thread._ensure_consumer()
-        return client.last_poll_timestamp(tp)  # type: ignore[no-any-return]
-    except Exception:  # not assigned (yet), or not a Kafka consumer
-        return None
-
-
 def to_message(consumer: Any, tp: Any, record: Any) -> Any:
     """A fetched aiokafka record as the Faust message its callback takes."""
     return consumer._to_message(tp, record)

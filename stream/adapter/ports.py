@@ -22,10 +22,9 @@ from typing import Any
 
 from faust.types import TP
 
-from stream.adapter.faust_private import last_polled, resume_offset
+from stream.adapter.faust_private import resume_offset
 from stream.adapter.sender import Sender
 from stream.adapter.tables import PartitionedTable
-from stream.core.clock import current_highwaters
 from stream.core.commit import Done, Table
 from stream.core.engine import Output
 
@@ -61,31 +60,16 @@ class FaustSource:
         return resume_offset(self.app.consumer, TP(topic, partition))
 
     def highwaters(self, partition: int) -> dict[str, int | None]:
-        """Per input topic, the end offset as last fetched, or None: not assigned yet, no
-        fetch answered, or a highwater fetched before records read from another input.
-
-        aiokafka fetches only the topic-partitions with no record buffered, so a highwater
-        is as of the last fetch that included its topic-partition: once its buffered records
-        are read, a topic-partition looks read to its end while messages written since then,
-        before the records just read from other topics, are unknown. Taken as the end, it let
-        the partition clock pass them (a timer decided before an earlier review: a status
-        other than the uninterrupted run's, in a chaos run). Such a highwater holds the clock
-        until a fetch refreshes it (`stream.core.clock.current_highwaters`); every fetch
-        includes the topic-partitions with nothing buffered."""
+        """Per input topic, the end offset as last fetched, or None (not assigned yet, or no
+        fetch answered)."""
         consumer = self.app.consumer
-        fetched_at = getattr(consumer, "fetched_at", {})  # the direct drain's
-        highwaters: dict[str, int | None] = {}
-        polled: dict[str, int | None] = {}
-        fetched: dict[str, int | None] = {}
+        out: dict[str, int | None] = {}
         for topic in self.inputs:
-            tp = TP(topic, partition)
-            polled[topic] = last_polled(consumer, tp)
-            fetched[topic] = fetched_at.get((topic, partition))
             try:
-                highwaters[topic] = consumer.highwater(tp)
+                out[topic] = consumer.highwater(TP(topic, partition))
             except Exception:
-                highwaters[topic] = None
-        return current_highwaters(highwaters, polled=polled, fetched=fetched)
+                out[topic] = None
+        return out
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         """Read a topic-partition again from `offset`."""

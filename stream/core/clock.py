@@ -83,32 +83,6 @@ def partition_clock(
     return max(previous, min(t for t in holding if t is not None))
 
 
-def current_highwaters(
-    highwaters: dict[str, int | None],
-    *,
-    polled: dict[str, int | None],
-    fetched: dict[str, int | None],
-) -> dict[str, int | None]:
-    """The highwaters of one partition's inputs that may say where their ends are: those
-    fetched no earlier than every record read so far. `polled` is, per input, when a fetch
-    last answered for it (its highwater is as of then); `fetched`, when the last records read
-    from it were fetched (epoch ms, the consumer's clock). An older highwater is None
-    (unknown: it holds the partition clock at what was read of that input).
-
-    A consumer fetches only the topic-partitions with nothing buffered, so a highwater can be
-    older than records just read from another topic: messages written to it before those
-    records are not in it, and taking it as the end would let the clock pass them (SPEC §2).
-    Comparing with when records were fetched, not with the newest answer, keeps the clock
-    moving when inputs are led by different brokers (answers at different instants)."""
-    bound = max((t for t in fetched.values() if t is not None), default=None)
-    if bound is None:
-        return dict(highwaters)
-    return {
-        topic: hw if (at := polled.get(topic)) is not None and at >= bound else None
-        for topic, hw in highwaters.items()
-    }
-
-
 def consumer_lag(highwater: int, position: int) -> int:
     """Messages between the next offset to process and the end of a topic-partition (never
     negative: a highwater fetched before the last records were processed can trail them)."""

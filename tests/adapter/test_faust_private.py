@@ -68,9 +68,6 @@ EXPECTED = {
     "_fetch_max_wait_ms": "aiokafka.consumer.consumer:AIOKafkaConsumer",
     # aiokafka
     "_client": "aiokafka.consumer.consumer:AIOKafkaConsumer",
-    # the aiokafka consumer behind Faust's thread (its last poll per topic-partition)
-    "_thread": "faust.transport.consumer:ThreadDelegateConsumer",
-    "_ensure_consumer": "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
 }
 
 #: Private attributes of other libraries used outside `faust_private` (not Faust, mode nor
@@ -403,3 +400,49 @@ def test_the_drain_learns_first_offsets_once_per_generation() -> None:
     fake.app.consumer_generation_id = 5  # a rebalance began while asking: drop the batch
     fake._committed_offset = {}
     assert asyncio.run(fake._learn_starts(tps, 4)) is False
+
+
+def test_after_a_rebalance_partitions_never_committed_are_read_from_their_first_offset() -> None:
+    """The consumer keeps its position over a fetch a rebalance dropped; when those records
+    were a partition's last, nothing later revealed the hole. Once per generation, the drain
+    seeks every assigned partition with nothing committed to its first offset."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from stream.adapter.drain import DirectConsumer
+
+    clicks, surveys, changelog = TP("in.clicks", 6), TP("in.surveys", 6), TP("app-c", 6)
+
+    class Fake:
+        _anchor = DirectConsumer._anchor
+        _learn_starts = DirectConsumer._learn_starts
+        flow_active = True
+
+        def __init__(self) -> None:
+            self.app = SimpleNamespace(consumer_generation_id=7)
+            self.direct_topics = frozenset({"in.clicks", "in.surveys"})
+            self._committed_offset = {clicks: 1200}
+            self.start_offsets: dict = {}
+            self._starts_generation = None
+            self._anchored_generation = None
+            self.seeks: list[tuple] = []
+
+        def assignment(self) -> set:
+            return {clicks, surveys, changelog}
+
+        async def earliest_offsets(self, *tps: tuple) -> dict:
+            return {tp: 0 for tp in tps}
+
+        async def seek(self, tp: tuple, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    fake = Fake()
+    asyncio.run(fake._anchor())
+    assert fake.seeks == [(surveys, 0)]  # committed ones and changelogs: Faust's
+    asyncio.run(fake._anchor())
+    assert len(fake.seeks) == 1  # once per generation
+    fake.app.consumer_generation_id = 8
+    asyncio.run(fake._anchor())
+    assert len(fake.seeks) == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.core.clock import Progress, Replay, current_highwaters, partition_clock
+from stream.core.clock import Progress, Replay, partition_clock
 
 WALL = 1_000_000
 
@@ -54,45 +54,3 @@ def test_replay_ends_and_final_instant() -> None:
     assert partition_clock(0, {}, highwaters={}, wall_ms=None, grace_ms=0, replay=empty) == 7
 
 
-
-def test_a_highwater_fetched_before_records_read_holds_the_clock() -> None:
-    # clicks-1's records were fetched at 1,200 while purchases-1, its records buffered then,
-    # was last answered at 1,000: a purchase written between the two is not in its highwater.
-    highwaters = {"purchases": 10, "clicks": 50, "reviews": 3}
-    polled = {"purchases": 1_000, "clicks": 1_200, "reviews": 1_200}
-    fetched = {"purchases": 1_000, "clicks": 1_200, "reviews": None}
-    current = current_highwaters(highwaters, polled=polled, fetched=fetched)
-    assert current == {"purchases": None, "clicks": 50, "reviews": 3}
-    # read to that highwater, purchases-1 holds the clock at its last event until refetched
-    progress = {
-        "purchases": Progress(next_offset=10, last_time=5_000),
-        "clicks": Progress(next_offset=50, last_time=9_000),
-        "reviews": Progress(next_offset=3, last_time=8_000),
-    }
-    assert partition_clock(0, progress, highwaters=current, wall_ms=9_000, grace_ms=0) == 5_000
-    assert partition_clock(0, progress, highwaters=highwaters, wall_ms=9_000, grace_ms=0) == 9_000
-    # once a fetch answers for it, the ends are known again and the clock moves
-    polled["purchases"] = 1_300
-    current = current_highwaters(highwaters, polled=polled, fetched=fetched)
-    assert current == highwaters
-    assert partition_clock(0, progress, highwaters=current, wall_ms=9_000, grace_ms=0) == 9_000
-
-
-def test_answers_at_different_instants_do_not_stop_the_clock() -> None:
-    # inputs led by two brokers are answered at different instants; an input that never
-    # had a record (no last event time: unknown, it would stop the clock) is current as
-    # soon as its broker answered after the last records read were fetched
-    highwaters = {"purchases": 0, "clicks": 50}
-    fetched = {"purchases": None, "clicks": 1_200}
-    for polled_purchases, expected in ((1_150, None), (1_210, 0)):
-        polled = {"purchases": polled_purchases, "clicks": 1_400}
-        assert current_highwaters(highwaters, polled=polled, fetched=fetched) == {
-            "purchases": expected,
-            "clicks": 50,
-        }
-
-
-def test_without_records_read_every_highwater_stands() -> None:
-    assert current_highwaters(
-        {"a": 4, "b": None}, polled={"a": None, "b": None}, fetched={"a": None, "b": None}
-    ) == {"a": 4, "b": None}
