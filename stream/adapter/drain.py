@@ -268,8 +268,9 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
     def commit_in_background(self) -> None:
         """Faust's commit (a producer flush, then the offsets acknowledged so far) as a task,
         while the next fetch is processed. Inline, it held the fetch loop for the whole round
-        trip (the producer's last requests acknowledged, then the offset commit): about a tenth
-        of the worker's time at full load, and every event fetched meanwhile waited for it.
+        trip (the producer's last requests acknowledged, then the offset commit), and every
+        event fetched meanwhile waited for it (p99 latency at 6,400 events/s, alternating
+        runs: 200 and 228 ms inline, 186 and 121 ms as a task).
 
         It stays safe: the offsets are chosen before the flush, so every write and send of the
         records they cover is in the producer when it flushes; sends queued by later batches
