@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from schemas.erasure import Deleted, ErasureRequest
 from stream.core.ingest import Rejection
+from stream.core.rituals import timer_count
 from stream.core.state import CustomerState
 
 
@@ -53,7 +54,7 @@ def plan(state: CustomerState | None, *, projection: bool) -> Deleted:
         )
     return Deleted(
         state=True,
-        timers=len(state.r.timers),
+        timers=timer_count(state.r),
         queued_events=len(state.r.pending),
         due_index=True,
         redis_profile=projection,

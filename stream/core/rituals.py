@@ -82,12 +82,30 @@ class Pending(msgspec.Struct, array_like=True):
     action: str | None = None  # a click's action
 
 
+class Idle(msgspec.Struct, array_like=True):
+    """The inactivity rituals waiting on the customer's latest activity, kept implicit.
+
+    Every activity restarts every inactivity ritual's spell, so an eager timer per ritual
+    would be built, stored and thrown away with nearly every event. This holds only what
+    building them needs: the activity (`at`, `event_id`, `kind`) and, per enabled inactivity
+    ritual, when its spell ends (`waiting`: (due, ritual), by due then rank). An entry becomes
+    a real `Timer` (`_materialize`, with the facts and anchor of the rules in force at `at`)
+    when it falls due, or when something must see it among the timers (a cancel rule, a wait).
+    Never mutated: replaced, so states share it safely (`_copy`)."""
+
+    at: int
+    event_id: str
+    kind: str
+    waiting: list[tuple[int, str]] = []
+
+
 class RitualState(msgspec.Struct, omit_defaults=True):
     """What rituals know of a customer, in ritual (event-time) order."""
 
     at: int = 0  # the latest instant processed
     last_active: int = 0
     timers: list[Timer] = []
+    idle: Idle | None = None  # inactivity rituals' pending spells, not yet timers
     pending: list[Pending] = []
     anchors: bytes = b""  # digests of ritual|anchor already decided or armed
     first_purchase_at: int = 0
@@ -145,6 +163,60 @@ def _cancelled(timer: Timer, event_id: str, reason: str) -> Timer:
     return msgspec.structs.replace(
         timer, cancelled_by=event_id, facts={**timer.facts, "cancel_reason": reason}
     )
+
+
+def _materialize(idle: Idle, due: int, name: str, rules: Rules) -> Timer:
+    """An inactivity ritual's waiting spell as the timer an eager arm would have built at the
+    activity: facts and anchor from the rules in force at `idle.at`."""
+    ritual = rules.at(idle.at).program.by_name[name]
+    trigger = ritual.inactivity
+    assert trigger is not None
+    fields = {"event_id": idle.event_id, "type": idle.kind, "at": _iso(idle.at),
+              "inactivity_s": trigger.inactivity // 1000}  # fmt: skip
+    facts = ritual.facts[id(trigger)](fields)
+    return Timer(due, name, str(ritual.anchor(fields)), due, idle.event_id, facts)
+
+
+def _materialize_due(r: RitualState, clock: int, rules: Rules) -> None:
+    """Every waiting spell due by `clock` becomes a timer (the idle is replaced, not changed)."""
+    idle = r.idle
+    assert idle is not None
+    waiting = idle.waiting
+    n = 0
+    while n < len(waiting) and waiting[n][0] <= clock:
+        due, name = waiting[n]
+        r.timers.append(_materialize(idle, due, name, rules))
+        n += 1
+    r.idle = msgspec.structs.replace(idle, waiting=waiting[n:]) if n < len(waiting) else None
+
+
+def _materialize_ritual(r: RitualState, name: str, rules: Rules) -> None:
+    """The ritual's waiting spell, if any, becomes a timer: code about to look for the
+    ritual's timers by name sees it where an eager arm would have put it."""
+    idle = r.idle
+    if idle is None or all(entry[1] != name for entry in idle.waiting):
+        return
+    kept = []
+    for due, ritual in idle.waiting:
+        if ritual == name:
+            r.timers.append(_materialize(idle, due, ritual, rules))
+        else:
+            kept.append((due, ritual))
+    r.idle = msgspec.structs.replace(idle, waiting=kept) if kept else None
+
+
+def timers_of(r: RitualState, rules: Rules) -> list[Timer]:
+    """Every timer the customer has pending, the implicit inactivity spells built as timers:
+    what an inspection (an erasure plan, a stored state's meaning) counts as its timers."""
+    idle = r.idle
+    if idle is None:
+        return list(r.timers)
+    return [*r.timers, *(_materialize(idle, due, name, rules) for due, name in idle.waiting)]
+
+
+def timer_count(r: RitualState) -> int:
+    """How many timers the customer has pending, implicit inactivity spells included."""
+    return len(r.timers) + (len(r.idle.waiting) if r.idle is not None else 0)
 
 
 def nudge_id(ritual: str, customer_id: str, anchor: str) -> str:
@@ -233,7 +305,7 @@ _MMM = tuple(f"{ms:03d}Z" for ms in range(1000))
 
 def _iso(ms: int) -> str:
     """RFC 3339 UTC with milliseconds (`2026-03-02T12:00:00.000Z`), built without datetime's
-    isoformat: it runs for every event (the inactivity timer's facts), so the date part is
+    isoformat: it runs for every inactivity spell built as a timer, so the date part is
     cached per day and the time of day is three lookups in small tables of its parts."""
     day, rest = divmod(ms, 86_400_000)
     seconds, milli = divmod(rest, 1000)
@@ -694,6 +766,8 @@ class _Run:
             cancelled = self._cancelled_by_state(ritual, facts)
             self.decide(ritual, anchor, ev.at, ev.at, facts, ev.event_id, cancelled)
             return
+        if r.idle is not None:
+            _materialize_ritual(r, ritual.name, self.ctx.rules)
         waiting = [
             t for t in r.timers
             if t.ritual == ritual.name and t.due_at > ev.at and not t.cancelled_by
@@ -709,6 +783,8 @@ class _Run:
         self, ritual: Compiled, match: list[str], reason: str, ev: Pending, fields: _Fields
     ) -> None:
         """Cancel the ritual's waiting decisions this event concerns (by `match`)."""
+        if self.r.idle is not None:
+            _materialize_ritual(self.r, ritual.name, self.ctx.rules)
         timers = self.r.timers
         for i, timer in enumerate(timers):
             if timer.ritual != ritual.name or timer.cancelled_by:
@@ -717,8 +793,9 @@ class _Run:
                 timers[i] = _cancelled(timer, ev.event_id, reason)
 
     def _inactivity(self, ev: Pending, program: Program) -> None:
-        """Every activity moves the inactivity timers; one that fell due but waits out quiet
-        hours is moot once the customer is back."""
+        """Every activity moves the inactivity rituals' spells (`Idle`: built as timers only
+        when due); one that fell due but waits out quiet hours is moot once the customer is
+        back."""
         r = self.r
         inactivity = program.inactivity
         if not inactivity:
@@ -730,26 +807,26 @@ class _Run:
         timers = r.timers
         # One pass per timer: a due one of these rituals waiting out quiet hours is moot
         # (activity_resumed), in the order of `program.inactivity` (at most one matches).
-        for i, timer in enumerate(timers):
-            if timer.ritual in names and timer.due_at <= at and not timer.cancelled_by:
-                timers[i] = _cancelled(timer, ev.event_id, "activity_resumed")
+        # Spells still in `idle` are all ahead of the clock: due ones are timers by now.
+        if timers:
+            for i, timer in enumerate(timers):
+                if timer.ritual in names and timer.due_at <= at and not timer.cancelled_by:
+                    timers[i] = _cancelled(timer, ev.event_id, "activity_resumed")
         if at < r.last_active:
             return
         r.last_active = at
-        r.timers = timers = [t for t in timers if t.ritual not in names or t.due_at <= at]
-        fields = None
-        for ritual in inactivity:
-            trigger = ritual.inactivity
-            assert trigger is not None
-            if not ritual.d.enabled:
-                continue
-            due = at + trigger.inactivity
-            if fields is None:
-                fields = {"event_id": ev.event_id, "type": ev.kind, "at": _iso(at)}
-            fields["inactivity_s"] = trigger.inactivity // 1000
-            facts = ritual.facts[id(trigger)](fields)
-            anchor = str(ritual.anchor(fields))
-            timers.append(Timer(due, ritual.name, anchor, due, ev.event_id, facts))
+        if timers:  # timers armed eagerly (a state written before `Idle`), or materialized
+            r.timers = [t for t in timers if t.ritual not in names or t.due_at <= at]
+        old = r.idle
+        if old is not None:  # spells of rituals these rules do not restart stay pending
+            for due, name in old.waiting:
+                if name not in names:
+                    r.timers.append(_materialize(old, due, name, self.ctx.rules))
+        waiting = [(at + ritual.inactivity.inactivity, ritual.name)  # type: ignore[union-attr]
+                   for ritual in inactivity if ritual.d.enabled]  # fmt: skip
+        if len(waiting) > 1:
+            waiting.sort(key=lambda entry: entry[0])  # stable: rank order among equal dues
+        r.idle = Idle(at, ev.event_id, ev.kind, waiting) if waiting else None
 
     def _arm_anniversary(self, ritual: Compiled, year: int, source: str) -> None:
         r = self.r
@@ -849,6 +926,8 @@ def _pending_order(p: Pending) -> tuple[int, int, int, str]:
 def next_due(r: RitualState) -> int | None:
     """The earliest instant this customer has something to process, if any."""
     times = [t.due for t in r.timers] + [p.at for p in r.pending]
+    if r.idle is not None and r.idle.waiting:
+        times.append(r.idle.waiting[0][0])
     return min(times) if times else None
 
 
@@ -874,7 +953,11 @@ def _advance_owned(s: RitualState, customer_id: str, clock: int, ctx: Context) -
     if events:
         s.pending = [p for p in pending if p.at > clock]
     i = 0
+    rules = ctx.rules
     while True:
+        idle = s.idle
+        if idle is not None and idle.waiting and idle.waiting[0][0] <= clock:
+            _materialize_due(s, clock, rules)
         timers = [t for t in s.timers if t.due <= clock]
         first_event = events[i] if i < len(events) else None
         if not timers:

@@ -35,12 +35,15 @@ from stream.core.rules import DEFAULT_RULES, ProfileRules
 from stream.core.state_formats import DECODER_V1
 
 #: The layout version of an encoded `CustomerState`, written as the first key of every value
-#: (`{"v":2,...}`). Bump it, and freeze the previous layout in `stream.core.state_formats`
+#: (`{"v":3,...}`). Bump it, and freeze the previous layout in `stream.core.state_formats`
 #: with a reader in `_READERS`, whenever a change would make older bytes decode differently:
 #: a field inserted, removed or reordered in an array-like struct (timers, queued events,
 #: tickets, money, consent, outbox), a field renamed or moved. Format 1 (release 0.1.0) wrote
-#: no version key.
-FORMAT_VERSION = 2
+#: no version key. Format 2 had no `r.idle`: its inactivity rituals were timers, which format 3
+#: still reads. Format 3 was bumped for a field added, not changed: a release that knows only
+#: format 2 would read a format 3 state without its pending inactivity spells and lose them,
+#: so it must refuse it instead.
+FORMAT_VERSION = 3
 #: Why a stored state could not be read (`engage_unreadable_states_total{reason}`).
 UNREADABLE_REASONS = ("newer_format", "malformed")
 
@@ -192,8 +195,21 @@ def _read_v1(raw: bytes) -> CustomerState:
     return state
 
 
+_FORMAT_2 = b'{"v":2,'
+
+
+def _read_v2(raw: bytes) -> CustomerState:
+    """Format 2 is format 3 without `r.idle` (an optional key): read as format 3 under its
+    own version key. Its inactivity timers stay explicit timers, which rituals still handle."""
+    if raw.startswith(_FORMAT_2):
+        return _DECODER.decode(_CURRENT + raw[len(_FORMAT_2) :])
+    value = msgspec.json.decode(raw)  # the key elsewhere than first: not as format 2 was written
+    value["v"] = FORMAT_VERSION
+    return _DECODER.decode(_ENCODER.encode(value))
+
+
 #: format version -> how to read it into the current `CustomerState`
-_READERS = {FORMAT_VERSION: _DECODER.decode, 1: _read_v1}
+_READERS = {FORMAT_VERSION: _DECODER.decode, 2: _read_v2, 1: _read_v1}
 
 
 def decode(raw: bytes) -> CustomerState:
@@ -215,8 +231,18 @@ class _At(msgspec.Struct, array_like=True, gc=False):
     at: int
 
 
+class _IdleDue(msgspec.Struct, array_like=True, gc=False):
+    """`rituals.Idle`, as far as its waiting spells' due instants."""
+
+    at: int
+    event_id: str
+    kind: str
+    waiting: list[_At] = []
+
+
 class _DueItems(msgspec.Struct, gc=False):
     timers: list[_At] = []
+    idle: _IdleDue | None = None
     pending: list[_At] = []
 
 
@@ -239,9 +265,12 @@ class Peek(msgspec.Struct, kw_only=True, gc=False):
 
     @property
     def due(self) -> int | None:
-        """The earliest instant of a timer or queued event (`rituals.next_due` of the state)."""
+        """The earliest instant of a timer, inactivity spell or queued event (`rituals.next_due`
+        of the state)."""
         r = self.r
         times = [t.at for t in r.timers] + [e.at for e in r.pending]
+        if r.idle is not None and r.idle.waiting:
+            times.append(r.idle.waiting[0].at)
         return min(times) if times else None
 
 

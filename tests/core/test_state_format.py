@@ -1,7 +1,10 @@
 """The stored state's format: versioned, older formats upgraded, newer ones refused.
 
 `tests/fixtures/customer-states-0.1.0.jsonl` holds states exactly as release 0.1.0 wrote them
-(before states carried a version); every later release must read them to the same meaning.
+(before states carried a version), `customer-states-format-2.jsonl` the same customers as
+format 2 wrote them (inactivity rituals as eager timers), `customer-states-format-3.jsonl` as
+the current format writes them (inactivity spells implicit, `r.idle`); every later release must
+read them all to the same meaning.
 The meaning is compared through public accessors (the profile, timers' ritual, anchor and due,
 queued events, the outbox, consent, tickets, `next_due`), not every internal attribute, so a
 layout change that keeps the meaning keeps this test green.
@@ -47,11 +50,16 @@ def newer(value: bytes) -> bytes:
     return b'{"v":%d,' % (FORMAT_VERSION + 1) + current[len(prefix) :]
 
 
-def test_states_written_by_0_1_0_read_to_the_same_meaning() -> None:
-    values, expected = golden("0.1.0")
+#: fixture name -> the format its states were written in
+GOLDEN = {"0.1.0": 1, "format-2": 2, "format-3": 3}
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_stored_states_of_every_known_format_read_to_the_same_meaning(name: str) -> None:
+    values, expected = golden(name)
     assert len(values) == len(expected) == 5
     for value in values:
-        assert format_version(value) == 1
+        assert format_version(value) == GOLDEN[name]
         state = decode(value)
         assert describe(state) == expected[state.customer_id], state.customer_id
         pk = peek(value)
@@ -70,10 +78,35 @@ def test_states_written_by_0_1_0_read_to_the_same_meaning() -> None:
         "three_days_later",
     }
     assert all(any(m[k] for m in meanings) for k in ("pending", "outbox", "consent", "tickets"))
+    # Every format holds the same customers, meaning the same.
+    assert expected == golden("0.1.0")[1]
 
 
-def test_an_upgraded_state_is_written_in_the_current_format_with_the_same_meaning() -> None:
-    values, expected = golden("0.1.0")
+def test_the_current_format_keeps_inactivity_spells_implicit() -> None:
+    """Format 3 stores no `we_noticed` timer: the spell is `r.idle`, built as a timer only when
+    due. Format 2 stored it as a timer, which reading keeps as it was."""
+    values, _ = golden("format-3")
+    states = [decode(v) for v in values]
+    assert all(t.ritual != "we_noticed" for s in states for t in s.r.timers)
+    assert any(s.r.idle and s.r.idle.waiting for s in states)
+    old = [decode(v) for v in golden("format-2")[0]]
+    assert any(t.ritual == "we_noticed" for s in old for t in s.r.timers)
+    assert all(s.r.idle is None for s in old)
+
+
+def test_format_2_is_read_wherever_its_version_key_is() -> None:
+    value = golden("format-2")[0][0]
+    assert value.startswith(b'{"v":2,')
+    moved = b" {" + value[len(b'{"v":2,') : -1] + b',"v":2}'
+    assert format_version(moved) == 2
+    assert decode(moved) == decode(value)
+
+
+@pytest.mark.parametrize("name", ["0.1.0", "format-2"])
+def test_an_upgraded_state_is_written_in_the_current_format_with_the_same_meaning(
+    name: str,
+) -> None:
+    values, expected = golden(name)
     for value in values:
         upgraded = encode(decode(value))
         assert upgraded.startswith(b'{"v":%d,' % FORMAT_VERSION)
