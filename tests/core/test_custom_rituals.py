@@ -265,3 +265,45 @@ def test_rollout_mistakes_are_reported(tmp_path: Path, files: dict[str, str], me
         write(tmp_path, text, name)
     problems = check_rules_file(tmp_path / "r.yaml")
     assert any(message in p for p in problems), problems
+
+
+def test_an_inactivity_spell_armed_by_one_version_lives_on_under_the_next(tmp_path: Path) -> None:
+    """An inactivity ritual's pending spell is data (`r.idle`) until it falls due: a version
+    that makes the ritual an event ritual keeps the spell armed before it (activity no longer
+    moves it, since these rules do not restart it), its cancel rules reach it, and it is
+    decided by the version in force at its due instant with the facts and anchor of the one
+    that armed it."""
+    write(
+        tmp_path,
+        "version: v1\nrituals:\n  lapsed:\n    category: care\n    holdout_percent: 0\n"
+        "    trigger: {inactivity: 10d, facts: {last_event_id: '{event_id}'}}\n"
+        "    anchor: 'lapsed-{event_id}'\n"
+        "guardrails:\n  quiet_hours: {enabled: false}\n",
+        "v1.yaml",
+    )
+    v2 = write(
+        tmp_path,
+        "version: v2\neffective_from: 2026-03-05T00:00:00Z\nprevious: v1.yaml\n"
+        "rituals:\n  lapsed:\n    category: care\n    holdout_percent: 0\n"
+        "    trigger: {event: purchase, facts: {order_id: '{order_id}'}}\n"
+        "    anchor: 'lapsed-{order_id}'\n    wait: 1d\n"
+        "    cancel:\n      - {event: review, reason: reviewed}\n"
+        "guardrails:\n  quiet_hours: {enabled: false}\n",
+        "v2.yaml",
+    )
+    rules = load_rules(v2)
+    kept = Sim("c-1", Context(rules))
+    kept.send("click", "2026-03-02T12:00:00Z", action="page_view", event_id="e1")
+    kept.send("click", "2026-03-06T12:00:00Z", action="page_view", event_id="e2")
+    kept.until("2026-03-30T00:00:00Z")
+    [d] = kept.of("lapsed")
+    assert (d["anchor"], d["status"], d["rules_version"]) == ("lapsed-e1", "delivered", "v2")
+    assert d["due_at"] == d["decided_at"] == "2026-03-12T12:00:00.000Z"
+    assert d["explanation"] == {"last_event_id": "e1", "source_event_id": "e1"}
+    cancelled = Sim("c-2", Context(rules))
+    cancelled.send("click", "2026-03-02T12:00:00Z", action="page_view", event_id="e1")
+    cancelled.send("review", "2026-03-06T12:00:00Z", rating=4, event_id="r1")
+    cancelled.until("2026-03-30T00:00:00Z")
+    [d] = cancelled.of("lapsed")
+    assert (d["anchor"], d["status"], d["reason"]) == ("lapsed-e1", "cancelled", "reviewed")
+    assert d["explanation"]["cancelled_by_event_id"] == "r1"
