@@ -42,7 +42,7 @@ def records(n: int, seed: int) -> list[Record]:
     offsets: dict[tuple[str, int], int] = {}
     out = []
     now = wall_ms()
-    for suffix, key, value in persona_traffic(n, 400, seed):
+    for suffix, key, value in persona_traffic(n, 400, seed, recent=True):
         topic = f"{NS}.{suffix}"
         p = expected_partition(key, PARTITIONS)
         o = offsets.get((topic, p), 0)

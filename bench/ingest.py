@@ -24,9 +24,17 @@ from stream.settings import Settings  # noqa: E402
 from stream.tools.processes import unique  # noqa: E402
 
 
-def persona_traffic(n: int, customers: int, seed: int) -> list[tuple[str, bytes, bytes]]:
-    """(topic suffix, key, value) of the first n events of a seeded `engage emit --out` run
-    whose simulated days end now: the same persona traffic the demo produces."""
+def persona_traffic(
+    n: int, customers: int, seed: int, *, recent: bool = False
+) -> list[tuple[str, bytes, bytes]]:
+    """(topic suffix, key, value) of n events of a seeded `engage emit --out` run whose 40
+    simulated days end now: the same persona traffic the demo produces.
+
+    `recent`: the last n events, those closest to now, as a live worker reads them (with the
+    default 400 customers, 30,000 events span the last 29 days: no inactivity spell of 30
+    days has ended). Otherwise the first n, the oldest: to a live worker, a catch-up after
+    an outage, in which every event more than 30 days old ends its customer's inactivity
+    spell at once (about one `we_noticed` decision, `expired`, per three events)."""
     days = 40
     start = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +45,8 @@ def persona_traffic(n: int, customers: int, seed: int) -> list[tuple[str, bytes,
              "--quiet"],
             check=True, cwd=ROOT,
         )  # fmt: skip
-        lines = path.read_bytes().splitlines()[:n]
+        lines = path.read_bytes().splitlines()
+        lines = lines[-n:] if recent else lines[:n]
     out = []
     for line in lines:
         evt = json.loads(line)

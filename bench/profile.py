@@ -159,7 +159,7 @@ def profile(args: argparse.Namespace, bootstrap: str, tmp: Path) -> float:
     from stream.settings import Settings
 
     namespace = unique("bench-profile")
-    messages = persona_traffic(args.events, args.customers, args.seed)
+    messages = persona_traffic(args.events, args.customers, args.seed, recent=True)
     n = len(messages)
     settings = Settings(
         broker=f"kafka://{bootstrap}", topic_namespace=namespace, partitions=PARTITIONS

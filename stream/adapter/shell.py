@@ -222,9 +222,7 @@ class BatchShell:
             self.kpis.count_all(result.kpis)
         if result.decided:
             self.kpis.count_decisions(result.decided)
-        observe = m.lag_seconds.observe
-        for lag in result.lags_s:
-            observe(lag)
+        m.observe_lags(result.lags_s)
         m.partition_clock_child(result.partition).set(result.clock / 1000)
         if self.config.clock.name == "live":
             wall = wall_ms()

@@ -402,6 +402,9 @@ class Program:
     inactivity: tuple[Compiled, ...] = ()
     anniversaries: tuple[Compiled, ...] = ()
     inactivity_names: frozenset[str] = frozenset()  # names of the `inactivity` rituals
+    # (inactivity ms, name) of the enabled `inactivity` rituals, by duration then rank: the
+    # spells every activity starts, in the order they fall due
+    spells: tuple[tuple[int, str], ...] = ()
 
     @staticmethod
     def of(defs: Mapping[str, RitualDef]) -> Program:
@@ -446,4 +449,14 @@ class Program:
             inactivity=tuple(c for c in compiled if c.inactivity is not None),
             anniversaries=tuple(c for c in compiled if c.anniversary is not None),
             inactivity_names=frozenset(c.name for c in compiled if c.inactivity is not None),
+            spells=tuple(
+                sorted(
+                    (
+                        (c.inactivity.inactivity, c.name)
+                        for c in compiled
+                        if c.inactivity is not None and c.d.enabled
+                    ),
+                    key=lambda spell: spell[0],  # stable: rank order among equal durations
+                )
+            ),
         )

@@ -822,11 +822,11 @@ class _Run:
             for due, name in old.waiting:
                 if name not in names:
                     r.timers.append(_materialize(old, due, name, self.ctx.rules))
-        waiting = [(at + ritual.inactivity.inactivity, ritual.name)  # type: ignore[union-attr]
-                   for ritual in inactivity if ritual.d.enabled]  # fmt: skip
-        if len(waiting) > 1:
-            waiting.sort(key=lambda entry: entry[0])  # stable: rank order among equal dues
-        r.idle = Idle(at, ev.event_id, ev.kind, waiting) if waiting else None
+        spells = program.spells
+        r.idle = (
+            Idle(at, ev.event_id, ev.kind, [(at + ms, name) for ms, name in spells])
+            if spells else None
+        )  # fmt: skip
 
     def _arm_anniversary(self, ritual: Compiled, year: int, source: str) -> None:
         r = self.r

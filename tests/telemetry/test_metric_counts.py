@@ -93,3 +93,48 @@ def test_a_count_without_a_counter_is_logged_once_and_the_others_still_count(
     assert _value(m, "engage_late_events_total") == 2
     warnings = [r for r in caplog.records if "no_such_count" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_a_batch_of_lags_lands_in_the_buckets_one_observe_each_would() -> None:
+    """`observe_all` (one increment per bucket hit, per batch) against `observe` per value, on
+    the pinned prometheus-client: values on, between, below and beyond the bounds."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from stream.telemetry.metrics import LATENCY_BUCKETS, observe_all
+
+    values = st.one_of(
+        st.sampled_from(LATENCY_BUCKETS),
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+        st.just(0.0),
+    )
+
+    @given(st.lists(values, max_size=50))
+    def check(lags: list[float]) -> None:
+        registry = CollectorRegistry()
+        one = Histogram("one", "per value", buckets=LATENCY_BUCKETS, registry=registry)
+        batch = Histogram("batch", "per batch", buckets=LATENCY_BUCKETS, registry=registry)
+        for lag in lags:
+            one.observe(lag)
+        observe_all(batch, lags)
+        [a], [b] = one.collect(), batch.collect()
+        def counted(samples: list, prefix: str) -> list:
+            return [(s.name[len(prefix):], s.labels, s.value) for s in samples
+                    if s.name.endswith(("_bucket", "_count"))]  # fmt: skip
+
+        assert counted(a.samples, "one") == counted(b.samples, "batch")
+        assert registry.get_sample_value("batch_count") == len(lags)
+        total = registry.get_sample_value("one_sum")
+        assert registry.get_sample_value("batch_sum") == pytest.approx(total, rel=1e-9, abs=1e-9)
+
+    check()
+
+
+def test_the_worker_observes_a_batch_of_lags_in_its_end_to_end_histogram() -> None:
+    m = PipelineMetrics()
+    m.observe_lags([0.0002, 0.0002, 3.0])
+    m.observe_lags([])
+    assert _value(m, "engage_end_to_end_lag_seconds_count") == 3
+    assert _value(m, "engage_end_to_end_lag_seconds_bucket", le="0.00025") == 2
+    assert _value(m, "engage_end_to_end_lag_seconds_sum") == pytest.approx(3.0004)
