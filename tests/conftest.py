@@ -30,9 +30,19 @@ def bootstrap(stack: dict[str, str]) -> str:
     return stack["kafka"]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator:
+    """Keep each phase's report on the test item, so a fixture's teardown knows whether the
+    test failed (`make_worker` then prints its workers' logs)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def make_worker(bootstrap: str, tmp_path: Path) -> Iterator:
-    """Start workers with fresh ids; all are stopped when the test ends."""
+def make_worker(bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+    """Start workers with fresh ids; all are stopped when the test ends. When the test failed,
+    the end of each worker's log is shown with the failure: CI's report shows what they did."""
     started: list[Worker] = []
 
     def _make(app_id: str | None = None, namespace: str | None = None, **env: str) -> Worker:
@@ -50,3 +60,10 @@ def make_worker(bootstrap: str, tmp_path: Path) -> Iterator:
     yield _make
     for worker in started:
         worker.stop()
+    call = getattr(request.node, "report_call", None)
+    if call is not None and call.failed:  # shown with the failure in the summary
+        for n, worker in enumerate(started):
+            call.sections.append(
+                (f"worker {n} ({worker.app_id}, :{worker.web_port}): end of its log",
+                 worker.log_tail(200))
+            )  # fmt: skip

@@ -15,7 +15,9 @@ group membership, rebalances, fetching, pausing, seeking, commits, the tables an
 recovery; the agent over the same topics stays declared (it makes Faust subscribe to and
 assign them) and receives nothing. A rebalance waits for the batch in progress
 (`wait_empty`), and a fetch made before a rebalance is dropped, as Faust drops it (the new
-assignment starts from the committed offsets).
+assignment starts from the committed offsets); the changelog partitions such a fetch read go
+back to where their restore stands (`DirectConsumer._rewind_restores`), so recovery never
+waits for records the dropped fetch took past.
 
 **The lean hand-over** (`LeanConsumer`, `ENGAGE_DRAIN=lean`, and for the other topics of the
 direct drain).
@@ -39,17 +41,26 @@ membership, rebalances, fetching, offsets and commits, tables and their recovery
 Faust's private names (its fetcher loop, offset bookkeeping, the stopped and crashed flags,
 the producer's and the app's private hooks) are reached through `stream.adapter.faust_private`.
 
-Imports: faust, asyncio and the core's `Record` (an adapter module).
+Imports: faust, aiokafka's errors, asyncio and the core's `Record` (an adapter module).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers.aiokafka import Consumer, Producer, Transport
 from faust.types import TP, TransportT
 from mode.services import WaitResults
@@ -65,6 +76,7 @@ from stream.adapter.faust_private import (
     committed_offsets,
     next_records,
     read_offsets,
+    restored_through,
     stopping,
     to_message,
 )
@@ -169,6 +181,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         self.direct_idle.set()
         self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
+        self.rewound = 0  # changelog partitions sought back after a dropped fetch (tests)
         #: The first offset of each direct topic-partition handed over in this generation
         #: without a committed offset: where it resumes (`faust_private.resume_offset`).
         self.start_offsets: dict[Any, int] = {}
@@ -229,8 +242,11 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         tps: dict[tuple[str, int], Any] = {}  # the client's own partition objects, for acks
         for tp, recs in records.items():
             if not self.flow_active or self.app.consumer_generation_id != generation:
-                return  # a rebalance began: Faust seeks back to the committed offsets
+                # A rebalance began: Faust seeks the inputs back to the committed offsets.
+                await self._rewind_restores(records, changelogs)
+                return
             if active is not None and tp not in active and tp not in buffered_partitions(self):
+                await self._rewind_restores({tp: recs}, changelogs)
                 continue
             if not recs:
                 continue
@@ -344,6 +360,36 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         if fresh:
             read_offset[tp] = fresh[-1].offset
             self.restored += restore_fetch(self.app.tables.recovery, tp, fresh)
+
+    async def _rewind_restores(
+        self, records: Mapping[Any, Sequence[Any]], changelogs: Mapping[str, Any]
+    ) -> None:
+        """The changelog partitions of a fetch dropped unread go back to where their restore
+        stands, where recovery's own seek puts them (`faust_private.restored_through`).
+
+        A fetch in flight when a rebalance begins can return after recovery has sought the
+        changelog partitions it restores, with those very records, and is dropped (the flow
+        is suspended until recovery resumes it): the client's position is then past records
+        nobody applied, recovery waits for them forever ("No event received for active tp
+        ... since recovery start") and the worker is never ready again. Seen when a second
+        worker joins (`make chaos` c, one run in five of the two-worker HTTP test). A record
+        read twice is skipped by the restored offset; a partition no longer assigned is left
+        to the next assignment's recovery."""
+        recovery = self.app.tables.recovery
+        for tp, recs in records.items():
+            if not recs or tp.topic not in changelogs:
+                continue
+            restored = restored_through(recovery, tp)
+            if restored is None or restored >= recs[-1].offset:
+                continue  # not restored here, or the dropped records are applied already
+            position = max(restored, 0)  # the last record restored is read again, as Faust does
+            try:
+                await self.seek(tp, position)
+            except IllegalStateError:
+                continue  # revoked meanwhile
+            self.rewound += 1
+            log.info("changelog %s-%d read again from offset %d: its fetch was dropped",
+                     tp.topic, tp.partition, position)  # fmt: skip
 
     async def _through_callback(self, tp: TP, recs: Sequence[Any]) -> None:
         """Faust's per-message path (the topics neither direct nor a table changelog)."""

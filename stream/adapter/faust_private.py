@@ -186,6 +186,20 @@ def restored_offsets(recovery: Any, tp: Any, now: float) -> MutableMapping[Any, 
     return None
 
 
+def restored_through(recovery: Any, tp: Any) -> int | None:
+    """The last offset of changelog partition `tp` that recovery restored (owned) or mirrored
+    (standby) here, -1 when none yet; None for a partition it neither restores nor mirrors.
+    Recovery's own seek reads on from it (`Recovery._seek_offsets`: that offset, or 0)."""
+    if tp in recovery.active_tps:
+        offsets = recovery.active_offsets
+    elif tp in recovery.standby_tps:
+        offsets = recovery.standby_offsets
+    else:
+        return None
+    offset = offsets.get(tp)
+    return -1 if offset is None else int(offset)
+
+
 def after_restore(recovery: Any, now: float) -> None:
     """What Recovery does after applying changelog records: note the flush, end the recovery
     once every active partition is restored up to its highwater (the worker may then say

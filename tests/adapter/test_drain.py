@@ -125,6 +125,37 @@ def test_a_fetch_overtaken_by_a_rebalance_is_dropped() -> None:
     assert batches == [] and not c._acked[clicks0]
 
 
+def test_changelog_partitions_of_a_dropped_fetch_go_back_to_where_their_restore_stands() -> None:
+    # Recovery sought the changelogs it restores (partition 0 from nothing, 1 from offset 7)
+    # before the fetch returned with their records: dropped, they must be read again, or
+    # recovery waits for them forever and the worker is never ready (a second worker joining).
+    log0, log1, log2, log3 = (TopicPartition("app-customers-changelog", p) for p in range(4))
+    fetched = {
+        log0: [_record("app-customers-changelog", 0, o) for o in (0, 1, 2)],
+        log1: [_record("app-customers-changelog", 1, o) for o in (8, 9)],
+        log2: [_record("app-customers-changelog", 2, 4)],  # applied already (restored to 4)
+        log3: [_record("app-customers-changelog", 3, 0)],  # neither restored nor mirrored here
+        TopicPartition("in.clicks", 0): [_record("in.clicks", 0, 5)],
+    }
+    c, batches, through_faust = _direct(fetched)
+    c.app.tables._changelogs["app-customers-changelog"] = object()
+    recovery = c.app.tables.recovery
+    recovery.active_tps.update({log0, log1})
+    recovery.standby_tps.add(log2)
+    recovery.active_offsets.update({log0: None, log1: 7})
+    recovery.standby_offsets[log2] = 4
+    sought: list[tuple[TopicPartition, int]] = []
+
+    async def seek(tp: TopicPartition, offset: int) -> None:
+        sought.append((tp, offset))
+
+    c.seek = seek
+    c.flow_active = False  # a rebalance suspended the flow while the fetch was in flight
+    asyncio.run(c.fetch_once())
+    assert sorted(sought) == [(log0, 0), (log1, 7)]
+    assert batches == [] and through_faust == [] and c.restored == 0 and c.rewound == 2
+
+
 def test_a_rebalance_waits_for_the_batch_in_progress() -> None:
     async def main() -> None:
         c = consumer()
