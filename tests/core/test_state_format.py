@@ -20,7 +20,7 @@ import pytest
 
 from stream.core.driver import MemoryDriver
 from stream.core.engine import Record, by_partition
-from stream.core.rituals import next_due
+from stream.core.rituals import _materialize_ritual, next_due, timer_count, timers_of
 from stream.core.state import (
     FORMAT_VERSION,
     UnsupportedStateFormat,
@@ -31,7 +31,7 @@ from stream.core.state import (
 )
 from tests.core.test_engine import INPUTS, PARTITIONS, config
 from tests.factory import event, raw
-from tests.fixtures.golden_states import describe
+from tests.fixtures.golden_states import RULES, describe
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -92,6 +92,24 @@ def test_the_current_format_keeps_inactivity_spells_implicit() -> None:
     old = [decode(v) for v in golden("format-2")[0]]
     assert any(t.ritual == "we_noticed" for s in old for t in s.r.timers)
     assert all(s.r.idle is None for s in old)
+
+
+def test_a_spell_looked_for_by_name_becomes_the_timer_an_eager_arm_built() -> None:
+    """Code about to scan a ritual's timers by name (a wait, a cancel rule) first turns its
+    waiting spell into a timer: the very timer an inspection counts, nothing else moved."""
+    spells = 0
+    for value in golden("format-3")[0]:
+        r = decode(value).r
+        before, count = timers_of(r, RULES), timer_count(r)
+        other = [t for t in before if t.ritual != "we_noticed"]
+        _materialize_ritual(r, "we_noticed", RULES)
+        assert r.idle is None or all(name != "we_noticed" for _, name in r.idle.waiting)
+        assert sorted(r.timers, key=repr) == sorted(before, key=repr)  # the spell, as a timer
+        assert timer_count(r) == count and timers_of(r, RULES) == r.timers
+        spells += len(before) - len(other)
+        _materialize_ritual(r, "we_noticed", RULES)  # nothing left to build
+        assert timer_count(r) == count
+    assert spells > 0
 
 
 def test_format_2_is_read_wherever_its_version_key_is() -> None:
