@@ -33,7 +33,7 @@ def bootstrap(stack: dict[str, str]) -> str:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator:
     """Keep each phase's report on the test item, so a fixture's teardown knows whether the
-    test failed (`make_worker` then prints its workers' logs)."""
+    test failed (`make_worker` then attaches its workers' logs to the report)."""
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report

@@ -173,30 +173,36 @@ def changelog_tables(app: Any) -> Mapping[str, Any]:
 # --- table recovery (faust.tables.recovery.Recovery) -------------------------------------------
 
 
+def _tracked(recovery: Any, tp: Any) -> tuple[MutableMapping[Any, int], dict[Any, float]] | None:
+    """Recovery's restored offsets and record arrival times for changelog partition `tp`: the
+    active ones (owned) or the standby ones (mirrored); None for a partition it tracks not."""
+    if tp in recovery.active_tps:
+        return recovery.active_offsets, recovery._active_events_received_at
+    if tp in recovery.standby_tps:
+        return recovery.standby_offsets, recovery._standby_events_received_at
+    return None
+
+
 def restored_offsets(recovery: Any, tp: Any, now: float) -> MutableMapping[Any, int] | None:
     """The offsets restored so far for changelog partition `tp` (active: owned, or standby:
     mirrored), having noted that a record of it arrived at `now` (monotonic; Recovery's stall
     warning reads it). None for a partition neither restored nor mirrored here."""
-    if tp in recovery.active_tps:
-        recovery._active_events_received_at[tp] = now
-        return recovery.active_offsets  # type: ignore[no-any-return]
-    if tp in recovery.standby_tps:
-        recovery._standby_events_received_at[tp] = now
-        return recovery.standby_offsets  # type: ignore[no-any-return]
-    return None
+    tracked = _tracked(recovery, tp)
+    if tracked is None:
+        return None
+    offsets, received_at = tracked
+    received_at[tp] = now
+    return offsets
 
 
 def restored_through(recovery: Any, tp: Any) -> int | None:
     """The last offset of changelog partition `tp` that recovery restored (owned) or mirrored
     (standby) here, -1 when none yet; None for a partition it neither restores nor mirrors.
     Recovery's own seek reads on from it (`Recovery._seek_offsets`: that offset, or 0)."""
-    if tp in recovery.active_tps:
-        offsets = recovery.active_offsets
-    elif tp in recovery.standby_tps:
-        offsets = recovery.standby_offsets
-    else:
+    tracked = _tracked(recovery, tp)
+    if tracked is None:
         return None
-    offset = offsets.get(tp)
+    offset = tracked[0].get(tp)
     return -1 if offset is None else int(offset)
 
 
