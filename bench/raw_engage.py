@@ -24,6 +24,11 @@ shell there is. Every batch goes through these steps, in this order:
    never in a write of their own;
 7. commit the consumed offsets.
 
+The process's cycle collector follows the worker's schedule (`stream.adapter.collector`:
+no automatic full collection, everything alive frozen once the clients are started, a full
+collection when a fetch finds nothing and a minute has passed, or every
+`ENGAGE_GC_FULL_INTERVAL_S`), so the ceiling is measured under the same heap policy.
+
 The producer is `stream.kafka_client.producer` with the worker's settings (acks=all,
 idempotent, `ENGAGE_PRODUCER_LINGER_MS`, `ENGAGE_PRODUCER_MAX_BATCH_BYTES`, the dead-letter
 size as the largest request), the consumer `stream.kafka_client.consumer`. Like the worker in
@@ -59,6 +64,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quix_engage import engine_config  # noqa: E402
 
+from stream.adapter.collector import CycleCollector  # noqa: E402
 from stream.core.clock import wall_ms  # noqa: E402
 from stream.core.engine import (  # noqa: E402
     REPLAY_STATUS,
@@ -265,6 +271,9 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
     )
     await producer.start()
     await consumer.start()
+    collector = CycleCollector(interval_s=settings.gc_full_interval_s)
+    collector.install()
+    collector.freeze()
     ticker = asyncio.ensure_future(ticks(producer, settings))
     core = RawEngage(settings, config, producer)
     inputs = config.inputs
@@ -292,6 +301,7 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
                 max_records=settings.consumer_max_poll_records,
             )
             if not fetched:
+                collector.idle()
                 continue
             if not first:
                 first, first_cpu = time.perf_counter(), time.process_time()
@@ -316,6 +326,7 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
                 finishing = asyncio.ensure_future(finish(settle, offsets))
             else:
                 await finish(settle, offsets)
+            collector.busy()
         if finishing is not None:
             await finishing
         elapsed = time.perf_counter() - first

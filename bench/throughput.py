@@ -25,7 +25,7 @@ the p50/p99 latency from sending a first purchase to its welcome decision on the
 topic, next to its goal (p99 < 100 ms), after a warm-up of the same traffic (reported apart);
 and the serialized bytes per customer in the changelog.
 
-    .venv/bin/python bench/throughput.py --events 30000
+    .venv/bin/python bench/throughput.py --events 30000 --customers 400
 """
 
 from __future__ import annotations
@@ -454,8 +454,8 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--customers", type=int, default=400)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--customers", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated rows to skip: "

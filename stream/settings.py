@@ -148,6 +148,15 @@ class Settings(BaseSettings):
         "worker's topics to them in one call; `lean` goes through the agent's stream with an "
         "inline hand-over; `faust` is Faust's own path (four tasks per message).",
     )
+    gc_full_interval_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=86_400,
+        description="Full collections of Python's cycle collector run when a fetch finds no "
+        "input (a minute apart at most), and under input that never pauses once this often; "
+        "0 leaves Python's own schedule (a full scan of every live object, holding the stream, "
+        "whenever they grow by a quarter).",
+    )
     session_timeout_s: float = Field(
         default=10.0,
         ge=1,

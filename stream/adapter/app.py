@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from stream.adapter.agent import add_agent
+from stream.adapter.collector import CycleCollector
 from stream.adapter.drain import DirectConsumer, LeanApp
 from stream.adapter.faust_private import install_commit_rule
 from stream.adapter.faust_sensor import FaustSensor
@@ -165,6 +166,9 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         kpis=kpis,
         projection=projection,
         sender=Sender(app),
+        collector=CycleCollector(
+            interval_s=settings.gc_full_interval_s, observe=metrics.observe_full_collection
+        ),
     )
     if projection is not None:
         projection.projector.on_written = shell.projected

@@ -16,7 +16,6 @@ restarts the worker and the batch is read again.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 
 from faust.types import TP
 
+from stream.adapter.collector import CycleCollector
 from stream.adapter.faust_private import committed_offsets
 from stream.adapter.ports import AtLeastOnceSink, FaustSource, FaustTables
 from stream.adapter.sender import Sender
@@ -53,9 +53,14 @@ class BatchShell:
         kpis: Kpis,
         sender: Sender,
         projection: Projection | None = None,
+        collector: CycleCollector | None = None,
     ) -> None:
-        """Writes and outputs go through `sender` (`AtLeastOnceSink`)."""
+        """Writes and outputs go through `sender` (`AtLeastOnceSink`); full collections of
+        the cycle collector follow `collector`'s schedule (Python's own when not given)."""
         self.app = app
+        self.collector = collector or CycleCollector(
+            interval_s=0, observe=metrics.observe_full_collection
+        )
         self.config = config
         self.metrics = metrics
         self.kpis = kpis
@@ -122,12 +127,14 @@ class BatchShell:
         self.last_batch = time.monotonic()
         if done:
             self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(done))
+        self.collector.busy()
         return done
 
     async def idle(self) -> None:
         """The consumer found nothing to read: acknowledged decisions leave their outboxes."""
         await self.checkpoint.settle()
         self.last_batch = time.monotonic()
+        self.collector.idle()
 
     # --- partitions ---------------------------------------------------------------------------
 
@@ -144,10 +151,8 @@ class BatchShell:
 
     def _started(self, partitions: list[int]) -> None:
         # What exists now (Faust, the clients, the recovered tables, the due indexes) lives as
-        # long as the worker: out of the cycle collector's scans. Its full collections took
-        # 30-55 ms each, a dozen times in 15 s at 6,000 events/s, and stalled the stream for
-        # that long (the worst event-to-decision latencies); the objects made later are few.
-        gc.freeze()
+        # long as the worker: out of the cycle collector's scans (`stream.adapter.collector`).
+        self.collector.freeze()
 
     def _unreadable(self, counts: Counter[str]) -> None:
         for reason, count in counts.items():

@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
         }
     )
     engage = create_app(settings, rules)
+    engage.shell.collector.install()  # the process's collector: only a real worker's
     from faust import Worker
 
     worker = Worker(engage.app, loglevel=settings.log_level)

@@ -62,6 +62,19 @@ class PipelineMetrics:
         # files): a worker's CPU time per processed event is what sizes a deployment
         # (bench/scale.py, docs/scaling.md). Read from /proc when scraped, nothing per event.
         ProcessCollector(registry=r)
+        # The worker's own full collections (`stream.adapter.collector`): each holds the
+        # event loop while it scans every live object.
+        self.gc_full_seconds = Histogram(
+            "engage_gc_full_collection_seconds",
+            "Full collections of the cycle collector run on the worker's schedule, by duration.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_found = Counter(
+            "engage_gc_full_collection_objects_total",
+            "Unreachable objects found by the worker's full collections.",
+            registry=r,
+        )
         self.consumed = Counter(
             "engage_events_consumed_total",
             "Messages read from the input topics.",
@@ -245,6 +258,11 @@ class PipelineMetrics:
         self.consumer_lag.clear()
         for (topic, partition), lag in lags.items():
             self.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def observe_full_collection(self, seconds: float, found: int) -> None:
+        """One full collection of the worker's schedule: its duration and what it found."""
+        self.gc_full_seconds.observe(seconds)
+        self.gc_found.inc(found)
 
     def observe_lags(self, lags: Sequence[float]) -> None:
         """A batch's end-to-end lags (one per event) into their histogram: `observe_all`."""
