@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from stream.core.rituals import DELIVERED_WINDOW_MS
 from stream.core.rules import DEFAULT_RULES, ProfileRules
-from stream.core.state import MS_PER_DAY, CustomerState, from_ms
+from stream.core.state import MS_PER_DAY, CustomerState, Segments, from_ms
 
 Sentiment = Literal["positive", "neutral", "negative"]
 Quadrant = Literal["advocate", "critic", "quiet_loyalist", "detached", "engaged_neutral", "passive"]
@@ -32,7 +32,7 @@ QUADRANTS: tuple[Quadrant, ...] = (
 _CENT = Decimal("0.01")
 
 
-def engagement_score(state: CustomerState, clock: int, rules: ProfileRules) -> float:
+def engagement_score(state: CustomerState | Segments, clock: int, rules: ProfileRules) -> float:
     """100 x (1 - exp(-A / 10)), A the activity decayed with a 14-day half-life to `clock`."""
     if state.eng_at == 0:
         return 0.0
@@ -43,7 +43,7 @@ def engagement_score(state: CustomerState, clock: int, rules: ProfileRules) -> f
     return 100.0 * (1.0 - math.exp(-activity / rules.score_scale))
 
 
-def sentiment(state: CustomerState, clock: int, rules: ProfileRules) -> Sentiment:
+def sentiment(state: CustomerState | Segments, clock: int, rules: ProfileRules) -> Sentiment:
     """Mean of the signals of the last 90 days: > 0.2 positive, < -0.2 negative."""
     horizon = clock - rules.sentiment_window_days * MS_PER_DAY
     values = [v for t, v in state.signals if horizon < t <= clock]
@@ -66,7 +66,7 @@ def quadrant(score: float, feeling: Sentiment, rules: ProfileRules) -> Quadrant:
     return "engaged_neutral" if engaged else "passive"
 
 
-def lifecycle_stage(state: CustomerState, clock: int, rules: ProfileRules) -> Stage:
+def lifecycle_stage(state: CustomerState | Segments, clock: int, rules: ProfileRules) -> Stage:
     inactive = clock - state.last_seen
     if clock - state.first_seen <= rules.new_days * MS_PER_DAY:
         return "new"

@@ -290,6 +290,38 @@ def peek(raw: bytes) -> Peek:
     return _PEEK.decode(raw)
 
 
+class Segments(msgspec.Struct, kw_only=True, gc=False):
+    """What the segment gauges count of a stored state (`telemetry.kpis.add_to_snapshot`:
+    activity windows, retention, CLV, lifecycle stage, engagement and sentiment), decoded
+    without the rest. The worker counts every stored customer every `ENGAGE_KPI_INTERVAL_S`;
+    decoding whole states made that read hold the stream (26 µs a customer in the latency
+    benchmark, against 1.7 µs for these fields)."""
+
+    first_seen: int = 0
+    last_seen: int = 0
+    reactivated_at: int = 0
+    money: dict[str, Money] = {}
+    currency: str | None = None
+    first_purchase_at: int = 0
+    eng_acc: float = 0.0
+    eng_at: int = 0
+    signals: list[tuple[int, int]] = []
+
+
+_SEGMENTS = msgspec.json.Decoder(Segments)
+
+
+def segments(raw: bytes) -> Segments:
+    """The `Segments` of an encoded state. Raises like `decode` on an unreadable value or an
+    unknown format. Its fields have the same names and layout in every known format (format
+    1 included); a format that changes one needs its own reading here."""
+    if not raw.startswith(_CURRENT):
+        version = format_version(raw)
+        if version not in _READERS:
+            raise UnsupportedStateFormat(version)
+    return _SEGMENTS.decode(raw)
+
+
 def new_state(customer_id: str) -> CustomerState:
     return CustomerState(customer_id=customer_id)
 

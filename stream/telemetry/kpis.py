@@ -57,7 +57,7 @@ from stream.core.profile import (
 )
 from stream.core.rituals import OUTCOME_BITS, RITUALS
 from stream.core.rules import ProfileRules
-from stream.core.state import MS_PER_DAY, CustomerState
+from stream.core.state import MS_PER_DAY, CustomerState, Segments
 from stream.core.vocabulary import Status
 from stream.telemetry.samples import Samples
 
@@ -111,7 +111,9 @@ def clv_band(value: float) -> str:
     return _CLV_LABELS[max(bisect_right(_CLV_BOUNDS, value) - 1, 0)]
 
 
-def add_to_snapshot(snap: Snapshot, state: CustomerState, clock: int, rules: ProfileRules) -> None:
+def add_to_snapshot(
+    snap: Snapshot, state: CustomerState | Segments, clock: int, rules: ProfileRules
+) -> None:
     """Count one customer into a snapshot (pure: the scan loop lives in the shell).
 
     Retention over a window W ending at `clock`: the cohort is every customer first seen at or
@@ -150,7 +152,9 @@ def add_to_snapshot(snap: Snapshot, state: CustomerState, clock: int, rules: Pro
     snap.bands[SCORE_BANDS[min(int(score // 20), 4)]] += 1
 
 
-def snapshot(states: Iterable[CustomerState], clock: int, rules: ProfileRules) -> Snapshot:
+def snapshot(
+    states: Iterable[CustomerState | Segments], clock: int, rules: ProfileRules
+) -> Snapshot:
     """The snapshot of a set of customers (tests and tools; the worker scans incrementally)."""
     snap = Snapshot()
     for state in states:

@@ -28,6 +28,7 @@ from stream.core.state import (
     encode,
     format_version,
     peek,
+    segments,
 )
 from tests.core.test_engine import INPUTS, PARTITIONS, config
 from tests.factory import event, raw
@@ -80,6 +81,30 @@ def test_stored_states_of_every_known_format_read_to_the_same_meaning(name: str)
     assert all(any(m[k] for m in meanings) for k in ("pending", "outbox", "consent", "tickets"))
     # Every format holds the same customers, meaning the same.
     assert expected == golden("0.1.0")[1]
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_the_segment_gauges_count_a_segments_view_as_the_whole_state(name: str) -> None:
+    """The segment refresh decodes only `Segments`: every format's states count into the
+    same snapshot as the states decoded whole, at clocks that put them in different
+    activity windows, stages and bands."""
+    from stream.telemetry.kpis import snapshot
+
+    values, _ = golden(name)
+    whole = [decode(v) for v in values]
+    views = [segments(v) for v in values]
+    for state, view in zip(whole, views, strict=True):
+        assert (view.first_seen, view.last_seen, view.money, view.signals) == (
+            state.first_seen, state.last_seen, state.money, state.signals,
+        )  # fmt: skip
+    seen = sorted({s.last_seen for s in whole} | {s.first_seen for s in whole})
+    day = 86_400_000
+    for clock in (seen[0], seen[-1] + day, seen[-1] + 10 * day, seen[-1] + 60 * day):
+        expected = snapshot(whole, clock, RULES.profile)
+        assert expected.customers == 5
+        assert snapshot(views, clock, RULES.profile) == expected
+    with pytest.raises(UnsupportedStateFormat):
+        segments(newer(values[0]))
 
 
 def test_the_current_format_keeps_inactivity_spells_implicit() -> None:
