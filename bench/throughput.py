@@ -288,11 +288,18 @@ TAIL_S = 2.0
 
 
 async def _latency(
-    bootstrap: str, namespace: str, rate: float, seconds: float, *, in_process: bool = False
-) -> list[Sample]:
+    bootstrap: str,
+    namespace: str,
+    rate: float,
+    seconds: float,
+    *,
+    in_process: bool = False,
+    pid: int | None = None,
+) -> tuple[list[Sample], float | None]:
     """Send live traffic at `rate` events/s; every 10th is a new customer's first purchase.
     Returns, per such send, its send time and the seconds to its welcome decision being
-    readable (read by a separate process unless `in_process`, the old measuring client).
+    readable (read by a separate process unless `in_process`, the old measuring client),
+    and the CPU time process `pid` (the worker) used per second of the measured window.
     The traffic runs `WARM_UP_S` before the `seconds` measured and `TAIL_S` after; the
     warm-up's purchases are returned marked, the tail sends only clicks."""
     import multiprocessing
@@ -328,9 +335,15 @@ async def _latency(
         begun = time.perf_counter()
         started = begun + WARM_UP_S  # the measured window's start
         warm: set[str] = set()
+        cpu: dict[str, tuple[float, float]] = {}  # window start/end -> (perf time, CPU s)
         while (elapsed := time.perf_counter() - begun) < WARM_UP_S + seconds + TAIL_S:
             due = int(elapsed * rate)
             sampling = elapsed < WARM_UP_S + seconds
+            if pid is not None:
+                if "start" not in cpu and elapsed >= WARM_UP_S:
+                    cpu["start"] = (time.perf_counter(), cpu_seconds(pid))
+                if "end" not in cpu and not sampling:
+                    cpu["end"] = (time.perf_counter(), cpu_seconds(pid))
             while i < due:
                 now_iso = datetime.now(UTC).isoformat(timespec="milliseconds")
                 if i % 10 == 0 and sampling:
@@ -369,17 +382,23 @@ async def _latency(
         if reader_proc is not None:
             stop.set()
             reader_proc.join(timeout=30)
-    return sorted(
+    samples = sorted(
         (Sample(t - started, seen[c][0] - t, seen[c][1] - wall, c in warm)
          for c, (t, wall) in sent.items() if c in seen),
         key=lambda s: s.sent_s,
     )  # fmt: skip
+    share = None
+    if "start" in cpu and "end" in cpu:
+        (t0, c0), (t1, c1) = cpu["start"], cpu["end"]
+        share = (c1 - c0) / (t1 - t0)
+    return samples, share
 
 
 def measure_latency(
     bootstrap: str, rate: float, tmp: Path, seconds: float, *, in_process: bool = False
-) -> list[Sample]:
-    """A fresh live worker fed at `rate`: first purchase -> welcome decision, per purchase."""
+) -> tuple[list[Sample], float | None]:
+    """A fresh live worker fed at `rate`: first purchase -> welcome decision, per purchase,
+    and the worker's CPU seconds per second of the measured window (cores in use)."""
     from stream.adapter.topics import ensure_topics
     from stream.settings import Settings
 
@@ -398,16 +417,23 @@ def measure_latency(
     )  # fmt: skip
     worker.start(timeout=120)
     try:
-        return asyncio.run(_latency(bootstrap, namespace, rate, seconds, in_process=in_process))
+        assert worker.proc is not None
+        return asyncio.run(
+            _latency(
+                bootstrap, namespace, rate, seconds, in_process=in_process, pid=worker.proc.pid
+            )
+        )
     finally:
         worker.stop()
 
 
-def report_latency(samples: list[Sample], rate: float, where: str, path: str | None) -> None:
-    """Print the latency percentiles, when the slow samples were sent, and (with `path`)
-    write every sample as CSV: sent_s, latency_ms, produced_ms (the warm-up's included, with
-    negative send times). The percentiles are the measured window's; the warm-up's own line
-    follows."""
+def report_latency(
+    samples: list[Sample], rate: float, where: str, path: str | None, cores: float | None = None
+) -> None:
+    """Print the latency percentiles, the worker's CPU use in the measured window (`cores`:
+    CPU seconds per second), when the slow samples were sent, and (with `path`) write every
+    sample as CSV: sent_s, latency_ms, produced_ms (the warm-up's included, with negative
+    send times). The percentiles are the measured window's; the warm-up's own line follows."""
     every = samples
     warm = sorted(s.latency_s for s in every if s.warm_up)
     samples = [s for s in every if not s.warm_up]
@@ -422,6 +448,12 @@ def report_latency(samples: list[Sample], rate: float, where: str, path: str | N
         f"{GOAL_P99_MS} ms: {verdict}); to the worker's producer timestamp: p50 "
         f"{pct(produced, 0.5) * 1000:.0f} ms, p99 {pct(produced, 0.99) * 1000:.0f} ms"
     )
+    if cores is not None:
+        print(
+            f"the worker's CPU in the measured window: {cores:.2f} of a core, "
+            f"{cores / rate * 1e6:.0f} µs per event (its main thread runs the engines: near one "
+            f"core, batches queue and the tail grows)"
+        )
     if warm:
         print(
             f"warm-up ({WARM_UP_S:.0f} s of the same traffic from the worker's start, "
@@ -601,9 +633,9 @@ def main() -> int:
                 print("\nno latency measurement: it runs at half the at_least_once row's rate "
                       "(or --latency-rate), and that row was skipped")  # fmt: skip
             if feed is not None:
-                samples = measure_latency(bootstrap, feed, tmp, args.latency_seconds,
-                                          in_process=args.latency_in_process)  # fmt: skip
-                report_latency(samples, feed, where, args.latency_samples)
+                samples, cores = measure_latency(bootstrap, feed, tmp, args.latency_seconds,
+                                                 in_process=args.latency_in_process)  # fmt: skip
+                report_latency(samples, feed, where, args.latency_samples, cores)
                 print("(a live decision waits for the partition clock, the wall clock minus "
                       "ENGAGE_GRACE_MS, 1000 ms by default, only for timed rituals)")  # fmt: skip
     return 0
