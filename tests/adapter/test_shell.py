@@ -308,3 +308,41 @@ def test_prepare_starts_the_assigned_partitions_and_resends_each_outbox_once() -
 def test_a_partition_revoked_while_its_table_is_read_is_not_started() -> None:
     shell, _topics, _driver = _started_shell(revoke_after_first_chunk=1)
     assert shell.started({0}) and not shell.started({1})
+
+
+def test_the_shell_runs_full_collections_on_the_collectors_schedule() -> None:
+    """An idle fetch runs a due full collection, a batch only once the whole interval has
+    passed, and every one is observed in the worker's metrics."""
+    import asyncio
+
+    from stream.adapter.collector import IDLE_AFTER_S, CycleCollector
+
+    shell, _topics, _driver = _started_shell()
+    now = [0.0]
+    runs: list[int] = []
+    collector = CycleCollector(
+        interval_s=600, clock=lambda: now[0], collect=lambda gen: runs.append(gen) or 0,
+        observe=shell.metrics.observe_full_collection,
+    )  # fmt: skip
+    collector.scheduled = True  # as `install` leaves it, without touching this process's gc
+    shell.collector = collector
+    asyncio.run(shell.idle())
+    assert runs == []
+    now[0] = IDLE_AFTER_S
+    asyncio.run(shell.idle())
+    assert runs == [2]
+    now[0] += IDLE_AFTER_S
+    asyncio.run(shell.handle_records([]))  # a batch: not yet the whole interval
+    assert runs == [2]
+    now[0] += 600
+    asyncio.run(shell.handle_records([]))
+    assert runs == [2, 2]
+    assert _histogram_count(shell.metrics, "engage_gc_full_collection_seconds") == 2
+
+
+def _histogram_count(metrics: Any, name: str) -> float:
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == f"{name}_count":
+                return sample.value
+    raise AssertionError(f"{name} not exported")
