@@ -277,16 +277,22 @@ class Peek(msgspec.Struct, kw_only=True, gc=False):
 _PEEK = msgspec.json.Decoder(Peek)
 
 
+def _known_format(raw: bytes) -> None:
+    """Raise `UnsupportedStateFormat` for a value of a format this release cannot read (the
+    partial decoders below read the same fields in every known format)."""
+    if not raw.startswith(_CURRENT):
+        version = format_version(raw)
+        if version not in _READERS:
+            raise UnsupportedStateFormat(version)
+
+
 def peek(raw: bytes) -> Peek:
     """A `Peek` of an encoded state. A restart registers every stored customer in the due
     index: this decoder skips every field it is not asked for (a third of `decode`'s time)
     and keeps a few small values per customer instead of a whole state. Raises like
     `decode` on an unreadable value or an unknown format. The fields it reads have the same
     place in every known format; a format that moves one needs a peek of its own here."""
-    if not raw.startswith(_CURRENT):
-        version = format_version(raw)
-        if version not in _READERS:
-            raise UnsupportedStateFormat(version)
+    _known_format(raw)
     return _PEEK.decode(raw)
 
 
@@ -315,10 +321,7 @@ def segments(raw: bytes) -> Segments:
     """The `Segments` of an encoded state. Raises like `decode` on an unreadable value or an
     unknown format. Its fields have the same names and layout in every known format (format
     1 included); a format that changes one needs its own reading here."""
-    if not raw.startswith(_CURRENT):
-        version = format_version(raw)
-        if version not in _READERS:
-            raise UnsupportedStateFormat(version)
+    _known_format(raw)
     return _SEGMENTS.decode(raw)
 
 
