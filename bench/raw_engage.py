@@ -9,12 +9,15 @@ shell there is. Every batch goes through these steps, in this order:
 
 1. `AIOKafkaConsumer.getmany`: up to `ENGAGE_CONSUMER_MAX_POLL_RECORDS` records of the input
    topics, the clock topic and the erasures topic of NAMESPACE (what the worker subscribes to);
-2. per partition, `engine.process(records, highwaters=..., wall_ms=...)`, the highwater marks
-   and the wall clock read once per partition per batch, as the worker does;
-3. produce the batch's writes to the changelog partition numbered like the input partition:
-   erased customers' tombstones, each changed customer's state (those whose outbox an earlier
-   acknowledgement shortened among them, see 6.) to `APP_ID-customers-changelog`, the
-   partition's clock record to `APP_ID-control-changelog`;
+2. per partition, `engine.process(records, highwaters=..., wall_ms=..., write=False)`, the
+   highwater marks and the wall clock read once per partition per batch, as the worker does;
+3. with the worker's write-behind (`ENGAGE_STATE_WRITE_INTERVAL_MS`, and the same reasons to
+   write sooner: an erasure, a replay status, half the cache unwritten), once the interval is
+   up: `engine.write()` of every partition processed since the last write, produced to the
+   changelog partition numbered like the input partition: erased customers' tombstones, each
+   changed customer's state (those whose outbox an earlier acknowledgement shortened among
+   them, see 6.) to `APP_ID-customers-changelog`, the partition's clock record to
+   `APP_ID-control-changelog`;
 4. produce every output (decisions, nudges, dead letters, erasure receipts) to its topic;
    replay statuses only after the flush of 5., as the worker does;
 5. await the producer's flush (every send of the batch acknowledged by Kafka);
@@ -22,7 +25,8 @@ shell there is. Every batch goes through these steps, in this order:
    them to its engine (`process(acknowledged=...)`, or `settle` for a partition without
    records then), which drops them from their outboxes in that batch's state writes (step 3),
    never in a write of their own;
-7. commit the consumed offsets.
+7. commit the consumed offsets of every batch up to the last write (a batch that did not write
+   commits nothing: its records' states are not in the changelog yet).
 
 The process's cycle collector follows the worker's schedule (`stream.adapter.collector`:
 no automatic full collection, everything alive frozen once the clients are started, a full
@@ -86,10 +90,11 @@ Ident = tuple[int, bytes, str]
 @dataclass
 class Settle:
     """What a batch leaves for after its flush: decision sends to acknowledge, replay
-    statuses to say."""
+    statuses to say, and whether it wrote the states (its offsets may then be committed)."""
 
     pending: list[tuple[Ident, asyncio.Future[Any]]] = field(default_factory=list)
     later: list[Output] = field(default_factory=list)
+    wrote: bool = False
 
 
 class DictStore:
@@ -133,6 +138,9 @@ class RawEngage:
         # Per partition, customer -> nudge_ids whose sends Kafka acknowledged: they leave their
         # outboxes in the partition's next batch (`process(acknowledged=...)` or `settle`).
         self.acked: dict[int, dict[bytes, set[str]]] = {}
+        self.write_interval_s = settings.state_write_interval_ms / 1000  # the worker's
+        self.last_write = time.monotonic()
+        self.unwritten: set[int] = set()  # partitions processed since their last write
         self.counts: Counter[tuple[str, ...]] = Counter()
         #: Wall seconds per step (fetch, process, send, flush, acknowledge, commit): where the
         #: loop's time goes, printed at the end.
@@ -145,7 +153,9 @@ class RawEngage:
             engine = self.engines[p] = PartitionEngine(p, self.config, store)
         return engine
 
-    async def apply(self, records: Sequence[Record], highwaters: Any) -> Settle:
+    async def apply(
+        self, records: Sequence[Record], highwaters: Any, *, write: bool = False
+    ) -> Settle:
         """Steps 2-4 of the module docstring for one fetch; `highwaters(topic, p)` reads the
         consumer's end offset of a topic-partition (None when unknown). Returns what `settle`
         needs once the sends are flushed.
@@ -171,18 +181,28 @@ class RawEngage:
             engine = self._engine(p)
             hw = {t: highwaters(t, p) for t in inputs} if uses_highwaters else None
             results.append(
-                engine.process(part, highwaters=hw, wall_ms=now, acknowledged=acked.pop(p, None))
-            )
+                engine.process(part, highwaters=hw, wall_ms=now, acknowledged=acked.pop(p, None),
+                               write=False)
+            )  # fmt: skip
         for p, ids in acked.items():  # acknowledgements of partitions without records
-            results.append(self.engines[p].settle(ids))
-        for result in results:
+            results.append(self.engines[p].settle(ids, write=False))
+        self.unwritten.update(slices)
+        self.unwritten.update(acked)
+        writes: list[BatchResult] = []
+        if write or self._write_due(results):
+            writes = [self.engines[p].write() for p in sorted(self.unwritten)]
+            self.unwritten.clear()
+            self.last_write = time.monotonic()
+        for result in writes:
             data = self.stores[result.partition].data
             for key in result.erased:
                 data.pop(key, None)
             data.update(result.states)
         sending = time.perf_counter()
         self.seconds["process"] += sending - started
-        settle = Settle()
+        settle = Settle(wrote=write or bool(writes))
+        for result in writes:
+            await self._write_states(result)
         for result in results:
             await self._write(result, settle)
         self.seconds["send"] += time.perf_counter() - sending
@@ -204,10 +224,22 @@ class RawEngage:
         if settle.later:
             await self.producer.flush()
 
-    async def _write(self, result: BatchResult, settle: Settle) -> None:
-        """Steps 3 and 4 for one partition's result: its tombstones, its changed states (the
-        acknowledged outboxes among them), its clock record, its outputs (replay statuses
-        kept for `settle`)."""
+    def _write_due(self, results: list[BatchResult]) -> bool:
+        """The worker's reasons to write (`stream.core.commit.Checkpoint._write_due`)."""
+        if self.write_interval_s <= 0:
+            return True
+        if any(r.outputs and r.outputs[-1].name == REPLAY_STATUS for r in results):
+            return True
+        bound = self.config.cached_states // 2
+        for p in self.unwritten:
+            engine = self.engines[p]
+            if engine.erasing or engine.pending >= bound:
+                return True
+        return time.monotonic() - self.last_write >= self.write_interval_s
+
+    async def _write_states(self, result: BatchResult) -> None:
+        """Step 3 for one partition's write: its tombstones, its changed states (the
+        acknowledged outboxes among them), its clock record."""
         p = result.partition
         send = self.producer.send
         changelog = self.customers_changelog
@@ -217,6 +249,12 @@ class RawEngage:
             await send(changelog, raw, key, p)
         if result.time is not None:
             await send(self.control_changelog, result.time, time_key(p), p)
+
+    async def _write(self, result: BatchResult, settle: Settle) -> None:
+        """Step 4 for one partition's result: its outputs (replay statuses kept for
+        `settle`)."""
+        p = result.partition
+        send = self.producer.send
         topics = self.topics
         for out in result.outputs:
             if out.name == REPLAY_STATUS:
@@ -287,9 +325,20 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
 
     async def finish(settle: Settle, offsets: dict[Any, int]) -> None:
         await core.settle(settle)
-        started = time.perf_counter()
-        await consumer.commit(offsets)
-        core.seconds["commit"] += time.perf_counter() - started
+        if offsets:
+            started = time.perf_counter()
+            await consumer.commit(offsets)
+            core.seconds["commit"] += time.perf_counter() - started
+
+    held: dict[Any, int] = {}  # offsets of the batches since the last write
+
+    def committable(settle: Settle, offsets: dict[Any, int]) -> dict[Any, int]:
+        held.update(offsets)
+        if not settle.wrote:
+            return {}
+        out = dict(held)
+        held.clear()
+        return out
 
     finishing: asyncio.Future[None] | None = None
     seen, first, first_cpu, batches = 0, 0.0, 0.0, 0
@@ -319,13 +368,14 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
                     if m.topic in inputs:
                         seen += 1
                 offsets[tp] = msgs[-1].offset + 1
-            settle = await core.apply(records, highwater)
+            settle = await core.apply(records, highwater, write=seen >= n)
+            ready = committable(settle, offsets)
             if overlap:
                 if finishing is not None:
                     await finishing  # commits in batch order
-                finishing = asyncio.ensure_future(finish(settle, offsets))
+                finishing = asyncio.ensure_future(finish(settle, ready))
             else:
-                await finish(settle, offsets)
+                await finish(settle, ready)
             collector.busy()
         if finishing is not None:
             await finishing

@@ -142,6 +142,17 @@ class Settings(BaseSettings):
         description="Longest the broker holds a fetch request that finds no new record "
         "(Faust's own is 1,500 ms: a backlog's catch-up stalled on it).",
     )
+    state_write_interval_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Write-behind (direct drain, off by default): a changed customer's state "
+        "goes to the table and its changelog at most this long after its first change since "
+        "the last write, once however many events changed it meanwhile; the records are "
+        "acknowledged (their offsets committable) only once written. Decisions are sent at "
+        "once. 0 writes every batch (the default). With it on, the table, its changelog, "
+        "/customers and Redis profiles lag the processed-events metrics by up to this much.",
+    )
     drain: Literal["direct", "lean", "faust"] = Field(
         default="direct",
         description="How fetched messages reach the engines: `direct` hands each fetch of the "

@@ -49,10 +49,11 @@ def add_agent(app: faust.App, settings: Settings, shell: BatchShell, inputs: Any
         except Exception as exc:
             await stop_on_failure(shell, exc, "starting partitions failed")
 
-    async def settle() -> None:
-        """The direct drain found nothing to read (`BatchShell.idle`)."""
+    async def settle() -> list[Record]:
+        """The direct drain found nothing to read (`BatchShell.idle`): returns the records
+        to acknowledge (held back by write-behind until this write)."""
         try:
-            await shell.idle()
+            return await shell.idle()
         except Exception as exc:
             await stop_on_failure(shell, exc, "the batch shell failed")
 

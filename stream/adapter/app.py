@@ -166,6 +166,9 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
         kpis=kpis,
         projection=projection,
         sender=Sender(app),
+        write_interval_s=settings.state_write_interval_ms / 1000
+        if settings.drain == "direct"
+        else 0.0,  # the stream's drains acknowledge each batch as it ends
         collector=CycleCollector(
             interval_s=settings.gc_full_interval_s, observe=metrics.observe_full_collection
         ),

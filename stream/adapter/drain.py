@@ -86,12 +86,14 @@ from stream.kafka_client import DURABLE_PRODUCER
 
 log = logging.getLogger("engage")
 
-# The batch shell: processes records and returns those it processed (to be acknowledged).
+# The batch shell: processes records and returns those to acknowledge (with write-behind,
+# records of earlier fetches too, once their state writes are queued).
 DirectSink = Callable[[list[Record]], Awaitable[Sequence[Record]]]
 # The batch shell again: starts the engines of the assigned partitions not started yet.
 DirectPrepare = Callable[[set[int]], Awaitable[None]]
-# The batch shell again, when a fetch found nothing: a batch without records (acknowledgements).
-DirectSettle = Callable[[], Awaitable[None]]
+# The batch shell again, when a fetch found nothing: a batch without records (acknowledgements,
+# and the writes held back, whose records it returns to acknowledge).
+DirectSettle = Callable[[], Awaitable[Sequence[Record]]]
 
 
 class SuspendFlow(asyncio.Event):
@@ -179,6 +181,8 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         self.direct_prepare: DirectPrepare | None = None  # likewise
         self.direct_settle: DirectSettle | None = None  # likewise
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
+        # The client's own partition objects, for acknowledgements of records fetched earlier.
+        self.direct_tps: dict[tuple[str, int], Any] = {}
         self.direct_idle.set()
         self.restored = 0  # changelog records restored a fetch at a time (tests, profiling)
         self.rewound = 0  # changelog partitions sought back after a dropped fetch (tests)
@@ -229,9 +233,11 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
             if self.direct_settle is not None and self.flow_active and not self.app.rebalancing:
                 self.direct_idle.clear()
                 try:
-                    await self.direct_settle()
+                    done = await self.direct_settle()
                 finally:
                     self.direct_idle.set()
+                if done:
+                    ack(self, done, self.direct_tps)
             return
         generation = self.app.consumer_generation_id
         direct = self.direct_topics
@@ -255,7 +261,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
                 self._restore(tp, recs)
                 continue
             if tp.topic in direct:
-                tps[tp.topic, tp.partition] = tp
+                tps[tp.topic, tp.partition] = self.direct_tps[tp.topic, tp.partition] = tp
                 r_offset = read_offset.get(tp)
                 for rec in recs:
                     if r_offset is None or rec.offset >= r_offset:
@@ -277,7 +283,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
             done = await self.direct_sink(batch)
         finally:
             self.direct_idle.set()
-        ack(self, done, tps)  # what Faust's commit reads
+        ack(self, done, self.direct_tps)  # what Faust's commit reads
         if commit_due(self):
             self.commit_in_background()
 

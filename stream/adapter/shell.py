@@ -54,9 +54,12 @@ class BatchShell:
         sender: Sender,
         projection: Projection | None = None,
         collector: CycleCollector | None = None,
+        write_interval_s: float = 0.0,
     ) -> None:
         """Writes and outputs go through `sender` (`AtLeastOnceSink`); full collections of
-        the cycle collector follow `collector`'s schedule (Python's own when not given)."""
+        the cycle collector follow `collector`'s schedule (Python's own when not given);
+        `write_interval_s` > 0 holds state writes back that long (`Checkpoint`'s write-behind:
+        the direct drain only, which acknowledges the records a later batch returns)."""
         self.app = app
         self.collector = collector or CycleCollector(
             interval_s=0, observe=metrics.observe_full_collection
@@ -74,6 +77,7 @@ class BatchShell:
             sink=self.sink,
             projection=projection,
             hooks=Hooks(count=self._count, unreadable=self._unreadable, started=self._started),
+            write_interval_s=write_interval_s,
         )
         self.last_batch = time.monotonic()  # progress, for /healthz
         self.failure: BaseException | None = None
@@ -110,7 +114,7 @@ class BatchShell:
                 Record(m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value,
                        headers or ())
             )  # fmt: skip
-        done = await self.handle_records(records)
+        done = await self.handle_records(records, write=True)
         if len(done) != len(records):
             processed = {(r.topic, r.partition, r.offset) for r in done}
             for event in events:
@@ -118,23 +122,29 @@ class BatchShell:
                 if (m.topic, m.partition, m.offset) not in processed:
                     m.acked = True
 
-    async def handle_records(self, records: list[Record]) -> list[Record]:
+    async def handle_records(self, records: list[Record], *, write: bool = False) -> list[Record]:
         """Process one batch of records (the direct drain's call) through the commit protocol;
-        returns the records processed, the ones to acknowledge."""
+        returns the records to acknowledge: with write-behind, those whose state writes this
+        batch queued (held back since the last write, and its own), else the ones processed.
+        `write` writes whatever the write interval says (the stream's drains)."""
         started = time.perf_counter()
-        done = await self.checkpoint.commit(records, wall_ms=wall_ms())
+        done = await self.checkpoint.commit(records, wall_ms=wall_ms(), write=write)
         self.batches += 1
         self.last_batch = time.monotonic()
-        if done:
-            self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(done))
+        if records:
+            self.metrics.processing_seconds.observe((time.perf_counter() - started) / len(records))
+        self._count_writes()
         self.collector.busy()
         return done
 
-    async def idle(self) -> None:
-        """The consumer found nothing to read: acknowledged decisions leave their outboxes."""
-        await self.checkpoint.settle()
+    async def idle(self) -> list[Record]:
+        """The consumer found nothing to read: changes held back are written and acknowledged
+        decisions leave their outboxes. Returns the records to acknowledge."""
+        done = await self.checkpoint.settle()
+        self._count_writes()
         self.last_batch = time.monotonic()
         self.collector.idle()
+        return done
 
     # --- partitions ---------------------------------------------------------------------------
 
@@ -219,6 +229,11 @@ class BatchShell:
         self.sink.flush_later()
 
     # --- metrics ------------------------------------------------------------------------------
+
+    def _count_writes(self) -> None:
+        written = self.checkpoint.written
+        if written:
+            self.metrics.state_writes.inc(sum(len(r.states) for r in written))
 
     def _count(self, result: BatchResult) -> None:
         m = self.metrics

@@ -13,16 +13,27 @@ records of one fetch and goes through these steps, named for the crash tests (`H
    acknowledged since the last batch (`Acknowledgements`) folded in: they leave their outboxes
    in this batch's state write, never in a write of their own. A partition with
    acknowledgements and no record in the batch settles them (`PartitionEngine.settle`).
-4. ``queue``: per partition, in this order, the erasures' tombstones, each changed customer
-   once, the clock record, then the outputs (decisions, nudges, dead letters, receipts) are
-   queued on the `Sink`; every decision send carries the callback that acknowledges it.
+4. ``queue``: when the batch writes (below), per partition processed since its last write, in
+   this order, the erasures' tombstones, each changed customer once, the clock record; then the
+   batch's outputs (decisions, nudges, dead letters, receipts) are queued on the `Sink`; every
+   decision send carries the callback that acknowledges it.
 5. ``flush``: the sink hands everything queued to the Kafka client, in queue order.
 6. ``say``: replay statuses, only once every earlier send is acknowledged (a barrier).
 7. ``count``: the batch's metric counts, once per label set (`Hooks.count`).
-8. ``acknowledge``: the processed records are returned; the caller acknowledges their offsets
-   and the consumer's commit (which flushes the producer first) may pass them. A batch that
-   raised before this step is never acknowledged: it is read again, its decisions re-sent under
-   the same nudge_ids.
+8. ``acknowledge``: the records whose state writes are queued are returned (this batch's and
+   those held back since the last write, or none when the batch did not write); the caller
+   acknowledges their offsets and the consumer's commit (which flushes the producer first) may
+   pass them. A batch that raised before this step is never acknowledged: it is read again,
+   its decisions re-sent under the same nudge_ids.
+
+Write-behind (`write_interval_s` > 0, the worker's `ENGAGE_STATE_WRITE_INTERVAL_MS`): a batch
+writes only once the interval since the last write is up, or when it must: an erasure waits
+(its tombstone goes with its receipt), a replay status is to be said, a partition holds half
+as many unwritten customers as its engine caches, the worker idles (`settle`), partitions are
+handed over (`release`). A customer changed by many events in between is encoded and written
+once; its decisions are still sent by the batch that took them (the outbox in the state is
+what makes them safe, and the state with its outbox is written before any offset past them is
+acknowledged). Until then the engine keeps the state in its cache and the table lags it.
 
 The guarantees are those of the steps' order: no offset is committed before the state writes
 and sends of its record are in the producer; a decision leaves its outbox only after Kafka
@@ -286,18 +297,29 @@ class Checkpoint:
     hooks: Hooks = field(default_factory=Hooks)
     scan_chunk: int = 2000  # stored customers read per step of a due-index rebuild
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
+    # Write-behind: the longest a change waits for its state write (0: every batch writes).
+    write_interval_s: float = 0.0
+    monotonic: Callable[[], float] = _time.monotonic  # the write interval's clock
 
     def __post_init__(self) -> None:
         self.positions = Positions(self.config.inputs)
         self.acks = Acknowledgements()
         self.starting: set[int] = set()  # partitions whose engines `start` is building
         self.processed: list[BatchResult] = []  # the last batch's results (step 3)
+        self.written: list[BatchResult] = []  # the last batch's state writes (step 4), if any
+        self.held: list[Record] = []  # processed, their state writes not queued yet
+        self.unwritten: set[int] = set()  # partitions processed since their last write
+        self.last_write = self.monotonic()
 
     # --- a batch ------------------------------------------------------------------------------
 
-    async def commit(self, records: list[Record], *, wall_ms: int) -> list[Record]:
+    async def commit(
+        self, records: list[Record], *, wall_ms: int, write: bool = False
+    ) -> list[Record]:
         """Run one batch through the steps (see the module docstring); returns the records
-        processed, whose offsets the caller acknowledges. `wall_ms` is read once per batch."""
+        whose offsets the caller acknowledges: those whose state writes are now queued (this
+        batch's and the ones held back since the last write). `wall_ms` is read once per batch;
+        `write` writes whatever the write interval says."""
         step = self.hooks.step
         done, holes = self.positions.split(records, self.source)  # 1
         step("split")
@@ -314,7 +336,9 @@ class Checkpoint:
         step("start")
         results = self.processed = self._process(slices, wall_ms=wall_ms)  # 3
         step("process")
-        for result in results:  # 4
+        write = write or self._write_due(results)
+        self.written = self._write_all() if write else []  # 4
+        for result in results:
             later.extend(self._queue(result))
         step("queue")
         await self.sink.flush()  # 5
@@ -329,26 +353,71 @@ class Checkpoint:
                         topic, p, offset)  # fmt: skip
             await self.source.seek(topic, p, offset)
         step("acknowledge")
+        if not write:
+            self.held.extend(done)
+            return []
+        if self.held:
+            done, self.held = [*self.held, *done], []
         return done  # 8
 
-    async def settle(self) -> None:
-        """A batch without records (the consumer found nothing to read): clear the decisions
-        acknowledged since the last batch from their outboxes, so an idle worker's changelog
-        holds no decision Kafka already has, and send what was written between batches."""
-        if self.acks.done:
-            await self.commit([], wall_ms=0)
-        else:
-            await self.sink.flush()
+    async def settle(self) -> list[Record]:
+        """A batch without records (the consumer found nothing to read): everything changed
+        since the last write is written, and the decisions acknowledged since the last batch
+        leave their outboxes, so an idle worker's changelog holds its latest states and no
+        decision Kafka already has; what was written between batches is sent. Returns the
+        records to acknowledge (those held back for the write)."""
+        if self.acks.done or self.unwritten:
+            return await self.commit([], wall_ms=0, write=True)
+        self.written = []
+        await self.sink.flush()
+        return []
+
+    def _write_due(self, results: list[BatchResult]) -> bool:
+        """Whether this batch writes the changes held since the last write: always without
+        write-behind; else once the interval is up, when an erasure waits (its tombstone goes
+        with its receipt), when a replay status is to be said (after its states), or when a
+        partition holds half as many unwritten customers as its engine caches."""
+        if self.write_interval_s <= 0:
+            return True
+        for result in results:
+            if result.outputs and result.outputs[-1].name == REPLAY_STATUS:
+                return True
+        bound, engines = self.config.cached_states // 2, self.engines
+        for p in self.unwritten:
+            engine = engines.get(p)
+            if engine is not None and (engine.erasing or engine.pending >= bound):
+                return True
+        return self.monotonic() - self.last_write >= self.write_interval_s
+
+    def _write_all(self) -> list[BatchResult]:
+        """Step 4's first part: every partition's changes since its last write, queued."""
+        self.last_write = self.monotonic()
+        written = []
+        engines, partitions, self.unwritten = self.engines, sorted(self.unwritten), set()
+        for p in partitions:
+            engine = engines.get(p)
+            if engine is None:
+                continue
+            result = engine.write()
+            if result.states or result.erased or result.time is not None:
+                self._write(result)
+                written.append(result)
+        return written
 
     def _process(self, slices: Mapping[int, list[Record]], *, wall_ms: int) -> list[BatchResult]:
         engines, acks, source = self.engines, self.acks, self.source
         uses_highwaters = self.config.clock.uses_highwaters
         results = []
+        self.unwritten.update(slices)
         for p, part in slices.items():
             highwaters = source.highwaters(p) if uses_highwaters else None
             results.append(
                 engines[p].process(
-                    part, highwaters=highwaters, wall_ms=wall_ms, acknowledged=acks.take(p)
+                    part,
+                    highwaters=highwaters,
+                    wall_ms=wall_ms,
+                    acknowledged=acks.take(p),
+                    write=False,
                 )
             )
         for p in acks.pending():
@@ -356,12 +425,12 @@ class Checkpoint:
                 engine = engines.get(p)
                 acknowledged = acks.take(p)
                 if engine is not None:
-                    results.append(engine.settle(acknowledged))
+                    results.append(engine.settle(acknowledged, write=False))
+                    self.unwritten.add(p)
         return results
 
-    def _queue(self, result: BatchResult) -> list[Output]:
-        """Step 4 for one partition: tombstones, changed customers, the clock record, then
-        the outputs. Returns the replay statuses (step 6)."""
+    def _write(self, result: BatchResult) -> None:
+        """One partition's state write: tombstones, changed customers, the clock record."""
         p, write = result.partition, self.sink.write
         for key in result.erased:
             write(Table.CUSTOMERS, key, None, p)
@@ -369,6 +438,13 @@ class Checkpoint:
             write(Table.CUSTOMERS, key, raw, p)
         if result.time is not None:
             write(Table.CONTROL, time_key(p), result.time, p)
+
+    def _queue(self, result: BatchResult) -> list[Output]:
+        """Step 4 for one partition's result: its outputs queued (a result of `start` may
+        carry no write; a batch's writes are `_write_all`'s). Returns the replay statuses
+        (step 6)."""
+        p = result.partition
+        self._write(result)
         later: list[Output] = []
         send, expect = self.sink.send, self.acks.expect
         for out in result.outputs:
@@ -478,19 +554,23 @@ class Checkpoint:
 
     async def release(self, partitions: Iterable[int]) -> None:
         """Before partitions go (a rebalance, a clean stop): wait for Kafka's answers to every
-        send, clear the acknowledged decisions from their outboxes in one last write, and wait
-        until that write is in Kafka, so the next owner does not send them again. (A crash
-        skips this: the next owner re-sends them, under the same nudge_ids.)"""
+        send, write every change held since the last write with the acknowledged decisions
+        cleared from their outboxes, and wait until that write is in Kafka, so the next owner
+        does not send them again. (A crash skips this: the next owner reads the records held
+        since the last write again and re-sends what the outboxes hold, same nudge_ids.)"""
         await self.sink.barrier()
         results = []
-        for p in sorted(set(partitions)):
+        gone = set(partitions)
+        self.unwritten -= gone
+        for p in sorted(gone):
             engine, acknowledged = self.engines.get(p), self.acks.take(p)
-            if engine is not None and acknowledged:
-                results.append(engine.settle(acknowledged))
+            if engine is not None:
+                if acknowledged:
+                    engine.settle(acknowledged, write=False)
+                results.append(engine.write())
         for result in results:
-            self._queue(result)
-            self.hooks.count(result)
-        if results:
+            self._write(result)
+        if any(r.states or r.erased or r.time is not None for r in results):
             await self.sink.barrier()
 
     def forget(self, partitions: Iterable[int]) -> None:
@@ -500,15 +580,19 @@ class Checkpoint:
             self.engines.pop(p, None)
         self.positions.forget(gone)
         self.acks.forget(gone)
+        self.unwritten -= gone
+        # Held records of theirs are not acknowledged: the next owner reads them again, and
+        # skips those whose effects `release` wrote (each customer's folded offsets).
+        self.held = [r for r in self.held if r.partition not in gone]
 
     def projected(self, customer_ids: list[str]) -> None:
         """The Redis projector confirmed these customers' writes: partitions keeping an erasure
-        until its Redis deletion is confirmed drop it and write their clock record (sent with
-        the next flush)."""
-        for p, engine in list(self.engines.items()):
-            raw = engine.projected(customer_ids)
-            if raw is not None:
-                self.sink.write(Table.CONTROL, time_key(p), raw, p)
+        until its Redis deletion is confirmed drop it and write their clock record, with every
+        change held since their last write (sent with the next flush). Records held back stay
+        so until the next batch's write acknowledges them."""
+        for engine in list(self.engines.values()):
+            if engine.projected(customer_ids):
+                self._write(engine.write())
 
 
 class _PartitionReader:

@@ -37,6 +37,9 @@ class MemoryDriver:
     control: dict[bytes, bytes] = field(default_factory=dict)
     sent: list[Output] = field(default_factory=list)
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    # Write-behind with an interval that never ends: states are written only when the protocol
+    # must (`settle`, an erasure, a replay status, a partition's bound of unwritten customers).
+    write_behind: bool = False
 
     def __post_init__(self) -> None:
         self._unacked: list[Done] = []
@@ -51,6 +54,7 @@ class MemoryDriver:
             sink=_Sink(self),
             projection=self.projection,
             hooks=Hooks(count=self._count),
+            write_interval_s=float("inf") if self.write_behind else 0.0,
         )
 
     @property
@@ -100,7 +104,8 @@ class MemoryDriver:
             done(True)
 
     def settle(self) -> None:
-        """A batch without records: acknowledged decisions leave their outboxes."""
+        """A batch without records: acknowledged decisions leave their outboxes, and changes
+        held back by write-behind are written."""
         drive(self.checkpoint.settle())
 
     def projected(self, customer_ids: list[str]) -> None:

@@ -238,14 +238,18 @@ class PartitionEngine:
                 if any((short_positions.get(t) or 0) <= o for t, o in offs.items())
             }  # fmt: skip
         self.time = time
+        # The clock record as last written (or as stored): a write sends it again only changed.
+        self._written_time = time.to_json()
         self.index = DueIndex()
         # Decoded states, kept across batches (a customer active in consecutive batches is not
-        # decoded again each time), at most `EngineConfig.cached_states`, oldest dropped first.
+        # decoded again each time), at most `EngineConfig.cached_states`, oldest dropped first;
+        # a state changed since the last write stays until it is written (the store lags it).
         self._cache: dict[bytes, CustomerState] = {}
+        # What changed since the last write (`write`, or `process`/`settle` with write=True):
         self._dirty: set[bytes] = set()
         self._touched: set[bytes] = set()  # projection refresh only (a segment change)
-        self._erased: set[bytes] = set()  # deleted in this batch (unless re-created after)
-        self._acked_keys: set[bytes] = set()  # outboxes shortened by acknowledgements in this batch
+        self._erased: set[bytes] = set()  # deleted (unless re-created after)
+        self._acked_keys: set[bytes] = set()  # outboxes shortened by acknowledgements
         # Reading a record this partition's clock record says was read before a crash whose
         # state writes were lost: its decisions are re-sends (same nudge_id), counted so.
         self._rereading = False
@@ -302,19 +306,19 @@ class PartitionEngine:
                 self.projection.enqueue(customer_id, raw, pt.clock)
         return result
 
-    def projected(self, customer_ids: Iterable[str]) -> bytes | None:
+    def projected(self, customer_ids: Iterable[str]) -> bool:
         """Redis confirmed writes of these customers: erasures among them are done there.
 
-        Returns the partition's new clock record to write when that changed it, else None.
-        Call between batches (the projector's callback does)."""
+        Returns True when that changed the partition's clock record (the caller then has it
+        written: `write`). Call between batches (the projector's callback does)."""
         pending = self.time.unprojected
         if not pending:
-            return None
+            return False
         done = set(customer_ids).intersection(pending)
         if not done:
-            return None
+            return False
         self.time.unprojected = [c for c in pending if c not in done]
-        return json.dumps(self.time.to_json(), separators=(",", ":")).encode()
+        return True
 
     def process(
         self,
@@ -323,25 +327,27 @@ class PartitionEngine:
         highwaters: Mapping[str, int | None] | None = None,
         wall_ms: int,
         acknowledged: Mapping[bytes, Collection[str]] | None = None,
+        write: bool = True,
     ) -> BatchResult:
         """Handle one batch of this partition's records, in offset order per topic.
 
         `highwaters` (input topic -> end offset, read once per batch; None where unknown) feed
         clock policies that use them; `wall_ms` is the wall clock read once for the batch.
         `acknowledged` (customer key -> nudge_ids whose sends Kafka acknowledged since the last
-        batch) leave their customers' outboxes in this batch's state writes: an acknowledgement
+        batch) leave their customers' outboxes in the next state write: an acknowledgement
         costs no write of its own, and a customer both acknowledged and changed is written once.
+        With `write`, the result holds every change since the last write (each changed customer
+        once, the clock record); without, the changes wait for a later `write` (write-behind:
+        a customer active in many batches is encoded and written once).
         """
         result = self._result = BatchResult(self.partition)
         self._highwaters = dict(highwaters or {})
         self._wall_ms = wall_ms
         self._wall = datetime.fromtimestamp(wall_ms / 1000, UTC)
         self._ctx = Context(self.rules, self.policy.decision_wall(wall_ms))
-        self._begin()
         if acknowledged:
             self._clear_outboxes(acknowledged)
         control, erasures = self.config.control_topic, self.config.erasures_topic
-        before = self.time.to_json()
         for record in records:
             self._rereading = False
             try:
@@ -356,38 +362,68 @@ class PartitionEngine:
         if not records:
             self._tick()
         self._finish_replay()
-        self._flush(before)
+        if write:
+            self._flush()
         self._trim()
         result.clock = self.time.clock
         return result
 
-    def settle(self, acknowledged: Mapping[bytes, Collection[str]]) -> BatchResult:
+    def settle(
+        self, acknowledged: Mapping[bytes, Collection[str]], *, write: bool = True
+    ) -> BatchResult:
         """A batch without records: only clears acknowledged decisions from their outboxes
-        (see `process`). For a partition with acknowledgements and nothing to read: its clock,
-        timers and replay state stay as they are."""
+        (see `process`, and `write`). For a partition with acknowledgements and nothing to read:
+        its clock, timers and replay state stay as they are."""
         result = self._result = BatchResult(self.partition, clock=self.time.clock)
-        self._begin()
         self._clear_outboxes(acknowledged)
-        self._write_acknowledged()
+        if write:
+            self._flush()
         self._trim()
         return result
 
-    def _begin(self) -> None:
-        """A new batch: nothing changed, touched, erased or acknowledged yet. Decoded states
-        stay cached from earlier batches (`_trim` bounds them): the engine is the only writer of
-        its partition's customers, so a cached state is the stored one, decoded."""
-        self._dirty.clear()
-        self._touched.clear()
-        self._erased.clear()
-        self._acked_keys.clear()
+    def write(self) -> BatchResult:
+        """Every change since the last write, as one result to store: tombstones, each changed
+        customer once (encoded now, and projected), the clock record when it changed. The
+        commit protocol calls it when its write interval is up, before an erasure's receipt or
+        a replay's status, when the worker idles, and before partitions are handed over."""
+        result = self._result = BatchResult(self.partition, clock=self.time.clock)
+        self._flush()
+        self._trim()
+        return result
+
+    @property
+    def pending(self) -> int:
+        """Customers changed, erased or acknowledged since the last write."""
+        return len(self._dirty) + len(self._erased) + len(self._acked_keys)
+
+    @property
+    def erasing(self) -> bool:
+        """True when an erasure waits for its write (its tombstone goes before its receipt)."""
+        return bool(self._erased)
 
     def _trim(self) -> None:
-        """Drop the oldest decoded states beyond the bound (whole batches' worth at once)."""
+        """Drop the oldest decoded states beyond the bound (whole batches' worth at once). A
+        state not written yet stays: it is the only copy of the customer's latest state. The
+        engine is the only writer of its partition's customers, so a cached state is the stored
+        one (or the one to store), decoded."""
         cache = self._cache
         excess = len(cache) - self.config.cached_states
-        if excess > 0:
-            for key in list(itertools.islice(cache, excess + self.config.cached_states // 4)):
+        if excess <= 0:
+            return
+        drop = excess + self.config.cached_states // 4
+        pinned = self._dirty or self._acked_keys
+        if not pinned:
+            for key in list(itertools.islice(cache, drop)):
                 del cache[key]
+            return
+        dirty, acked, gone = self._dirty, self._acked_keys, []
+        for key in cache:
+            if key not in dirty and key not in acked:
+                gone.append(key)
+                if len(gone) >= drop:
+                    break
+        for key in gone:
+            del cache[key]
 
     def _clear_outboxes(self, acknowledged: Mapping[bytes, Collection[str]]) -> None:
         """Drop acknowledged decisions from their customers' outboxes (in the batch's cache;
@@ -744,8 +780,9 @@ class PartitionEngine:
             out.append(Output(NUDGES, key, value, headers, key, sent.nudge_id))
         return out
 
-    def _flush(self, before: dict[str, object]) -> None:
-        """Encode each changed customer once; the projection sees it once per batch."""
+    def _flush(self) -> None:
+        """Encode each customer changed since the last write once; the projection sees it once
+        per write. Then nothing is pending."""
         result, clock = self._result, self.time.clock
         result.erased = self._erased - self._dirty
         for key in self._dirty:
@@ -757,9 +794,14 @@ class PartitionEngine:
                 self._register(state)
         if self.projection is not None:
             for key in self._touched - self._dirty:
-                state = self._cache[key]
-                self.projection.enqueue(state.customer_id, self.store.get(key), clock)
+                # Not changed since the last write, so the store holds its latest state.
+                self.projection.enqueue(key.decode("utf-8"), self.store.get(key), clock)
         self._write_acknowledged()
         after = self.time.to_json()
-        if after != before:
+        if after != self._written_time:
             result.time = json.dumps(after, separators=(",", ":")).encode()
+            self._written_time = after
+        self._dirty.clear()
+        self._touched.clear()
+        self._erased.clear()
+        self._acked_keys.clear()

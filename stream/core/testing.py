@@ -11,6 +11,8 @@ the Kafka client boundary, in milliseconds and in-process:
   and commits offsets every `commit_every` batches after a producer flush, by the worker's own
   rule (`next_commit`). Its sends reach the broker at the protocol's `flush` step; Kafka's
   acknowledgements of them arrive before its next fetch (or at once on a barrier).
+* `write_every=n` holds state writes back for n batches (write-behind), as the worker does for
+  its write interval: offsets are acknowledged only once their records' writes are queued.
 * `crash_at=(batch, step)` raises `Crash` right after that protocol step of that batch: the
   worker is gone with everything in memory (engines, unsent writes, acknowledgements not
   folded, uncommitted offsets), and a new `SimWorker` starts from what the broker holds.
@@ -92,7 +94,10 @@ class SimWorker:
         wall_ms: int = 0,
         crash_at: tuple[int, str] | None = None,
         projection: Projection | None = None,
+        write_every: int = 0,
     ) -> None:
+        """`write_every` > 0 turns write-behind on: state writes every that many batches (the
+        write interval's clock counts batches)."""
         if crash_at is not None and crash_at[1] not in STEPS:
             raise ValueError(f"no protocol step {crash_at[1]!r}: one of {STEPS}")
         self.broker = broker
@@ -117,6 +122,8 @@ class SimWorker:
             sink=_Sink(self),
             projection=projection,
             hooks=Hooks(step=self._step),
+            write_interval_s=write_every,
+            monotonic=lambda: float(self.batches),
         )
         self.assign(partitions)
 
@@ -183,19 +190,27 @@ class SimWorker:
                 break
         self.batches += 1
         if not batch:
-            drive(self.checkpoint.settle())
+            self._ack(drive(self.checkpoint.settle()))
             return False
-        done = drive(self.checkpoint.commit(batch, wall_ms=self.wall_ms))
-        for record in done:
-            self.acked.setdefault((record.topic, record.partition), []).append(record.offset)
+        self._ack(drive(self.checkpoint.commit(batch, wall_ms=self.wall_ms)))
         if self.batches % self.commit_every == 0:
             self.commit()
         return True
 
+    def _ack(self, done: list[Record]) -> None:
+        for record in done:
+            self.acked.setdefault((record.topic, record.partition), []).append(record.offset)
+
     def run(self, *, limit: int = 100_000) -> None:
         """Poll until there is nothing to read and every acknowledgement is folded in."""
         for _ in range(limit):
-            if not self.poll() and not self.answers and not self.checkpoint.acks.done:
+            checkpoint = self.checkpoint
+            if (
+                not self.poll()
+                and not self.answers
+                and not checkpoint.acks.done
+                and not checkpoint.unwritten
+            ):
                 self.commit()
                 return
         raise RuntimeError("the simulated worker never went idle")

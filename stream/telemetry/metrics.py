@@ -190,6 +190,12 @@ class PipelineMetrics:
         self.rebalances = Counter(
             "engage_rebalances_total", "Partition revocations seen by this worker.", registry=r
         )
+        self.state_writes = Counter(
+            "engage_state_writes_total",
+            "Customer states written to the table and its changelog (write-behind: each changed "
+            "customer once per write, however many events changed it).",
+            registry=r,
+        )
         for reason in REASONS:
             self.dlq.labels(reason)
         for reason in UNREADABLE_REASONS:

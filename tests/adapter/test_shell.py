@@ -193,7 +193,10 @@ class _Producer:
         pass
 
 
-def _shell(app: Any, *, config: Any, customers: Any, control: Any, metrics: Any) -> Any:
+def _shell(
+    app: Any, *, config: Any, customers: Any, control: Any, metrics: Any,
+    write_interval_s: float = 0.0,
+) -> Any:  # fmt: skip
     """A `BatchShell` over fakes of the Faust objects, sending through a real `Sender`."""
     from stream.adapter.sender import Sender
     from stream.adapter.shell import BatchShell
@@ -202,7 +205,7 @@ def _shell(app: Any, *, config: Any, customers: Any, control: Any, metrics: Any)
     return BatchShell(
         app=app, config=config, customers=customers, control=control,
         topics={n: _Topic(n) for n in OUTPUTS}, metrics=metrics, kpis=Kpis(metrics.registry),
-        sender=Sender(app),
+        sender=Sender(app), write_interval_s=write_interval_s,
     )  # fmt: skip
 
 
@@ -346,3 +349,40 @@ def _histogram_count(metrics: Any, name: str) -> float:
             if sample.name == f"{name}_count":
                 return sample.value
     raise AssertionError(f"{name} not exported")
+
+
+def test_write_behind_returns_records_to_acknowledge_only_once_their_states_are_written() -> None:
+    """With a write interval, a batch's decisions are sent at once but its states wait: the
+    batch returns nothing to acknowledge, the table does not have the customer yet; the idle
+    fetch writes it once (however many events changed it) and returns every record held."""
+    import asyncio
+
+    from faust.types import TP
+
+    from stream.core.engine import Record
+    from stream.core.state import decode
+    from stream.telemetry.metrics import PipelineMetrics
+    from tests.core.test_engine import config
+    from tests.factory import event, raw
+
+    topic = "t.clicks"
+    consumer = _Consumer({TP(topic, 1): 0})
+    app = SimpleNamespace(consumer=consumer, producer=_Producer())
+    customers = _Table()
+    shell = _shell(app, config=config("follow"), customers=customers, control=_Table(),
+                   metrics=PipelineMetrics(), write_interval_s=3600)  # fmt: skip
+
+    def record(offset: int) -> Record:
+        value = raw(event("click", "cara", days=offset, event_id=f"e-{offset}"))
+        return Record(topic, 1, offset, 0, b"cara", value)
+
+    assert asyncio.run(shell.handle_records([record(0), record(1)])) == []
+    assert asyncio.run(shell.handle_records([record(2)])) == []
+    assert b"cara" not in customers.data
+    assert shell.metrics.state_writes._value.get() == 0
+    done = asyncio.run(shell.idle())
+    assert [r.offset for r in done] == [0, 1, 2]
+    assert decode(customers.data[b"cara"]).counts == {"click": 3}
+    assert shell.metrics.state_writes._value.get() == 1, "one write for three events"
+    assert asyncio.run(shell.idle()) == []
+    assert shell.metrics.state_writes._value.get() == 1

@@ -22,7 +22,9 @@ from stream.core.driver import MemoryDriver
 from stream.core.state import decode
 from stream.settings import Settings
 
-SETTINGS = Settings(app_id="raw-test", topic_namespace=NS, partitions=PARTITIONS)
+SETTINGS = Settings(
+    app_id="raw-test", topic_namespace=NS, partitions=PARTITIONS, state_write_interval_ms=0
+)
 CUSTOMERS, CONTROL = SETTINGS.changelog_topics()
 
 
@@ -107,6 +109,38 @@ def test_raw_row_decides_and_writes_what_the_driver_does() -> None:
         assert raw is not None and decode(raw).partition == p  # the input partition's
         assert decode(raw).outbox == []  # every send acknowledged: every outbox cleared
     assert set(producer.latest(CONTROL)) == {f"partition:{p}".encode() for p in range(PARTITIONS)}
+
+
+def test_raw_row_with_write_behind_writes_each_customer_once_and_ends_where_the_driver_does(
+) -> None:
+    recs = records(3000, seed=1)
+    batches = [recs[i : i + 500] for i in range(0, len(recs), 500)]
+    wall = wall_ms() + 3_600_000
+    config = engine_config(NS, PARTITIONS)
+    driver = MemoryDriver(config)
+    for batch in batches:
+        driver.pipe(batch, highwaters={t: 0 for t in config.inputs}, wall_ms=wall)
+    driver.settle()
+    behind = Settings(app_id="raw-test", topic_namespace=NS, partitions=PARTITIONS,
+                      state_write_interval_ms=60_000)  # fmt: skip
+    producer = RecordingProducer()
+
+    async def go() -> list[bool]:
+        core = RawEngage(behind, config, producer, clock=lambda: wall)
+        wrote = []
+        for batch in batches:
+            settle = await core.apply(batch, caught_up)
+            await core.settle(settle)
+            wrote.append(settle.wrote)
+        for _ in range(2):  # the states, then the outboxes the last acknowledgements cleared
+            settle = await core.apply([], caught_up, write=True)
+            await core.settle(settle)
+        return wrote
+
+    assert asyncio.run(go()) == [False] * len(batches), "held back until the interval is up"
+    written = [k for t, k, _v, _p in producer.sent if t == CUSTOMERS]
+    assert len(written) <= 2 * len(set(written)), "each customer once per write"
+    assert {k: v for k, (v, _p) in producer.latest(CUSTOMERS).items()} == driver.customers
 
 
 def test_an_acknowledged_decision_leaves_the_outbox_with_the_next_batch_write() -> None:

@@ -195,3 +195,90 @@ def test_hooks_default_to_doing_nothing() -> None:
     hooks = Hooks()
     hooks.step("split")
     assert isinstance(Checkpoint.__doc__, str)
+
+
+# --- write-behind ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["replay", "follow"])
+@pytest.mark.parametrize("batch", [2, 3, 4])
+@pytest.mark.parametrize("step", STEPS)
+def test_write_behind_a_crash_after_any_step_gives_the_crash_free_end(
+    step: str, batch: int, mode: str
+) -> None:
+    """State writes every third batch: a crash loses up to three batches of changes, whose
+    records were never acknowledged; the restart reads them again and ends where a worker
+    writing every batch ends (same decisions, bytes and tables)."""
+    want = reference(3, mode, commit_every=2)
+    broker = loaded(3)
+    first = SimWorker(broker, config(mode), partitions=ALL, wall_ms=WALL, commit_every=2,
+                      write_every=3, crash_at=(batch, step))  # fmt: skip
+    with pytest.raises(Crash):
+        first.run()
+    SimWorker(broker, config(mode), partitions=ALL, wall_ms=WALL, commit_every=2,
+              write_every=3).run()  # fmt: skip
+    got = at_rest(broker)
+    assert all(len(values) == 1 for values in got[0].values()), "one value per nudge_id"
+    assert got == want
+
+
+def test_write_behind_acknowledges_offsets_only_once_their_states_are_written() -> None:
+    broker = loaded(3)
+    worker = SimWorker(broker, config("follow"), partitions=ALL, wall_ms=WALL, fetch=10,
+                       write_every=3)  # fmt: skip
+    for _ in range(2):
+        assert worker.poll()
+    assert worker.written == [], "changes held back"
+    assert broker.committed == {}, "no offset passes a record whose state is not written"
+    assert len(worker.checkpoint.held) == 20
+    assert worker.poll()  # the third batch writes all three batches' changes
+    assert worker.checkpoint.held == []
+    per_key = Counter((table, key) for _batch, table, key in worker.written)
+    assert per_key and max(per_key.values()) == 1, "each customer once per write"
+    assert sum(broker.committed.values()) == 30
+
+
+def test_write_behind_writes_each_busy_customer_once_per_interval() -> None:
+    every = SimWorker(loaded(5), config("follow"), partitions=ALL, wall_ms=WALL, fetch=5)
+    behind = SimWorker(loaded(5), config("follow"), partitions=ALL, wall_ms=WALL, fetch=5,
+                       write_every=8)  # fmt: skip
+    every.run()
+    behind.run()
+    customers = [w for w in behind.written if w[1] is Table.CUSTOMERS]
+    assert len(customers) < len([w for w in every.written if w[1] is Table.CUSTOMERS]) / 2
+    assert at_rest(behind.broker) == at_rest(every.broker)
+
+
+def test_write_behind_hands_partitions_over_and_stops_cleanly() -> None:
+    want = reference(7)
+    broker = loaded(7)
+    one = SimWorker(broker, config(), partitions=ALL, wall_ms=WALL, fetch=10, write_every=4)
+    for _ in range(3):
+        one.poll()
+    one.revoke([1])  # its changes held since the last write go in `release`
+    assert not [r for r in one.checkpoint.held if r.partition == 1]
+    two = SimWorker(broker, config(), partitions=[1], wall_ms=WALL, fetch=10, write_every=4)
+    for _ in range(3):
+        one.poll()
+        two.poll()
+    two.stop()
+    one.assign([1])
+    one.run()
+    assert at_rest(broker) == want
+
+
+def test_write_behind_keeps_unwritten_states_past_the_cache_bound() -> None:
+    """An engine caching two states keeps every unwritten one (the store lags them), and a
+    partition with half its bound unwritten writes at once."""
+    from dataclasses import replace
+
+    small = replace(config("follow"), cached_states=4)
+    want = reference(5, "follow")
+    broker = loaded(5)
+    worker = SimWorker(broker, small, partitions=ALL, wall_ms=WALL, fetch=6, write_every=50)
+    worker.poll()
+    assert worker.written, "two unwritten customers on a partition force its write"
+    for engine in worker.checkpoint.engines.values():
+        assert engine.pending < 2
+    worker.run()
+    assert at_rest(broker) == want

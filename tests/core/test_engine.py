@@ -480,3 +480,28 @@ def test_engine_needs_no_store_writes_to_read_its_own_batch() -> None:
     result = engine.process(log.records, wall_ms=WALL)
     assert list(result.states) == [b"same"]  # one write for three events
     assert decode(result.states[b"same"]).counts["click"] == 3
+
+
+def test_write_behind_writes_an_erasure_with_its_receipt_and_a_later_change_at_rest() -> None:
+    """Held-back changes are written when an erasure comes (its tombstone and guard go with
+    its receipt), and otherwise only when the protocol must (`settle`: the worker at rest)."""
+    erasures = f"{NS}.erasures"
+    cfg = EngineConfig(RULES, clock_for("follow", grace_ms=1000), INPUTS, CONTROL, LIMITS,
+                       erasures_topic=erasures)  # fmt: skip
+    log = Log()
+    first = log.event(event("purchase", "gone", days=0))
+    p = first.partition
+    driver = MemoryDriver(cfg, write_behind=True)
+    driver.pipe([first], wall_ms=WALL)
+    assert driver.customers == {} and driver.control == {}, "held back"
+    driver.settle()
+    assert b"gone" in driver.customers and time_key(p) in driver.control
+    driver.pipe([log.event(event("click", "gone", days=1))], wall_ms=WALL)
+    assert "click" not in decode(driver.customers[b"gone"]).counts, "the click is held back"
+    request = {"customer_id": "gone", "request_id": "r-1",
+               "requested_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+    erase = log.append(erasures, p, b"gone", json.dumps(request).encode())
+    driver.pipe([erase], wall_ms=WALL)
+    assert b"gone" not in driver.customers
+    assert PartitionTime.from_json(json.loads(driver.control[time_key(p)])).erased
+    assert [o.name for o in driver.sent][-1] == "erasure_receipts"

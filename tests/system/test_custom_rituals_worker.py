@@ -76,9 +76,19 @@ def test_the_worked_examples_through_a_replay_match_the_in_process_engine(
     )
 
 
+def midday_zone(now: datetime) -> str:
+    """A fixed-offset zone where it is about noon at `now` (and was an hour or two ago, when
+    the examples' nudges fell due): the default rules hold nudges back during quiet hours."""
+    east = (12 - now.hour) % 24
+    if east > 14:
+        east -= 24
+    return "UTC" if east == 0 else f"Etc/GMT{'-' if east > 0 else '+'}{abs(east)}"
+
+
 def test_the_worked_examples_in_a_live_worker(make_worker, tmp_path: Path) -> None:
     worker = make_worker(ENGAGE_RULES_FILE=str(both_examples(tmp_path))).start()
     now = datetime.now(UTC)
+    tz = midday_zone(now)  # outside quiet hours (21:00-08:00 local) whenever the test runs
     browser = customer("browse_abandon", prefix="live-b")
     buyer = customer("second_purchase", "post_purchase_welcome", prefix="live-s")
     produce_events(
@@ -91,6 +101,7 @@ def test_the_worked_examples_in_a_live_worker(make_worker, tmp_path: Path) -> No
                 occurred_at=(now - timedelta(hours=3)).isoformat(),
                 action="search",
                 event_id="live-b1",
+                tz=tz,
             ),
             event(
                 "purchase",
@@ -98,6 +109,7 @@ def test_the_worked_examples_in_a_live_worker(make_worker, tmp_path: Path) -> No
                 occurred_at=(now - timedelta(days=14, hours=1)).isoformat(),
                 order_id="live-o1",
                 event_id="live-p1",
+                tz=tz,
             ),
         ],
     )
