@@ -70,6 +70,7 @@ from quix_engage import engine_config  # noqa: E402
 
 from stream.adapter.collector import CycleCollector  # noqa: E402
 from stream.core.clock import wall_ms  # noqa: E402
+from stream.core.commit import must_write  # noqa: E402
 from stream.core.engine import (  # noqa: E402
     REPLAY_STATUS,
     BatchResult,
@@ -228,13 +229,9 @@ class RawEngage:
         """The worker's reasons to write (`stream.core.commit.Checkpoint._write_due`)."""
         if self.write_interval_s <= 0:
             return True
-        if any(r.outputs and r.outputs[-1].name == REPLAY_STATUS for r in results):
+        engines = [self.engines[p] for p in self.unwritten]
+        if must_write(results, engines, bound=self.config.cached_states // 2):
             return True
-        bound = self.config.cached_states // 2
-        for p in self.unwritten:
-            engine = self.engines[p]
-            if engine.erasing or engine.pending >= bound:
-                return True
         return time.monotonic() - self.last_write >= self.write_interval_s
 
     async def _write_states(self, result: BatchResult) -> None:

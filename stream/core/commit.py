@@ -238,6 +238,19 @@ def next_commit(acked: Sequence[int], committed: int | None) -> tuple[int | None
     return end, [o for o in pending if o >= end]
 
 
+def must_write(
+    results: Iterable[BatchResult], engines: Iterable[PartitionEngine], *, bound: int
+) -> bool:
+    """Write-behind's reasons to write before its interval is up: a batch result ends with a
+    replay status (said after its states), an engine holds an erasure (its tombstone goes with
+    its receipt) or `bound` unwritten customers. `engines` are those processed since their
+    last write. Shared by the `Checkpoint` and the raw benchmark loop."""
+    for result in results:
+        if result.outputs and result.outputs[-1].name == REPLAY_STATUS:
+            return True
+    return any(engine.erasing or engine.pending >= bound for engine in engines)
+
+
 class Acknowledgements:
     """Decisions whose sends Kafka acknowledged, per partition, until the next batch clears
     them from their outboxes. A decision has one or two sends (decisions, nudges): it counts
@@ -379,14 +392,9 @@ class Checkpoint:
         partition holds half as many unwritten customers as its engine caches."""
         if self.write_interval_s <= 0:
             return True
-        for result in results:
-            if result.outputs and result.outputs[-1].name == REPLAY_STATUS:
-                return True
-        bound, engines = self.config.cached_states // 2, self.engines
-        for p in self.unwritten:
-            engine = engines.get(p)
-            if engine is not None and (engine.erasing or engine.pending >= bound):
-                return True
+        engines = [self.engines[p] for p in self.unwritten if p in self.engines]
+        if must_write(results, engines, bound=self.config.cached_states // 2):
+            return True
         return self.monotonic() - self.last_write >= self.write_interval_s
 
     def _write_all(self) -> list[BatchResult]:
