@@ -80,6 +80,7 @@ from stream.core.engine import (  # noqa: E402
     Record,
     time_key,
 )
+from stream.core.interleave import in_time_order  # noqa: E402
 from stream.kafka_client import consumer as kafka_consumer  # noqa: E402
 from stream.kafka_client import producer as kafka_producer  # noqa: E402
 from stream.settings import Settings  # noqa: E402
@@ -365,6 +366,7 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
                     if m.topic in inputs:
                         seen += 1
                 offsets[tp] = msgs[-1].offset + 1
+            records = in_time_order(records)  # as the worker's drain hands them over
             settle = await core.apply(records, highwater, write=seen >= n)
             ready = committable(settle, offsets)
             if overlap:

@@ -295,8 +295,12 @@ async def _latency(
     *,
     in_process: bool = False,
     pid: int | None = None,
+    background: list[tuple[str, bytes, bytes]] | None = None,
 ) -> tuple[list[Sample], float | None]:
-    """Send live traffic at `rate` events/s; every 10th is a new customer's first purchase.
+    """Send live traffic at `rate` events/s. With `background` (the throughput rows' persona
+    events), every `PERSONA_PROBE_EVERY`th event is a new customer's first purchase (a probe)
+    and the others are the persona events in turn, sent as happening now (`live_persona`);
+    without, every 10th is a probe and the others clicks of 400 customers.
     Returns, per such send, its send time and the seconds to its welcome decision being
     readable (read by a separate process unless `in_process`, the old measuring client),
     and the CPU time process `pid` (the worker) used per second of the measured window.
@@ -330,8 +334,9 @@ async def _latency(
     await producer.start()
     sent: dict[str, tuple[float, float]] = {}  # customer -> (perf time, wall time) of the send
     try:
-        tick, i = 0.01, 0
+        tick, i, b = 0.01, 0, 0
         tz = _afternoon_zone()
+        every = PERSONA_PROBE_EVERY if background else 10
         begun = time.perf_counter()
         started = begun + WARM_UP_S  # the measured window's start
         warm: set[str] = set()
@@ -346,7 +351,13 @@ async def _latency(
                     cpu["end"] = (time.perf_counter(), cpu_seconds(pid))
             while i < due:
                 now_iso = datetime.now(UTC).isoformat(timespec="milliseconds")
-                if i % 10 == 0 and sampling:
+                if background and not (i % every == 0 and sampling):
+                    topic, key, value = live_persona(background, b, now_iso, namespace)
+                    b += 1
+                    await producer.send(topic, key=key, value=value)
+                    i += 1
+                    continue
+                if i % every == 0 and sampling:
                     cid = f"lat-{uuid.uuid4().hex[:10]}"
                     evt = {"type": "purchase", "order_id": f"o-{i}", "amount": "9.90",
                            "currency": "EUR", "items": 1}  # fmt: skip
@@ -394,11 +405,38 @@ async def _latency(
     return samples, share
 
 
+#: With the persona mix, one event in this many is a probe (a new customer's first purchase).
+PERSONA_PROBE_EVERY = 50
+
+
+def live_persona(
+    events: list[tuple[str, bytes, bytes]], i: int, now_iso: str, namespace: str
+) -> tuple[str, bytes, bytes]:
+    """The `i`th background event of the persona mix: the persona events in turn, each as
+    happening now (`occurred_at`); after the first pass, each pass's customers and event ids
+    carry the pass number, so every event is new to the worker."""
+    suffix, _, value = events[i % len(events)]
+    evt = json.loads(value)
+    n = i // len(events)
+    if n:
+        evt["customer_id"] = f"{evt['customer_id']}~{n}"
+        evt["event_id"] = f"{evt['event_id']}~{n}"
+    evt["occurred_at"] = now_iso
+    return namespaced(namespace, suffix), evt["customer_id"].encode(), json.dumps(evt).encode()
+
+
 def measure_latency(
-    bootstrap: str, rate: float, tmp: Path, seconds: float, *, in_process: bool = False
+    bootstrap: str,
+    rate: float,
+    tmp: Path,
+    seconds: float,
+    *,
+    in_process: bool = False,
+    background: list[tuple[str, bytes, bytes]] | None = None,
 ) -> tuple[list[Sample], float | None]:
-    """A fresh live worker fed at `rate`: first purchase -> welcome decision, per purchase,
-    and the worker's CPU seconds per second of the measured window (cores in use)."""
+    """A fresh live worker fed at `rate` (with `background`: the persona mix, see `_latency`):
+    first purchase -> welcome decision, per purchase, and the worker's CPU seconds per second
+    of the measured window (cores in use)."""
     from stream.adapter.topics import ensure_topics
     from stream.settings import Settings
 
@@ -420,7 +458,13 @@ def measure_latency(
         assert worker.proc is not None
         return asyncio.run(
             _latency(
-                bootstrap, namespace, rate, seconds, in_process=in_process, pid=worker.proc.pid
+                bootstrap,
+                namespace,
+                rate,
+                seconds,
+                in_process=in_process,
+                pid=worker.proc.pid,
+                background=background,
             )
         )
     finally:
@@ -502,6 +546,11 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float,
                         help="feed the latency measurement at this many events/s (default: half "
                         "the at_least_once row's rate; needed when it is skipped)")  # fmt: skip
+    parser.add_argument("--latency-mix", choices=("persona", "probes"), default="persona",
+                        help="the latency feed: the persona events sent as happening now, one "
+                        f"in {PERSONA_PROBE_EVERY} a new customer's first purchase (the same "
+                        "data as the rows, default), or `probes`: one in 10 a first "
+                        "purchase, the rest clicks of 400 customers (decision-heavy)")  # fmt: skip
     parser.add_argument("--latency-samples", help="write every latency sample to this CSV file")
     parser.add_argument("--latency-in-process", action="store_true",
                         help="read the decisions in the sender's event loop (the old measuring "
@@ -633,8 +682,12 @@ def main() -> int:
                 print("\nno latency measurement: it runs at half the at_least_once row's rate "
                       "(or --latency-rate), and that row was skipped")  # fmt: skip
             if feed is not None:
-                samples, cores = measure_latency(bootstrap, feed, tmp, args.latency_seconds,
-                                                 in_process=args.latency_in_process)  # fmt: skip
+                background = messages if args.latency_mix == "persona" else None
+                samples, cores = measure_latency(
+                    bootstrap, feed, tmp, args.latency_seconds,
+                    in_process=args.latency_in_process, background=background,
+                )  # fmt: skip
+                where += f", {args.latency_mix} mix"
                 report_latency(samples, feed, where, args.latency_samples, cores)
                 print("(a live decision waits for the partition clock, the wall clock minus "
                       "ENGAGE_GRACE_MS, 1000 ms by default, only for timed rituals)")  # fmt: skip

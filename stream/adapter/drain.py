@@ -82,6 +82,7 @@ from stream.adapter.faust_private import (
 )
 from stream.adapter.restore import restore_fetch
 from stream.core.engine import Record
+from stream.core.interleave import in_time_order
 from stream.kafka_client import DURABLE_PRODUCER
 
 log = logging.getLogger("engage")
@@ -276,6 +277,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         if not await self._learn_starts(tps.values(), generation):
             return
         assert self.direct_sink is not None
+        batch = in_time_order(batch)  # the clock moves past an event within its own batch
         for rec in batch:  # before the sink: a seek back inside it must win
             read_offset[tps[rec.topic, rec.partition]] = rec.offset
         self.direct_idle.clear()

@@ -96,9 +96,10 @@ def test_a_fetch_goes_to_the_sink_in_one_call_and_processed_records_are_acknowle
     asyncio.run(c.fetch_once())
 
     assert len(batches) == 1  # one call for the whole fetch
-    assert [(r.partition, r.offset) for r in batches[0]] == [(0, 10), (0, 11), (0, 12), (0, 13),
-                                                             (1, 6)]  # fmt: skip
-    first = batches[0][0]
+    # interleaved by record time (`in_time_order`): partition 1's offset 6 is the oldest
+    assert [(r.partition, r.offset) for r in batches[0]] == [(1, 6), (0, 10), (0, 11), (0, 12),
+                                                             (0, 13)]  # fmt: skip
+    first = batches[0][1]
     assert (first.topic, first.key, first.value, first.headers) == (
         "in.clicks",
         b"c10",
