@@ -304,6 +304,7 @@ async def run(settings: Settings, n: int, result_file: Path, *, overlap: bool) -
         enable_auto_commit=False,
         max_poll_records=settings.consumer_max_poll_records,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,  # the worker's
+        fetch_min_bytes=settings.consumer_fetch_min_bytes,
     )
     await producer.start()
     await consumer.start()

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         default=0.05, gt=0, le=10, description="Longest wait for a batch to fill."
     )
     producer_linger_ms: int = Field(
-        default=10, ge=0, le=1000, description="Producer linger: sends wait this long to batch."
+        default=0, ge=0, le=1000, description="Producer linger: sends wait this long to batch."
     )
     producer_max_batch_bytes: int = Field(
         default=1024 * 1024, ge=16 * 1024, description="Largest producer batch per partition."
@@ -136,11 +136,20 @@ class Settings(BaseSettings):
         default=2000, ge=1, description="Most records one consumer fetch returns."
     )
     consumer_fetch_max_wait_ms: int = Field(
-        default=100,
+        default=10,
         ge=1,
         le=10_000,
-        description="Longest the broker holds a fetch request that finds no new record "
-        "(Faust's own is 1,500 ms: a backlog's catch-up stalled on it).",
+        description="Longest the broker holds a fetch request that has not found "
+        "`consumer_fetch_min_bytes` of new records (Faust's own is 1,500 ms: a backlog's "
+        "catch-up stalled on it).",
+    )
+    consumer_fetch_min_bytes: int = Field(
+        default=64 * 1024,
+        ge=1,
+        le=50 * 1024 * 1024,
+        description="Least data the broker gathers for a fetch before it answers, unless "
+        "`consumer_fetch_max_wait_ms` passes first: live traffic arrives in fewer, larger "
+        "fetches (1 answers as soon as one record is there).",
     )
     state_write_interval_ms: int = Field(
         default=0,

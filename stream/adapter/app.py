@@ -151,6 +151,7 @@ def create_app(settings: Settings, rules: Rules | None = None) -> Engage:
     )
     app.drain = settings.drain  # before anything creates the transport
     app.fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # and its consumer
+    app.fetch_min_bytes = settings.consumer_fetch_min_bytes
     topology = declare(app, settings)
     metrics = PipelineMetrics(rules=rules)
     metrics.registry.register(FaustSensor(app))

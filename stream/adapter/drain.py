@@ -208,6 +208,10 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         """The app's `fetch_max_wait_ms` (`ENGAGE_CONSUMER_FETCH_MAX_WAIT_MS`)."""
         return getattr(self.app, "fetch_max_wait_ms", None)  # None for an app not LeanApp
 
+    def fetch_min_bytes(self) -> int | None:
+        """The app's `fetch_min_bytes` (`ENGAGE_CONSUMER_FETCH_MIN_BYTES`)."""
+        return getattr(self.app, "fetch_min_bytes", None)  # None for an app not LeanApp
+
     def fetches_directly(self) -> bool:
         """The fetcher loop is `fetch_once` once the app has set the sink and its topics."""
         return self.direct_sink is not None and bool(self.direct_topics)
@@ -446,6 +450,7 @@ class LeanApp(TransportHook, faust.App):
 
     drain = "direct"
     fetch_max_wait_ms: int | None = None  # the consumer's; None: Faust's 1,500 ms
+    fetch_min_bytes: int | None = None  # the consumer's; None: aiokafka's 1 byte
 
     def new_transport(self) -> TransportT | None:
         """One of the transports above for a Kafka broker; None (Faust's choice) otherwise."""

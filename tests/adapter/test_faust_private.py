@@ -66,6 +66,7 @@ EXPECTED = {
     "_new_consumer_thread": CONSUMER,
     "_create_consumer": "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
     "_fetch_max_wait_ms": "aiokafka.consumer.consumer:AIOKafkaConsumer",
+    "_fetch_min_bytes": "aiokafka.consumer.consumer:AIOKafkaConsumer",
     # aiokafka
     "_client": "aiokafka.consumer.consumer:AIOKafkaConsumer",
 }
@@ -312,24 +313,29 @@ def test_a_text_search_for_a_listed_name_finds_only_the_module() -> None:
     assert found == {}
 
 
-@pytest.mark.parametrize("wait_ms", [100, 1500])
-def test_the_consumer_fetch_waits_as_configured(wait_ms: int) -> None:
-    """Faust builds its aiokafka consumer with a fixed 1,500 ms fetch wait; the worker's
-    waits `ENGAGE_CONSUMER_FETCH_MAX_WAIT_MS` (checked on the client Faust's thread builds,
-    before it connects)."""
+@pytest.mark.parametrize(("wait_ms", "min_bytes"), [(10, 65536), (1500, 1)])
+def test_the_consumer_fetch_waits_as_configured(wait_ms: int, min_bytes: int) -> None:
+    """Faust builds its aiokafka consumer with a fixed 1,500 ms fetch wait and aiokafka's
+    1-byte minimum; the worker's waits `ENGAGE_CONSUMER_FETCH_MAX_WAIT_MS` for
+    `ENGAGE_CONSUMER_FETCH_MIN_BYTES` (checked on the client Faust's thread builds, before it
+    connects)."""
     import asyncio
 
     from stream.adapter.app import create_app
     from stream.settings import Settings
 
     settings = Settings(
-        broker="kafka://127.0.0.1:1", redis_enabled=False, consumer_fetch_max_wait_ms=wait_ms
+        broker="kafka://127.0.0.1:1",
+        redis_enabled=False,
+        consumer_fetch_max_wait_ms=wait_ms,
+        consumer_fetch_min_bytes=min_bytes,
     )
     app = create_app(settings).app
 
     async def build() -> None:
         client = app.consumer._thread._create_consumer(asyncio.get_running_loop())
         assert client._fetch_max_wait_ms == wait_ms
+        assert client._fetch_min_bytes == min_bytes
         assert client._max_poll_records == settings.consumer_max_poll_records
 
     asyncio.run(build())
