@@ -4,10 +4,7 @@
 
 MODE `noop` only counts events; `table` also writes one table key per event (the event's key,
 a small value), which is one changelog record each. Both use the worker's Kafka client settings
-(`stream.adapter.kafka.faust_options`), so the comparison with `engage worker` is like for like,
-except the producer linger: 10 ms, the best for Faust's per-message table writes (each is its
-own produce request without one: half the `table` row's rate at 0), where the worker, which
-hands a whole batch to the producer at once, needs none (its default is 0).
+(`stream.adapter.kafka.faust_options`), so the comparison with `engage worker` is like for like.
 When EVENTS have been seen the agent writes the seconds from the first to the last to
 RESULT_FILE, then the process's CPU seconds over the same span; the benchmark then stops the
 process.
@@ -35,9 +32,7 @@ def main() -> None:
     """Run the bare agent until the benchmark stops it."""
     mode, app_id, namespace, events, partitions, result, port = sys.argv[1:8]
     n, parts = int(events), int(partitions)
-    settings = Settings(
-        app_id=app_id, topic_namespace=namespace, partitions=parts, producer_linger_ms=10
-    )
+    settings = Settings(app_id=app_id, topic_namespace=namespace, partitions=parts)
     app = faust.App(
         app_id,
         store="memory://",

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         default=0.05, gt=0, le=10, description="Longest wait for a batch to fill."
     )
     producer_linger_ms: int = Field(
-        default=0, ge=0, le=1000, description="Producer linger: sends wait this long to batch."
+        default=10, ge=0, le=1000, description="Producer linger: sends wait this long to batch."
     )
     producer_max_batch_bytes: int = Field(
         default=1024 * 1024, ge=16 * 1024, description="Largest producer batch per partition."
