@@ -37,22 +37,19 @@ def in_time_order(records: Sequence[Record]) -> list[Record]:
     run, never sorted."""
     if len(records) < 2:
         return list(records)
-    last: dict[tuple[str, int], int] = {}
-    monotonic = True
-    ordered = True
+    last: dict[tuple[str, int], int] = {}  # each topic-partition's latest time so far
+    ordered = monotonic = True
     previous = records[0].timestamp_ms
     for rec in records:
         t = rec.timestamp_ms
-        if t < previous:
-            ordered = False
+        ordered = ordered and t >= previous  # in time order so far (then every run is too)
         previous = t
         tp = (rec.topic, rec.partition)
-        before = last.get(tp)
-        if before is not None and t < before:
+        if t < last.get(tp, t):
             monotonic = False
             break
         last[tp] = t
-    if ordered and monotonic:
+    if ordered:
         return list(records)
     if monotonic:  # a stable sort keeps each run's order (its times never go down)
         return sorted(records, key=_TIME)
