@@ -67,6 +67,7 @@ def add_agent(app: faust.App, settings: Settings, shell: BatchShell, inputs: Any
             consumer.direct_sink = direct
             consumer.direct_prepare = prepare
             consumer.direct_settle = settle
+            consumer.direct_behind = shell.behind
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_within_s
         ):

@@ -181,6 +181,9 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
         self.direct_sink: DirectSink | None = None  # set by the app before the worker starts
         self.direct_prepare: DirectPrepare | None = None  # likewise
         self.direct_settle: DirectSettle | None = None  # likewise
+        #: True while the engines have customers due left for the next batch: fetch without
+        #: waiting, so an idle worker wakes them batch after batch (set by the app).
+        self.direct_behind: Callable[[], bool] = lambda: False
         self.direct_idle = asyncio.Event()  # no batch in the sink (a rebalance waits for it)
         # The client's own partition objects, for acknowledgements of records fetched earlier.
         self.direct_tps: dict[tuple[str, int], Any] = {}
@@ -231,7 +234,7 @@ class DirectConsumer(FetchLoopHook, LeanConsumer):
                     await self.direct_prepare(assigned)
                 finally:
                     self.direct_idle.set()
-        records, active = await next_records(self, 1.0)
+        records, active = await next_records(self, 0.0 if self.direct_behind() else 1.0)
         if self.should_stop:
             return
         if not records:

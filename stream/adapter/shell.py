@@ -137,10 +137,14 @@ class BatchShell:
         self.collector.busy()
         return done
 
+    def behind(self) -> bool:
+        """Whether customers due wait for the next batch (`Checkpoint.behind`)."""
+        return self.checkpoint.behind
+
     async def idle(self) -> list[Record]:
         """The consumer found nothing to read: changes held back are written and acknowledged
         decisions leave their outboxes. Returns the records to acknowledge."""
-        done = await self.checkpoint.settle()
+        done = await self.checkpoint.settle(wall_ms=wall_ms())
         self._count_writes()
         self.last_batch = time.monotonic()
         self.collector.idle()

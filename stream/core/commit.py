@@ -373,14 +373,14 @@ class Checkpoint:
             done, self.held = [*self.held, *done], []
         return done  # 8
 
-    async def settle(self) -> list[Record]:
+    async def settle(self, *, wall_ms: int) -> list[Record]:
         """A batch without records (the consumer found nothing to read): everything changed
         since the last write is written, and the decisions acknowledged since the last batch
         leave their outboxes, so an idle worker's changelog holds its latest states and no
         decision Kafka already has; what was written between batches is sent. Returns the
         records to acknowledge (those held back for the write)."""
-        if self.acks.done or self.unwritten:
-            return await self.commit([], wall_ms=0, write=True)
+        if self.acks.done or self.unwritten or self.behind:
+            return await self.commit([], wall_ms=wall_ms, write=True)
         self.written = []
         await self.sink.flush()
         return []
@@ -428,6 +428,16 @@ class Checkpoint:
                     write=False,
                 )
             )
+        for p, engine in engines.items():  # customers left due by earlier batches
+            if engine.behind and p not in slices and p not in self.starting:
+                highwaters = source.highwaters(p) if uses_highwaters else None
+                results.append(
+                    engine.process(
+                        [], highwaters=highwaters, wall_ms=wall_ms,
+                        acknowledged=acks.take(p), write=False,
+                    )
+                )  # fmt: skip
+                self.unwritten.add(p)
         for p in acks.pending():
             if p not in slices:
                 engine = engines.get(p)
@@ -480,6 +490,12 @@ class Checkpoint:
         new = sorted(p for p in set(partitions) if p not in self.engines)
         if new:
             await self._say(await self.start(new))
+
+    @property
+    def behind(self) -> bool:
+        """True when an engine has customers due that wait for the next batch (more fell due
+        at once than a batch wakes): the caller runs a batch soon, even without records."""
+        return any(e.behind for e in self.engines.values())
 
     def started(self, partitions: Iterable[int]) -> bool:
         """True when every one of these partitions has its engine."""

@@ -103,10 +103,11 @@ class MemoryDriver:
         for done in pending:
             done(True)
 
-    def settle(self) -> None:
-        """A batch without records: acknowledged decisions leave their outboxes, and changes
-        held back by write-behind are written."""
-        drive(self.checkpoint.settle())
+    def settle(self, *, wall_ms: int = 0) -> None:
+        """A batch without records: acknowledged decisions leave their outboxes, changes
+        held back by write-behind are written, and customers left due by earlier batches
+        wake (at `wall_ms`, the batch's wall clock)."""
+        drive(self.checkpoint.settle(wall_ms=wall_ms))
 
     def projected(self, customer_ids: list[str]) -> None:
         """The projection confirmed these customers' writes (the shell's `projected`): each

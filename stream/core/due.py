@@ -39,16 +39,26 @@ class DueIndex:
         entry stays and is skipped when popped, like any superseded entry."""
         return self._wake.pop(customer_id, None) is not None
 
-    def pop_due(self, clock: int) -> list[str]:
-        """Every customer whose wake-up is at or before `clock`, removed from the index."""
-        out = []
+    def pop_due(self, clock: int, limit: int | None = None) -> list[str]:
+        """The customers whose wake-up is at or before `clock` (at most `limit` of them, the
+        earliest first), removed from the index; the rest stay due for a later call."""
+        out: list[str] = []
         heap, wake = self._heap, self._wake
-        while heap and heap[0][0] <= clock:
+        while heap and heap[0][0] <= clock and (limit is None or len(out) < limit):
             due, cid = heapq.heappop(heap)
             if wake.get(cid) == due:
                 del wake[cid]
                 out.append(cid)
         return out
+
+    def take(self, customer_id: str, clock: int) -> bool:
+        """Remove the customer's wake-up when it is at or before `clock`; True when it was
+        (the caller wakes the customer now). Its heap entry is skipped when popped."""
+        due = self._wake.get(customer_id)
+        if due is None or due > clock:
+            return False
+        del self._wake[customer_id]
+        return True
 
     def next_wake(self) -> int | None:
         while self._heap and self._wake.get(self._heap[0][1]) != self._heap[0][0]:

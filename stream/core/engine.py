@@ -24,7 +24,9 @@ Guarantees it gives the shell, whatever the batch boundaries:
   payload); the customer's state stays as it was before the record.
 * Batch-size independence. The clock moves and due items run after every record (cheap: a heap
   peek), exactly as a per-message worker would, so one batch or many give the same states and
-  decisions for the same highwater marks and wall clock.
+  decisions for the same highwater marks and wall clock. A batch wakes at most
+  `EngineConfig.wake_batch` customers; those left wake in the next batches (`behind`) with the
+  same decisions (see `_run_due`).
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ class EngineConfig:
     namespace: str = ""  # the topic namespace (CloudEvents source)
     partitions: int | None = None  # checks keys hash to the partition read (wrong_partition)
     cached_states: int = 4096  # decoded customer states an engine keeps between batches
+    # Customers a batch wakes at most (a restart after a long stop can find most of a
+    # partition's customers due at once): the rest wake in the next batches (`behind`).
+    wake_batch: int = 2000
     # What each customer's events and due instants mean: the rules' rituals unless a test,
     # a benchmark or another product plugs in its own (`stream.core.logic`).
     logic: CustomerLogic = RITUAL_LOGIC
@@ -258,6 +263,10 @@ class PartitionEngine:
         self._wall_ms: int | None = None
         self._wall: datetime = datetime.now(UTC)  # replaced by every batch's wall clock
         self._ctx = Context(self.rules)
+        # True when customers due by the clock still wait for a wake (more fell due at once
+        # than `EngineConfig.wake_batch`): the commit protocol runs this engine again soon.
+        self.behind = False
+        self._wakes_left = config.wake_batch
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -345,6 +354,7 @@ class PartitionEngine:
         self._wall_ms = wall_ms
         self._wall = datetime.fromtimestamp(wall_ms / 1000, UTC)
         self._ctx = Context(self.rules, self.policy.decision_wall(wall_ms))
+        self._wakes_left = self.config.wake_batch
         if acknowledged:
             self._clear_outboxes(acknowledged)
         control, erasures = self.config.control_topic, self.config.erasures_topic
@@ -455,6 +465,8 @@ class PartitionEngine:
         still moves the clock, and whatever fell due runs, like after any other record."""
         short, fresh = self._position(record)
         key = record.key
+        if self.behind and key is not None:
+            self._wake_overdue(key)
         state = self._state(key) if key is not None else None
         if self._folded_before(record, short, state):
             self._tick()
@@ -599,6 +611,8 @@ class PartitionEngine:
             return
         key = record.key
         assert key is not None  # parse_request checks the key equals customer_id
+        if self.behind:
+            self._wake_overdue(key)
         partitions = self.config.partitions
         if partitions is not None and expected_partition(key, partitions) != record.partition:
             expected = expected_partition(key, partitions)
@@ -658,13 +672,36 @@ class PartitionEngine:
         self._run_due(self._advance())
 
     def _run_due(self, clock: int) -> None:
-        for cid in self.index.pop_due(clock):
-            try:
-                self._wake(cid, clock)
-            except Exception as exc:  # one customer's bug must not stop the partition's timers
-                log.error("waking a customer failed on partition %s: %s", self.partition,
-                          type(exc).__name__)  # fmt: skip
-                self._result.counts[("wake_errors",)] += 1
+        """Wake the customers due by `clock`, at most the batch's `wake_batch` in all. Those
+        left wait for the next batches: waking one later gives the same decisions (the logic
+        runs every item due by the clock in ritual-time order), and a record or an erasure for
+        one of them wakes it first (`_wake_overdue`), as if it had woken before that record."""
+        left = self._wakes_left
+        due = self.index.pop_due(clock, left)
+        self._wakes_left = left = left - len(due)
+        for cid in due:
+            self._wake_safely(cid, clock)
+        if left > 0:
+            self.behind = False
+        else:
+            wake = self.index.next_wake()
+            self.behind = wake is not None and wake <= clock
+
+    def _wake_overdue(self, key: bytes) -> None:
+        """A record for a customer that fell due and was left for a later batch: wake it now,
+        at the clock before that record, so the record comes after its due items."""
+        cid = key.decode("utf-8", "replace")
+        clock = self.time.clock
+        if self.index.take(cid, clock):
+            self._wake_safely(cid, clock)
+
+    def _wake_safely(self, cid: str, clock: int) -> None:
+        try:
+            self._wake(cid, clock)
+        except Exception as exc:  # one customer's bug must not stop the partition's timers
+            log.error("waking a customer failed on partition %s: %s", self.partition,
+                      type(exc).__name__)  # fmt: skip
+            self._result.counts[("wake_errors",)] += 1
 
     def _wake(self, cid: str, clock: int) -> None:
         key = cid.encode()
@@ -684,7 +721,7 @@ class PartitionEngine:
     def _finish_replay(self) -> None:
         """Tell `engage replay` when this partition has reached the end of its replay."""
         pt = self.time
-        if pt.replay is None or pt.replay_done or self.policy.name != "replay":
+        if pt.replay is None or pt.replay_done or self.policy.name != "replay" or self.behind:
             return
         if pt.replay.final is not None and pt.clock < pt.replay.final:
             return

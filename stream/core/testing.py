@@ -190,7 +190,7 @@ class SimWorker:
                 break
         self.batches += 1
         if not batch:
-            self._ack(drive(self.checkpoint.settle()))
+            self._ack(drive(self.checkpoint.settle(wall_ms=self.wall_ms)))
             return False
         self._ack(drive(self.checkpoint.commit(batch, wall_ms=self.wall_ms)))
         if self.batches % self.commit_every == 0:
