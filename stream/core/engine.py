@@ -154,7 +154,7 @@ class EngineConfig:
     cached_states: int = 4096  # decoded customer states an engine keeps between batches
     # Customers a batch wakes at most (a restart after a long stop can find most of a
     # partition's customers due at once): the rest wake in the next batches (`behind`).
-    wake_batch: int = 2000
+    wake_batch: int = 500
     # What each customer's events and due instants mean: the rules' rituals unless a test,
     # a benchmark or another product plugs in its own (`stream.core.logic`).
     logic: CustomerLogic = RITUAL_LOGIC
