@@ -76,11 +76,15 @@ class MemoryDriver:
         highwaters: Mapping[str, int | None] | None = None,
         wall_ms: int = 0,
         ack: bool = True,
+        catch_up: bool = True,
     ) -> list[BatchResult]:
         """One batch through the commit protocol; returns each partition's result.
 
         `ack=False` leaves the batch's sends unacknowledged (their outbox entries stay, and a
-        crash loses the acknowledgements)."""
+        crash loses the acknowledgements). With `catch_up`, batches without records follow
+        while customers due are left for them (more fell due at once than
+        `EngineConfig.wake_batch`), so every customer due is woken when it returns, as a
+        worker does batch after batch (their decisions are in `sent`, not in the results)."""
         self._highwaters = highwaters or {}
         batch = list(records)
         self.checkpoint.projection = self.projection  # set after construction by tests
@@ -88,7 +92,12 @@ class MemoryDriver:
         if ack:
             self.acknowledge()
         partitions = {r.partition for r in batch}
-        return [r for r in self.checkpoint.processed if r.partition in partitions]
+        results = [r for r in self.checkpoint.processed if r.partition in partitions]
+        while catch_up and self.checkpoint.behind:
+            drive(self.checkpoint.commit([], wall_ms=wall_ms))
+            if ack:
+                self.acknowledge()
+        return results
 
     def tick(self, partitions: Iterable[int], *, wall_ms: int = 0) -> list[BatchResult]:
         """A clock tick on each partition (a timer's re-check), as one batch."""

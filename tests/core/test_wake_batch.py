@@ -59,7 +59,7 @@ def _at_rest(driver: MemoryDriver) -> int:
 def _run(records: list[Record], *, size: int, wake_batch: int, mode: str) -> MemoryDriver:
     driver = MemoryDriver(_config(mode, wake_batch))
     for i in range(0, len(records), size):
-        driver.pipe(records[i : i + size], wall_ms=WALL)
+        driver.pipe(records[i : i + size], wall_ms=WALL, catch_up=False)
     _at_rest(driver)
     return driver
 
@@ -124,7 +124,7 @@ def test_a_replay_is_done_only_once_every_customer_due_is_woken() -> None:
     last = max(int(_ms(e["occurred_at"])) for e in events)
     log.declare(final=last + 60 * 86_400_000)
     driver = MemoryDriver(_config("replay", 1))
-    driver.pipe(log.records, wall_ms=WALL)
+    driver.pipe(log.records, wall_ms=WALL, catch_up=False)
     assert driver.checkpoint.behind  # more fell due at the final instant than one batch wakes
     statuses_before = [o for o in driver.sent if o.name == OutputName.REPLAY_STATUS]
     assert statuses_before == []
@@ -171,10 +171,10 @@ def _two_runs(extra: list[dict]) -> tuple[MemoryDriver, MemoryDriver]:
     out = []
     for wake_batch in (1_000_000, 1):
         driver = MemoryDriver(_config("follow", wake_batch))
-        driver.pipe(first, wall_ms=WALL)
+        driver.pipe(first, wall_ms=WALL, catch_up=False)
         if wake_batch == 1:
             assert driver.checkpoint.behind  # customers left due
-        driver.pipe(rest, wall_ms=WALL)
+        driver.pipe(rest, wall_ms=WALL, catch_up=False)
         _at_rest(driver)
         out.append(driver)
     return out[0], out[1]
@@ -199,3 +199,22 @@ def test_an_erasure_of_a_customer_left_due_comes_after_its_due_items() -> None:
     assert one_by_one.decisions() == all_at_once.decisions()
     assert one_by_one.customers == all_at_once.customers
     assert all(f"c{i}".encode() not in one_by_one.customers for i in range(5))
+
+
+def test_the_in_process_driver_catches_up_before_it_returns() -> None:
+    """Backtests and replays in-process (`MemoryDriver.pipe`) read the decisions when a pipe
+    returns: by default it runs batches without records until no customer due is left, so a
+    replay is done after its last pipe whatever the wake batch."""
+    log = Log()
+    events = history(3, customers=30, events=150)
+    for evt in events:
+        log.event(evt)
+    last = max(int(_ms(e["occurred_at"])) for e in events)
+    log.declare(final=last + 60 * 86_400_000)
+    one = MemoryDriver(_config("replay", 1))
+    one.pipe(log.records, wall_ms=WALL)
+    assert not one.checkpoint.behind
+    assert all(e.time.replay_done for e in one.engines.values())
+    everyone = MemoryDriver(_config("replay", 1_000_000))
+    everyone.pipe(log.records, wall_ms=WALL)
+    assert one.decisions() == everyone.decisions()
