@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     tick_interval_s: float = Field(default=0.5, gt=0, le=60)
     kpi_interval_s: float = Field(default=10.0, gt=0, description="Segment gauge refresh.")
     grace_ms: int = Field(default=1000, ge=0, description="Live clock = wall clock - grace.")
+    wake_batch: int = Field(
+        default=500,
+        ge=1,
+        description="Customers a partition wakes at most per batch when many fall due at once "
+        "(after a long stop): the rest wake in the batches right after, with the same decisions.",
+    )
 
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     dlq_max_bytes: int = Field(

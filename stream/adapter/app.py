@@ -216,6 +216,7 @@ def engine_config(settings: Settings, rules: Rules) -> EngineConfig:
         erasures_topic=settings.erasures_topic,
         namespace=settings.topic_namespace,
         partitions=settings.partitions,
+        wake_batch=settings.wake_batch,
         limits=Limits(
             max_message_bytes=settings.max_message_bytes,
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
